@@ -1,0 +1,19 @@
+"""Dataset formats, ingestion and the canonical prepared form."""
+
+from app.ml.data.builtin import BUILTINS, load_builtin, load_digits
+from app.ml.data.errors import DataValidationError
+from app.ml.data.npz import NpzLimits, prepare_npz
+from app.ml.data.prepared import SPLITS, PreparedDataset, from_bytes, to_bytes
+
+__all__ = [
+    "BUILTINS",
+    "SPLITS",
+    "DataValidationError",
+    "NpzLimits",
+    "PreparedDataset",
+    "from_bytes",
+    "load_builtin",
+    "load_digits",
+    "prepare_npz",
+    "to_bytes",
+]

@@ -1,0 +1,98 @@
+"""The canonical prepared form every dataset is converted to once.
+
+One safetensors blob: a tensor per modality (first dim = sample), ``label``
+(as trained on, possibly noisy), ``label_clean`` and ``split`` (0 train, 1 val,
+2 test); class names and provenance travel in the safetensors metadata as JSON.
+Workers only ever read this form, never a user's original file.
+"""
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+_RESERVED = {"label", "label_clean", "split"}
+
+
+@dataclass
+class PreparedDataset:
+    inputs: dict[str, torch.Tensor]
+    labels: torch.Tensor
+    clean_labels: torch.Tensor
+    split: torch.Tensor
+    class_names: list[str]
+    modality_kinds: dict[str, str]
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.labels.shape[0])
+
+    def split_indices(self, name: str) -> torch.Tensor:
+        return torch.nonzero(self.split == SPLITS.index(name), as_tuple=False).squeeze(1)
+
+    def value_range(self, modality: str) -> tuple[float, float]:
+        t = self.inputs[modality]
+        if t.dtype == torch.uint8:
+            return 0.0, 255.0
+        return float(t.min()), float(t.max())
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready description: modalities, classes with counts, split sizes."""
+        counts = {
+            s: torch.bincount(self.labels[self.split_indices(s)],
+                              minlength=self.num_classes).tolist()
+            for s in SPLITS
+        }
+        train = self.split_indices("train")
+        noisy = int((self.labels[train] != self.clean_labels[train]).sum())
+        return {
+            "num_samples": self.num_samples,
+            "modalities": [
+                {"name": k, "kind": self.modality_kinds[k], "shape": list(v.shape[1:]),
+                 "dtype": str(v.dtype).removeprefix("torch.")}
+                for k, v in self.inputs.items()
+            ],
+            "classes": [
+                {"index": i, "name": n, "count": sum(counts[s][i] for s in SPLITS),
+                 "split_counts": {s: counts[s][i] for s in SPLITS}}
+                for i, n in enumerate(self.class_names)
+            ],
+            "split_sizes": {s: int((self.split == i).sum()) for i, s in enumerate(SPLITS)},
+            "noisy_train_labels": noisy,
+            "provenance": self.provenance,
+        }
+
+
+def to_bytes(ds: PreparedDataset) -> bytes:
+    tensors = {k: v.contiguous() for k, v in ds.inputs.items()}
+    tensors.update(label=ds.labels.contiguous(), label_clean=ds.clean_labels.contiguous(),
+                   split=ds.split.contiguous())
+    meta = {"class_names": ds.class_names, "modality_kinds": ds.modality_kinds,
+            "provenance": ds.provenance, "format": "mixlab.prepared/1"}
+    return st_save(tensors, metadata={"mixlab": json.dumps(meta)})
+
+
+def _header_metadata(blob: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors blob: an 8-byte length, then JSON."""
+    header_len = int.from_bytes(blob[:8], "little")
+    return json.loads(blob[8:8 + header_len]).get("__metadata__", {})
+
+
+def from_bytes(blob: bytes) -> PreparedDataset:
+    tensors = st_load(blob)
+    meta = json.loads(_header_metadata(blob)["mixlab"])
+    inputs = {k: v for k, v in tensors.items() if k not in _RESERVED}
+    return PreparedDataset(inputs=inputs, labels=tensors["label"],
+                           clean_labels=tensors["label_clean"], split=tensors["split"],
+                           class_names=list(meta["class_names"]),
+                           modality_kinds=dict(meta["modality_kinds"]),
+                           provenance=dict(meta.get("provenance", {})))
