@@ -1,0 +1,148 @@
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from app.api.deps import BaseUrlDep, SessionDep, SettingsDep, StoreDep
+from app.db.models import Dataset
+from app.schemas.common import Page
+from app.schemas.datasets import DatasetCreate, DatasetOut, PreviewOut, PreviewRequest
+from app.services import datasets as service
+from app.services import previews
+from app.services.errors import FieldError
+
+router = APIRouter(prefix="/datasets", tags=["datasets"])
+
+_UPLOAD_SCHEMA = {
+    "type": "object",
+    "required": ["file"],
+    "properties": {
+        "name": {"type": "string", "maxLength": 200, "description": "Defaults to the file name."},
+        "file": {"type": "string", "format": "binary",
+                 "description": ".npz with arrays image (N,H,W | N,C,H,W) and label (N,); "
+                                "optional split (N,) and class_names (K,)."},
+    },
+}
+
+
+def to_out(dataset: Dataset) -> DatasetOut:
+    s = dataset.summary
+    return DatasetOut(id=dataset.id, name=dataset.name, status=dataset.status,
+                      source=dataset.source, num_samples=s["num_samples"],
+                      modalities=s["modalities"], classes=s["classes"],
+                      split_sizes=s["split_sizes"], noisy_train_labels=s["noisy_train_labels"],
+                      size_bytes=dataset.size_bytes, created_at=dataset.created_at)
+
+
+def _body_errors(exc: ValidationError, prefix: tuple[str, ...] = ("body",)) -> list[Any]:
+    return [{**e, "loc": (*prefix, *e["loc"])} for e in exc.errors(include_url=False)]
+
+
+async def _save_upload(upload: UploadFile, limit: int, folder: Path) -> Path:
+    """Copy the upload to disk in chunks, stopping at ``limit`` bytes."""
+    path = folder / "upload.npz"
+    written = 0
+    with path.open("wb") as out:
+        while chunk := await upload.read(1024 * 1024):
+            written += len(chunk)
+            if written > limit:
+                raise FieldError(("body", "file"), f"file: too large (limit {limit} bytes)")
+            out.write(chunk)
+    return path
+
+
+@router.post(
+    "", status_code=201, response_model=DatasetOut,
+    summary="Register a dataset: a built-in (JSON) or an .npz upload (multipart)",
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/DatasetCreate"},
+                             "example": DatasetCreate.model_config["json_schema_extra"]
+                             ["examples"][0]},  # type: ignore[index]
+        "multipart/form-data": {"schema": _UPLOAD_SCHEMA}}}},
+    responses={422: {"description": "Invalid spec or data; `loc` names the field"}},
+)
+async def create_dataset(request: Request, session: SessionDep, store: StoreDep,
+                         settings: SettingsDep) -> DatasetOut:
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        declared = int(request.headers.get("content-length") or 0)
+        if declared > settings.max_upload_bytes + 64 * 1024:
+            raise FieldError(("body", "file"), f"file: too large (limit "
+                                               f"{settings.max_upload_bytes} bytes)")
+        form = await request.form(max_files=1, max_fields=4)
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise FieldError(("body", "file"), "missing file part")
+        name = str(form.get("name") or Path(upload.filename or "upload.npz").stem)[:200]
+        folder = Path(tempfile.mkdtemp(prefix="mixlab-upload-"))
+        try:
+            path = await _save_upload(upload, settings.max_upload_bytes, folder)
+            dataset = await run_in_threadpool(service.create_from_npz, session, store, settings,
+                                              name, path, upload.filename or "upload.npz")
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return to_out(dataset)
+    if not content_type.startswith("application/json"):
+        raise FieldError(("header", "content-type"),
+                         "use application/json (built-in) or multipart/form-data (upload)")
+    try:
+        spec = DatasetCreate.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise RequestValidationError(_body_errors(exc)) from exc
+    dataset = await run_in_threadpool(service.create_builtin, session, store, spec)
+    return to_out(dataset)
+
+
+@router.get("", response_model=Page[DatasetOut], summary="List datasets, newest first")
+def list_datasets(session: SessionDep, limit: Annotated[int, Query(ge=1, le=500)] = 50,
+                  offset: Annotated[int, Query(ge=0)] = 0) -> Page[DatasetOut]:
+    rows, total = service.list_page(session, limit, offset)
+    return Page(items=[to_out(d) for d in rows], total=total, limit=limit, offset=offset)
+
+
+@router.get("/{dataset_id}", response_model=DatasetOut)
+def get_dataset(dataset_id: uuid.UUID, session: SessionDep) -> DatasetOut:
+    return to_out(service.get(session, dataset_id))
+
+
+@router.delete("/{dataset_id}", status_code=204,
+               responses={409: {"description": "An experiment uses the dataset"}})
+def delete_dataset(dataset_id: uuid.UUID, session: SessionDep, store: StoreDep) -> Response:
+    service.delete(session, store, dataset_id)
+    return Response(status_code=204)
+
+
+@router.post("/{dataset_id}/preview", response_model=PreviewOut,
+             summary="Mix samples under an augmentation spec (seeded, reproducible)")
+def create_preview(dataset_id: uuid.UUID, spec: PreviewRequest, session: SessionDep,
+                   store: StoreDep, base: BaseUrlDep) -> PreviewOut:
+    data = service.load_prepared(store, service.get(session, dataset_id))
+    batch = previews.compute(data, spec)
+    return previews.describe(dataset_id, data, spec, batch, base)
+
+
+@router.get("/{dataset_id}/preview.png", response_class=Response,
+            summary="PNG grid of a preview: source A | source B | mixed",
+            responses={200: {"content": {"image/png": {}}}})
+def preview_png(dataset_id: uuid.UUID, request: Request, session: SessionDep,
+                store: StoreDep,
+                sample: Annotated[int | None, Query(ge=0, le=63)] = None) -> Response:
+    params: dict[str, Any] = {k: v for k, v in request.query_params.items() if k != "sample"}
+    if "cutmix_minmax" in params:
+        params["cutmix_minmax"] = params["cutmix_minmax"].split(",")
+    try:
+        spec = PreviewRequest.model_validate(params)
+    except ValidationError as exc:
+        raise RequestValidationError(_body_errors(exc, ("query",))) from exc
+    if sample is not None and sample >= spec.n:
+        raise FieldError(("query", "sample"), f"sample must be below n ({spec.n})")
+    data = service.load_prepared(store, service.get(session, dataset_id))
+    batch = previews.compute(data, spec)
+    return Response(previews.render(data, batch, sample), media_type="image/png")

@@ -1,0 +1,105 @@
+"""The ``mixlab`` command line."""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+cli = typer.Typer(help="mixlab: train models with mixup-style augmentation.",
+                  no_args_is_help=True, add_completion=False)
+console = Console(stderr=True)
+
+
+def _data_dir_option(data_dir: Path | None) -> None:
+    if data_dir is not None:
+        os.environ["MIXLAB_DATA_DIR"] = str(data_dir)
+
+
+def worker_command(queue: str | None = None, concurrency: int = 1,
+                   loglevel: str = "INFO") -> list[str]:
+    from app.settings import get_settings
+
+    return [sys.executable, "-m", "celery", "-A", "worker.celery_app:celery_app", "worker",
+            "-Q", queue or get_settings().queue, "-c", str(concurrency), "--pool", "prefork",
+            "--loglevel", loglevel, "--without-gossip", "--without-mingle"]
+
+
+@cli.command()
+def migrate(revision: str = "head") -> None:
+    """Apply database migrations (Alembic) up to REVISION."""
+    from app.db.migrate import upgrade
+
+    upgrade(revision=revision)
+    console.print(f"[green]database migrated to {revision}[/]")
+
+
+@cli.command()
+def api(host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve the REST API (no worker)."""
+    import uvicorn
+
+    uvicorn.run("app.api.main:app", host=host, port=port, log_level="info")
+
+
+@cli.command()
+def worker(queue: Annotated[str | None, typer.Option(help="Queue to consume.")] = None,
+           concurrency: int = 1) -> None:
+    """Run a training worker: one process per GPU, one run at a time."""
+    os.execv(sys.executable, worker_command(queue, concurrency))
+
+
+@cli.command()
+def up(host: str = "127.0.0.1", port: int = 8000,
+       data_dir: Annotated[Path | None, typer.Option(help="Embedded state folder.")] = None,
+       ) -> None:
+    """Start the API and one worker. With no MIXLAB_DATABASE_URL / MIXLAB_BROKER_URL,
+    everything is embedded: SQLite, a filesystem broker and local artifacts."""
+    _data_dir_option(data_dir)
+    import uvicorn
+
+    from app.db.migrate import upgrade
+    from app.settings import get_settings
+
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade()
+    mode = "embedded" if settings.is_embedded else "external services"
+    console.print(f"[bold]mixlab[/] ({mode}) data in {settings.data_dir.resolve()}; "
+                  f"API on http://{host}:{port}  (docs at /docs)")
+    log = (settings.data_dir / "worker.log").open("ab")
+    worker_proc = subprocess.Popen(worker_command(), stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    try:
+        uvicorn.run("app.api.main:app", host=host, port=port, log_level="warning")
+    finally:
+        os.killpg(worker_proc.pid, signal.SIGTERM)
+        try:
+            worker_proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker_proc.pid, signal.SIGKILL)
+        log.close()
+
+
+@cli.command()
+def demo(epochs: int = 150, noise: float = 0.4,
+         output: Annotated[Path, typer.Option(help="Where the preview PNGs go.")] = Path(
+             "demo-output"),
+         port: int = 8765) -> None:
+    """Start the embedded stack, train ERM and mixup on noisy digits side by side,
+    print test accuracy and calibration, save previews, stop everything."""
+    from app.demo import run_demo
+
+    raise typer.Exit(run_demo(epochs=epochs, noise=noise, output=output, port=port))
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""A small Python client for the mixlab REST API (httpx).
+
+    from app.client import MixlabClient
+    with MixlabClient("http://127.0.0.1:8000") as mx:
+        ds = mx.create_builtin_dataset("digits", label_noise=0.4)
+        created = mx.create_experiment({"dataset_id": ds["id"], "training": {"epochs": 5}})
+        run = mx.wait_for_run(created["run_ids"][0])
+"""
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+class MixlabError(RuntimeError):
+    def __init__(self, response: httpx.Response) -> None:
+        try:
+            detail = response.json().get("detail")
+        except ValueError:
+            detail = response.text
+        super().__init__(f"{response.request.method} {response.request.url.path} → "
+                         f"{response.status_code}: {detail}")
+        self.status_code = response.status_code
+        self.detail = detail
+
+
+class MixlabClient:
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", timeout: float = 60.0) -> None:
+        self.http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout)
+
+    def __enter__(self) -> "MixlabClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _call(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        response = self.http.request(method, url, **kwargs)
+        if response.status_code >= 400:
+            raise MixlabError(response)
+        return response
+
+    # datasets
+    def create_builtin_dataset(self, builtin: str = "digits", name: str | None = None,
+                               **options: Any) -> dict[str, Any]:
+        body = {"name": name or builtin,
+                "source": {"kind": "builtin", "name": builtin, "options": options}}
+        return self._call("POST", "/v1/datasets", json=body).json()
+
+    def upload_dataset(self, path: str | Path, name: str | None = None) -> dict[str, Any]:
+        path = Path(path)
+        with path.open("rb") as fh:
+            files = {"file": (path.name, fh, "application/octet-stream")}
+            data = {"name": name} if name else {}
+            return self._call("POST", "/v1/datasets", files=files, data=data).json()
+
+    def get_dataset(self, dataset_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/datasets/{dataset_id}").json()
+
+    def list_datasets(self, limit: int = 50, offset: int = 0) -> dict[str, Any]:
+        return self._call("GET", "/v1/datasets",
+                          params={"limit": limit, "offset": offset}).json()
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        self._call("DELETE", f"/v1/datasets/{dataset_id}")
+
+    def preview(self, dataset_id: str, **spec: Any) -> dict[str, Any]:
+        return self._call("POST", f"/v1/datasets/{dataset_id}/preview", json=spec).json()
+
+    def fetch(self, url: str) -> bytes:
+        """GET a URL from a reply (absolute or relative to the base URL)."""
+        return self._call("GET", url).content
+
+    # experiments and runs
+    def create_experiment(self, spec: dict[str, Any]) -> dict[str, Any]:
+        return self._call("POST", "/v1/experiments", json=spec).json()
+
+    def get_experiment(self, experiment_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/experiments/{experiment_id}").json()
+
+    def list_experiments(self, limit: int = 50, offset: int = 0) -> dict[str, Any]:
+        return self._call("GET", "/v1/experiments",
+                          params={"limit": limit, "offset": offset}).json()
+
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/runs/{run_id}").json()
+
+    def cancel_run(self, run_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/runs/{run_id}/cancel").json()
+
+    def metrics(self, run_id: str, key: str | None = None) -> dict[str, list[dict[str, Any]]]:
+        params = {"key": key} if key else {}
+        return self._call("GET", f"/v1/runs/{run_id}/metrics", params=params).json()["metrics"]
+
+    def download_checkpoint(self, run_id: str) -> bytes:
+        return self._call("GET", f"/v1/runs/{run_id}/checkpoint").content
+
+    def wait_for_run(self, run_id: str, timeout: float = 600.0, interval: float = 0.5,
+                     on_update: Callable[[dict[str, Any]], None] | None = None
+                     ) -> dict[str, Any]:
+        """Poll until the run is succeeded, failed or cancelled."""
+        deadline = time.monotonic() + timeout
+        while True:
+            run = self.get_run(run_id)
+            if on_update:
+                on_update(run)
+            if run["status"] in TERMINAL:
+                return run
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"run {run_id} still {run['status']} after {timeout}s")
+            time.sleep(interval)

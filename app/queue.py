@@ -1,0 +1,49 @@
+"""The Celery application as a client: configuration and publishing.
+
+The worker package registers the task implementations on this same app. The
+queue carries only "run X now"; Postgres holds every run's state, so results
+are ignored and a message is published only after the run's row is committed.
+"""
+
+from celery import Celery
+
+from app.settings import Settings, get_settings
+
+TRAIN_RUN_TASK = "mixlab.train_run"
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("mixlab", broker=settings.resolved_broker_url)
+    transport_options: dict[str, object] = {}
+    if settings.resolved_broker_url.startswith("filesystem"):
+        folder = settings.broker_folder
+        for sub in ("queue", "processed"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        transport_options = {"data_folder_in": str(folder / "queue"),
+                             "data_folder_out": str(folder / "queue"),
+                             "processed_folder": str(folder / "processed"),
+                             "store_processed": False}
+    else:
+        # An unacked task is redelivered after this; runs are claimed atomically in
+        # Postgres, so a redelivered copy of a live run is refused, never trained twice.
+        transport_options = {"visibility_timeout": 24 * 3600}
+    app.conf.update(
+        task_default_queue=settings.queue,
+        task_acks_late=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        worker_max_tasks_per_child=20,
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+celery_app = make_celery(get_settings())
+
+
+def enqueue_run(run_id: str) -> None:
+    celery_app.send_task(TRAIN_RUN_TASK, args=[run_id], queue=get_settings().queue)

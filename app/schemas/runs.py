@@ -1,0 +1,49 @@
+import uuid
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class Progress(BaseModel):
+    epoch: int = Field(description="Epoch in progress (1-based); 0 before training starts.")
+    epochs: int
+    step: int
+    total_steps: int
+    samples_per_s: float | None
+    eta_s: float | None
+
+
+class WorkerInfo(BaseModel):
+    host: str | None
+    device: str | None
+
+
+class RunOut(BaseModel):
+    id: uuid.UUID
+    experiment_id: uuid.UUID
+    status: RunStatus
+    cancel_requested: bool
+    attempt: int
+    progress: Progress
+    metrics: dict[str, float] = Field(description="Latest value of each metric.")
+    error: str | None
+    worker: WorkerInfo
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+    checkpoint_url: str | None
+
+
+class MetricPointOut(BaseModel):
+    step: int
+    epoch: int
+    value: float
+
+
+class MetricHistory(BaseModel):
+    run_id: uuid.UUID
+    metrics: dict[str, list[MetricPointOut]]

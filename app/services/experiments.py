@@ -1,0 +1,66 @@
+"""Create experiments (with their runs) and read them back."""
+
+import logging
+import uuid
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+
+from app.db.models import Dataset, Experiment, Run
+from app.queue import enqueue_run
+from app.schemas.experiments import ExperimentCreate
+from app.services.errors import FieldError, NotFoundError
+
+log = logging.getLogger(__name__)
+
+
+def _validate_against_dataset(request: ExperimentCreate, dataset: Dataset) -> None:
+    train_size = dataset.summary["split_sizes"]["train"]
+    if request.training.batch_size > train_size:
+        raise FieldError(("body", "training", "batch_size"),
+                         f"batch_size {request.training.batch_size} is larger than the "
+                         f"dataset's training split ({train_size} samples)")
+    kinds = {m["kind"] for m in dataset.summary["modalities"]}
+    if "image" not in kinds:
+        raise FieldError(("body", "model", "kind"), "the cnn model needs an image modality")
+
+
+def create(session: Session, request: ExperimentCreate) -> Experiment:
+    """Store the experiment and its run, commit, then publish the run.
+
+    Publishing after the commit means a worker never receives a run id it
+    cannot read; if publishing fails the run stays ``queued`` in Postgres.
+    """
+    dataset = session.get(Dataset, request.dataset_id)
+    if dataset is None:
+        raise FieldError(("body", "dataset_id"), f"dataset {request.dataset_id} does not exist")
+    if dataset.status != "ready":
+        raise FieldError(("body", "dataset_id"), f"dataset is {dataset.status}, not ready")
+    _validate_against_dataset(request, dataset)
+    spec = request.model_dump(mode="json", include={"model", "augmentation", "training"})
+    experiment = Experiment(name=request.name, dataset_id=dataset.id, task=request.task,
+                            spec=spec)
+    experiment.runs.append(Run(status="queued"))
+    session.add(experiment)
+    session.commit()
+    for run in experiment.runs:
+        try:
+            enqueue_run(str(run.id))
+        except Exception:  # the row is committed; it stays queued and visible
+            log.exception("publishing run %s failed; it stays queued", run.id)
+    return experiment
+
+
+def get(session: Session, experiment_id: uuid.UUID) -> Experiment:
+    experiment = session.get(Experiment, experiment_id, options=[selectinload(Experiment.runs)])
+    if experiment is None:
+        raise NotFoundError("experiment", experiment_id)
+    return experiment
+
+
+def list_page(session: Session, limit: int, offset: int) -> tuple[list[Experiment], int]:
+    total = session.scalar(select(func.count()).select_from(Experiment)) or 0
+    rows = session.scalars(select(Experiment).options(selectinload(Experiment.runs))
+                           .order_by(Experiment.created_at.desc(), Experiment.id)
+                           .limit(limit).offset(offset)).all()
+    return list(rows), total

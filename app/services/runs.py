@@ -1,0 +1,154 @@
+"""Run state: what the API reads and cancels, and what the worker writes.
+
+Every transition is a guarded UPDATE (``WHERE status = ...``), so two actors
+racing on one run (a duplicate delivery, a cancel during start-up) cannot both
+win.
+"""
+
+import socket
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from app.db.base import utcnow
+from app.db.models import TERMINAL_STATUSES, MetricPoint, Run
+from app.services.errors import ConflictError, NotFoundError
+
+
+def get(session: Session, run_id: uuid.UUID) -> Run:
+    run = session.get(Run, run_id)
+    if run is None:
+        raise NotFoundError("run", run_id)
+    return run
+
+
+def list_page(session: Session, limit: int, offset: int, status: str | None = None,
+              experiment_id: uuid.UUID | None = None) -> tuple[list[Run], int]:
+    from sqlalchemy import func
+
+    query = select(Run)
+    if status:
+        query = query.where(Run.status == status)
+    if experiment_id:
+        query = query.where(Run.experiment_id == experiment_id)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(query.order_by(Run.created_at.desc(), Run.id)
+                           .limit(limit).offset(offset)).all()
+    return list(rows), total
+
+
+def cancel(session: Session, run_id: uuid.UUID) -> Run:
+    """A queued run is cancelled at once; a running one is flagged and the
+    worker stops it at its next step. Cancelling a cancelled run is a no-op."""
+    run = get(session, run_id)
+    now = utcnow()
+    result = session.execute(
+        update(Run).where(Run.id == run_id, Run.status == "queued")
+        .values(status="cancelled", cancel_requested=True, finished_at=now))
+    if result.rowcount == 0:  # type: ignore[attr-defined]
+        session.execute(update(Run).where(Run.id == run_id, Run.status == "running")
+                        .values(cancel_requested=True))
+    session.commit()
+    session.refresh(run)
+    if run.status in ("succeeded", "failed"):
+        raise ConflictError(f"run {run_id} already {run.status}; nothing to cancel")
+    return run
+
+
+def metric_history(session: Session, run_id: uuid.UUID,
+                   key: str | None = None) -> dict[str, list[MetricPoint]]:
+    get(session, run_id)
+    query = select(MetricPoint).where(MetricPoint.run_id == run_id)
+    if key is not None:
+        query = query.where(MetricPoint.key == key)
+    history: dict[str, list[MetricPoint]] = {}
+    for point in session.scalars(query.order_by(MetricPoint.key, MetricPoint.step)):
+        history.setdefault(point.key, []).append(point)
+    return history
+
+
+# --- the worker's side -------------------------------------------------------
+
+def claim(session: Session, run_id: uuid.UUID) -> Run | None:
+    """Move a queued run to running for this worker; None if someone else has it,
+    it was cancelled, or it no longer exists."""
+    now = utcnow()
+    result = session.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.status == "queued", Run.cancel_requested.is_(False))
+        .values(status="running", attempt=Run.attempt + 1, started_at=now, heartbeat_at=now,
+                worker_host=socket.gethostname(), error=None))
+    session.commit()
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    return session.get(Run, run_id)
+
+
+@dataclass(frozen=True)
+class ProgressUpdate:
+    epoch: int
+    step: int
+    total_steps: int
+    samples_per_s: float | None
+    eta_s: float | None
+
+
+def record_start(session: Session, run_id: uuid.UUID, device: str, total_steps: int) -> None:
+    session.execute(update(Run).where(Run.id == run_id)
+                    .values(device=device, total_steps=total_steps, heartbeat_at=utcnow()))
+    session.commit()
+
+
+def record_progress(session: Session, run_id: uuid.UUID, progress: ProgressUpdate | None,
+                    checkpoint_key: str | None = None) -> bool:
+    """Write progress and a heartbeat; returns whether a cancel was requested."""
+    values: dict[str, object] = {"heartbeat_at": utcnow()}
+    if progress is not None:
+        values.update(epoch=progress.epoch, step=progress.step,
+                      total_steps=progress.total_steps,
+                      samples_per_s=progress.samples_per_s, eta_s=progress.eta_s)
+    if checkpoint_key is not None:
+        values["checkpoint_key"] = checkpoint_key
+    session.execute(update(Run).where(Run.id == run_id).values(**values))
+    session.commit()
+    return bool(session.scalar(select(Run.cancel_requested).where(Run.id == run_id)))
+
+
+def _insert_ignoring_duplicates(session: Session, rows: list[dict[str, object]]) -> None:
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    session.execute(insert(MetricPoint).values(rows).on_conflict_do_nothing())
+
+
+def record_metrics(session: Session, run_id: uuid.UUID,
+                   points: Iterable[tuple[int, int, dict[str, float]]]) -> None:
+    """Append (epoch, step, {key: value}) points; a point already stored for
+    (run, key, step) is kept, so a replayed flush never duplicates history."""
+    rows = [{"run_id": run_id, "key": k, "step": step, "epoch": epoch, "value": float(v),
+             "recorded_at": utcnow()}
+            for epoch, step, values in points for k, v in values.items()]
+    if not rows:
+        return
+    _insert_ignoring_duplicates(session, rows)
+    run = session.get(Run, run_id)
+    if run is not None:
+        latest = dict(run.metrics or {})
+        for row in rows:
+            latest[str(row["key"])] = float(row["value"])  # type: ignore[arg-type]
+        run.metrics = latest
+    session.commit()
+
+
+def finish(session: Session, run_id: uuid.UUID, status: str, error: str | None = None) -> bool:
+    """Move a running run to a terminal state; False if it was not running."""
+    assert status in TERMINAL_STATUSES
+    result = session.execute(
+        update(Run).where(Run.id == run_id, Run.status == "running")
+        .values(status=status, error=error, finished_at=utcnow(), heartbeat_at=utcnow(),
+                eta_s=0.0 if status == "succeeded" else None))
+    session.commit()
+    return result.rowcount == 1  # type: ignore[attr-defined]

@@ -1,0 +1,1 @@
+"""Celery worker: consumes the run queue and trains with ``app.ml``."""

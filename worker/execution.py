@@ -1,0 +1,56 @@
+"""Execute one run: claim it, load its dataset, train, record the outcome."""
+
+import logging
+import traceback
+import uuid
+
+from app.db.models import Experiment
+from app.db.session import session_scope
+from app.ml.train import TrainResult, train
+from app.schemas.experiments import ExperimentCreate
+from app.services import datasets as dataset_service
+from app.services import runs as run_service
+from app.settings import get_settings
+from app.storage import get_store
+from worker.reporter import RunReporter
+
+log = logging.getLogger(__name__)
+
+FINAL_KEYS = ("test_loss", "test_acc", "test_ece", "train_time_s")
+
+
+def execute_run(run_id: uuid.UUID) -> str:
+    """Train ``run_id`` if this worker can claim it; returns what happened."""
+    with session_scope() as session:
+        run = run_service.claim(session, run_id)
+        if run is None:
+            log.info("run %s not claimable (already taken, cancelled or gone)", run_id)
+            return "skipped"
+        experiment = session.get(Experiment, run.experiment_id)
+        assert experiment is not None
+        spec = ExperimentCreate.model_validate({
+            "name": experiment.name, "dataset_id": experiment.dataset_id,
+            "task": experiment.task, **experiment.spec})
+        dataset = experiment.dataset
+
+    store = get_store()
+    reporter = RunReporter(run_id, store, spec.training.epochs,
+                           period_s=get_settings().control_poll_s)
+    result: TrainResult | None = None
+    try:
+        data = dataset_service.load_prepared(store, dataset)
+        result = train(data, spec.model.to_ml(), spec.augmentation.to_mix_spec(),
+                       spec.training.to_ml(), reporter)
+    except Exception as exc:
+        log.error("run %s failed:\n%s", run_id, traceback.format_exc())
+        reporter.close()
+        with session_scope() as session:
+            run_service.finish(session, run_id, "failed", f"{type(exc).__name__}: {exc}")
+        return "failed"
+
+    final = {k: v for k, v in result.metrics.items() if k in FINAL_KEYS}
+    reporter.close(final if result.status == "completed" else None, step=result.steps)
+    status = "succeeded" if result.status == "completed" else "cancelled"
+    with session_scope() as session:
+        run_service.finish(session, run_id, status)
+    return status
