@@ -1,0 +1,141 @@
+"""Test-wide setup: a fresh Postgres database and Redis queue per test run.
+
+The environment is set before any ``app`` module is imported, because settings
+and the Celery client are built from it once per process. Integration tests
+start the real API (uvicorn) and a real Celery worker as subprocesses.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+PG_ADMIN = os.environ.get("MIXLAB_TEST_PG_ADMIN", "host=127.0.0.1 port=5432 user=postgres "
+                                                  "dbname=test")
+PG_URL_BASE = os.environ.get("MIXLAB_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432")
+REDIS_URL = os.environ.get("MIXLAB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+RUN_TAG = uuid.uuid4().hex[:10]
+DB_NAME = f"mixlab_test_{RUN_TAG}"
+TMP = Path(tempfile.mkdtemp(prefix=f"mixlab-test-{RUN_TAG}-"))
+
+os.environ.update({
+    "MIXLAB_DATABASE_URL": f"{PG_URL_BASE}/{DB_NAME}",
+    "MIXLAB_BROKER_URL": REDIS_URL,
+    "MIXLAB_QUEUE": f"gpu-test-{RUN_TAG}",
+    "MIXLAB_DATA_DIR": str(TMP / "data"),
+    "MIXLAB_ARTIFACT_URL": (TMP / "artifacts").as_uri(),
+    "MIXLAB_CONTROL_POLL_S": "0.2",
+})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def create_database(name: str) -> None:
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def drop_database(name: str) -> None:
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def database() -> Iterator[str]:
+    """The run's own Postgres database, migrated to head, dropped at the end."""
+    from app.db.migrate import upgrade
+
+    create_database(DB_NAME)
+    url = os.environ["MIXLAB_DATABASE_URL"]
+    upgrade(url)
+    yield url
+    from app.db.session import get_engine
+
+    get_engine().dispose()
+    drop_database(DB_NAME)
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited early:\n{log.read_text()[-4000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} not ready after {timeout}s:\n{log.read_text()[-4000:]}")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@dataclass
+class Stack:
+    base_url: str
+    api: subprocess.Popen[bytes]
+    worker: subprocess.Popen[bytes]
+    worker_log: Path
+
+
+@pytest.fixture(scope="session")
+def stack(database: str) -> Iterator[Stack]:
+    """The API and one Celery worker on Postgres + Redis, as separate processes."""
+    port = free_port()
+    api_log, worker_log = TMP / "api.log", TMP / "worker.log"
+    api = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "app.api.main:app", "--host", "127.0.0.1",
+         "--port", str(port), "--log-level", "warning"],
+        stdout=api_log.open("wb"), stderr=subprocess.STDOUT)
+    worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"],
+                              stdout=worker_log.open("wb"), stderr=subprocess.STDOUT)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{base_url}/readyz", api, api_log)
+        yield Stack(base_url, api, worker, worker_log)
+    finally:
+        stop(worker)
+        stop(api)
+
+
+@pytest.fixture
+def client(stack: Stack) -> Iterator["MixlabClient"]:  # noqa: F821
+    from app.client import MixlabClient
+
+    with MixlabClient(stack.base_url) as mx:
+        yield mx
+
+
+@pytest.fixture(scope="session")
+def api_client(database: str) -> Iterator[httpx.Client]:
+    """In-process client for request validation tests (same Postgres database)."""
+    from fastapi.testclient import TestClient
+
+    from app.api.main import app
+
+    with TestClient(app) as tc:
+        yield tc

@@ -1,0 +1,41 @@
+import uuid
+
+import pytest
+from sqlalchemy import create_engine, inspect
+
+from app.db.migrate import downgrade, upgrade
+from tests.conftest import PG_URL_BASE, create_database, drop_database
+
+pytestmark = pytest.mark.integration
+
+
+def test_upgrade_head_then_downgrade_base_on_postgres() -> None:
+    name = f"mixlab_mig_{uuid.uuid4().hex[:10]}"
+    create_database(name)
+    url = f"{PG_URL_BASE}/{name}"
+    engine = create_engine(url)
+    try:
+        upgrade(url)
+        assert {"datasets", "experiments", "runs", "metrics"} <= set(
+            inspect(engine).get_table_names())
+        downgrade(url)
+        assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
+        upgrade(url)
+        assert "runs" in inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+        drop_database(name)
+
+
+def test_models_match_migrations(database: str) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from app.db import Base
+
+    engine = create_engine(database)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}),
+                                Base.metadata)
+    engine.dispose()
+    assert diff == []

@@ -1,0 +1,137 @@
+"""The whole flow over HTTP: real API process, Celery worker, Postgres, Redis."""
+
+import httpx
+import pytest
+import torch
+from safetensors.torch import load as st_load
+
+from app.client import MixlabClient
+from app.ml.models import ModelSpec, build_model
+from tests.integration.helpers import experiment, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def digits(stack) -> dict:  # type: ignore[no-untyped-def]
+    with MixlabClient(stack.base_url) as mx:
+        return mx.create_builtin_dataset("digits", name="digits", label_noise=0.2, seed=1)
+
+
+def test_register_preview_train_metrics_checkpoint(client: MixlabClient, digits: dict) -> None:
+    ds = client.get_dataset(digits["id"])
+    assert ds["num_samples"] == 1797 and ds["status"] == "ready"
+    assert ds["modalities"] == [{"name": "image", "kind": "image", "shape": [1, 8, 8],
+                                 "dtype": "uint8"}]
+    assert sum(ds["split_sizes"].values()) == 1797
+    assert ds["noisy_train_labels"] == round(0.2 * ds["split_sizes"]["train"])
+    assert sum(c["count"] for c in ds["classes"]) == 1797
+
+    preview = client.preview(digits["id"], method="cutmix", alpha=1.0, seed=7, n=5)
+    again = client.preview(digits["id"], method="cutmix", alpha=1.0, seed=7, n=5)
+    assert preview["samples"] == again["samples"]
+    for sample in preview["samples"]:
+        assert sum(sample["label_mixture"].values()) == pytest.approx(1.0, abs=1e-5)
+        y0, x0, y1, x1 = sample["box"]
+        assert sample["lam"] == pytest.approx(1 - (y1 - y0) * (x1 - x0) / 64)
+    png = client.fetch(preview["image_url"])
+    assert png.startswith(b"\x89PNG") and png == client.fetch(preview["image_url"])
+    assert client.fetch(preview["samples"][0]["image_url"]).startswith(b"\x89PNG")
+
+    run_id = experiment(client, digits["id"], training={"epochs": 3})
+    run = client.wait_for_run(run_id, timeout=180)
+    assert run["status"] == "succeeded", run["error"]
+    assert run["attempt"] == 1 and run["worker"]["host"]
+    assert run["worker"]["device"].startswith("cpu")
+    assert run["progress"]["step"] == run["progress"]["total_steps"] > 0
+    for key in ("train_loss", "val_loss", "val_acc", "val_ece", "test_acc", "test_ece"):
+        assert key in run["metrics"]
+    assert 0.0 <= run["metrics"]["test_ece"] <= 1.0
+
+    history = client.metrics(run_id, key="val_acc")["val_acc"]
+    assert [p["epoch"] for p in history] == [1, 2, 3]
+    assert [p["step"] for p in history] == sorted({p["step"] for p in history})
+    assert set(client.metrics(run_id)) >= {"train_loss", "val_loss", "val_acc", "val_ece",
+                                           "test_acc"}
+
+    tensors = st_load(client.download_checkpoint(run_id))
+    model = build_model(ModelSpec(width=8, depth=2), (1, 8, 8), 10)
+    model.load_state_dict(tensors)
+    assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_experiment_reply_and_listing(client: MixlabClient, stack, digits: dict) -> None:
+    response = httpx.post(f"{stack.base_url}/v1/experiments",
+                          json={"dataset_id": digits["id"], "model": {},
+                                "training": {"epochs": 1}})
+    assert response.status_code == 202
+    body = response.json()
+    assert response.headers["location"].endswith(f"/v1/runs/{body['run_ids'][0]}")
+    exp = client.get_experiment(body["experiment_id"])
+    assert exp["spec"]["model"] == {"kind": "cnn", "width": 32, "depth": 3, "dropout": 0.0}
+    assert exp["spec"]["augmentation"]["method"] == "mixup"
+    assert [r["id"] for r in exp["runs"]] == body["run_ids"]
+    page = client.list_experiments(limit=1)
+    assert page["total"] >= 1 and len(page["items"]) == 1
+    client.wait_for_run(body["run_ids"][0], timeout=180)
+
+
+def test_cancel_queued_and_running(client: MixlabClient, digits: dict) -> None:
+    long_run = experiment(client, digits["id"], model={"width": 32, "depth": 3},
+                          training={"epochs": 400})
+    wait_until(lambda: client.get_run(long_run)["progress"]["step"] > 0, timeout=120,
+               what="the long run to start training")
+    queued = experiment(client, digits["id"])
+    assert client.get_run(queued)["status"] == "queued"
+
+    cancelled = client.cancel_run(queued)
+    assert cancelled["status"] == "cancelled" and cancelled["attempt"] == 0
+
+    running = client.cancel_run(long_run)
+    assert running["cancel_requested"] is True
+    final = wait_until(lambda: (r := client.get_run(long_run))["status"] != "running" and r,
+                       timeout=30, what="the running run to stop")
+    assert final["status"] == "cancelled"
+    assert final["progress"]["step"] < final["progress"]["total_steps"]
+    # the queued run's message is still delivered; the worker must refuse it
+    wait_until(lambda: "not claimable" in _worker_log(client), timeout=30,
+               what="the worker to skip the cancelled run")
+    after = client.get_run(queued)
+    assert after["status"] == "cancelled" and after["attempt"] == 0
+    # cancelling again is harmless
+    assert client.cancel_run(queued)["status"] == "cancelled"
+
+
+def _worker_log(client: MixlabClient) -> str:
+    from tests.conftest import TMP
+
+    return (TMP / "worker.log").read_text(errors="replace")
+
+
+def test_failing_run_is_marked_failed_with_its_error(client: MixlabClient, digits: dict) -> None:
+    run_id = experiment(client, digits["id"], training={"device": "cuda"})
+    run = client.wait_for_run(run_id, timeout=120)
+    assert run["status"] == "failed"
+    assert "DeviceUnavailableError" in run["error"] and "CUDA" in run["error"]
+    assert run["finished_at"] is not None
+
+
+def test_cancel_of_finished_run_is_a_conflict(client: MixlabClient, digits: dict) -> None:
+    run_id = experiment(client, digits["id"], training={"epochs": 1})
+    assert client.wait_for_run(run_id, timeout=120)["status"] == "succeeded"
+    response = client.http.post(f"/v1/runs/{run_id}/cancel")
+    assert response.status_code == 409 and "succeeded" in response.json()["detail"]
+
+
+def test_dataset_in_use_cannot_be_deleted(client: MixlabClient, digits: dict) -> None:
+    response = client.http.delete(f"/v1/datasets/{digits['id']}")
+    assert response.status_code == 409
+    spare = client.create_builtin_dataset("digits", name="spare")
+    assert client.http.delete(f"/v1/datasets/{spare['id']}").status_code == 204
+    assert client.http.get(f"/v1/datasets/{spare['id']}").status_code == 404
+
+
+def test_readiness(stack) -> None:  # type: ignore[no-untyped-def]
+    body = httpx.get(f"{stack.base_url}/readyz").json()
+    assert body == {"status": "ready", "database": "ok", "broker": "ok"}
+    assert httpx.get(f"{stack.base_url}/healthz").status_code == 200
