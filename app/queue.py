@@ -17,11 +17,13 @@ def make_celery(settings: Settings) -> Celery:
     transport_options: dict[str, object] = {}
     if settings.resolved_broker_url.startswith("filesystem"):
         folder = settings.broker_folder
-        for sub in ("queue", "processed"):
+        for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         transport_options = {"data_folder_in": str(folder / "queue"),
                              "data_folder_out": str(folder / "queue"),
                              "processed_folder": str(folder / "processed"),
+                             # kombu's default is ./control, in whatever folder we run from
+                             "control_folder": str(folder / "control"),
                              "store_processed": False}
     else:
         # An unacked task is redelivered after this; runs are claimed atomically in

@@ -109,14 +109,27 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
 
 
 def _state_to_cpu(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    # copy=True: on CPU .to() would hand out the live parameters, which the next
+    # optimizer step overwrites under whoever holds the checkpoint.
+    return {k: v.detach().to("cpu", copy=True).contiguous()
+            for k, v in model.state_dict().items()}
 
 
 def train(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixSpec,
           spec: TrainSpec, hooks: TrainHooks | None = None) -> TrainResult:
-    """Train a classifier on ``data``'s image modality with ``mix_spec`` mixing."""
-    hooks = hooks or TrainHooks()
+    """Train a classifier on ``data``'s image modality with ``mix_spec`` mixing.
+
+    The global RNG (model init, dropout) is seeded from ``spec.seed`` inside a
+    forked RNG state, so runs are reproducible and the caller's state is untouched.
+    """
     device = resolve_device(spec.device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(spec.seed)
+        return _train(data, model_spec, mix_spec, spec, hooks or TrainHooks(), device)
+
+
+def _train(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixSpec, spec: TrainSpec,
+           hooks: TrainHooks, device: torch.device) -> TrainResult:
     amp = autocast_dtype(device)
     images_all, labels_all = data.inputs["image"], data.labels
     train_idx, val_idx, test_idx = (data.split_indices(s) for s in ("train", "val", "test"))
@@ -127,12 +140,14 @@ def train(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixSpec,
     normalize = _Normalizer(train_images, device)
     n_train = train_images.shape[0]
     steps_per_epoch = -(-n_train // spec.batch_size)
+    if n_train > 1 and n_train % spec.batch_size == 1:
+        # a last batch of one cannot be mixed and breaks BatchNorm; it is dropped
+        # (a different sample each epoch, since the order is reshuffled)
+        steps_per_epoch -= 1
+    samples_per_epoch = min(steps_per_epoch * spec.batch_size, n_train)
     total_steps = steps_per_epoch * spec.epochs
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(spec.seed)
-        model = build_model(model_spec, tuple(images_all.shape[1:]), data.num_classes)
-    model.to(device)
+    model = build_model(model_spec, tuple(images_all.shape[1:]), data.num_classes).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     order_gen = torch.Generator(device=home).manual_seed(spec.seed)
     mix_gen = torch.Generator(device=device).manual_seed(spec.seed + 1)
@@ -171,7 +186,7 @@ def train(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixSpec,
         val = evaluate(model, images[val_idx.to(home)], labels[val_idx.to(home)], normalize,
                        device, spec.eval_batch_size, amp)
         # the one host sync of the epoch
-        last_metrics = {"train_loss": (loss_sum / n_train).item(),
+        last_metrics = {"train_loss": (loss_sum / samples_per_epoch).item(),
                         **{f"val_{k}": v.item() for k, v in val.items()}}
         epochs_done = epoch
         hooks.on_epoch_end(epoch, step, last_metrics)

@@ -54,6 +54,8 @@ def _open(path: Path, limits: NpzLimits) -> dict[str, np.ndarray]:
                 reason = ("object dtype is not allowed (arrays are loaded without pickle)"
                           if "allow_pickle" in str(exc) else f"unreadable: {exc}")
                 raise DataValidationError(name, reason) from exc
+            if not isinstance(arrays[name], np.ndarray):  # a member without the .npy header
+                raise DataValidationError(name, "not a .npy array")
     for name in ("image", "label"):
         if name not in arrays:
             raise DataValidationError(name, "missing array")

@@ -10,6 +10,8 @@ import torch
 # Acceptance is > 95 % per proposal for shape >= 1, so the chance that all of
 # them are rejected is below 1e-20; the last proposal is then used as is.
 _PROPOSALS = 16
+_LAM_MIN = torch.finfo(torch.float32).tiny
+_LAM_MAX = 1.0 - 2.0**-24
 
 
 def _log_gamma_variates(shape: float, n: int, generator: torch.Generator,
@@ -40,7 +42,9 @@ def sample_beta(alpha: float, n: int, generator: torch.Generator,
     """n draws of Beta(alpha, alpha) as a float32 tensor on ``device``."""
     log_x = _log_gamma_variates(alpha, n, generator, device)
     log_y = _log_gamma_variates(alpha, n, generator, device)
-    return torch.sigmoid(log_x - log_y)
+    # float32 sigmoid rounds to exactly 0 or 1 for small α; keep λ strictly inside
+    # (0, 1) so "λ = 1" keeps meaning "not mixed".
+    return torch.sigmoid(log_x - log_y).clamp(_LAM_MIN, _LAM_MAX)
 
 
 def sample_partners(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:

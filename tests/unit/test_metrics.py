@@ -1,0 +1,157 @@
+"""Unit tests for app.ml.metrics."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app.ml.metrics import (
+    classification_metrics,
+    expected_calibration_error,
+    soft_cross_entropy,
+)
+
+
+def ece_reference(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
+    """Guo et al. (2017): equal-width bins (lo, hi], weighted |accuracy - confidence|."""
+    confidence = probs.max(axis=1).astype(np.float64)
+    correct = (probs.argmax(axis=1) == labels).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    ece = 0.0
+    for lo, hi in itertools.pairwise(edges):
+        in_bin = (confidence > lo) & (confidence <= hi)
+        if in_bin.any():
+            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    return ece
+
+
+def near_bin_edge(conf: np.ndarray, n_bins: int, tol: float = 1e-5) -> bool:
+    scaled = conf.astype(np.float64) * n_bins
+    return bool((np.abs(scaled - np.round(scaled)) < tol).any())
+
+
+@settings(max_examples=50, deadline=None)
+@given(n=st.integers(1, 300), k=st.integers(2, 12), temperature=st.floats(0.1, 5.0),
+       seed=st.integers(0, 2**31 - 1))
+def test_ece_matches_numpy_reference(n, k, temperature, seed):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn((n, k), generator=g) / temperature
+    probs = logits.softmax(dim=1)
+    labels = torch.randint(0, k, (n,), generator=g)
+    # bias towards correct predictions so that accuracy is not ~1/K everywhere
+    labels = torch.where(torch.rand(n, generator=g) < 0.5, probs.argmax(1), labels)
+    p = probs.numpy()
+    if near_bin_edge(p.max(axis=1), 15):
+        return  # float32 vs float64 may disagree on which side of an edge a value lies
+    got = float(expected_calibration_error(probs, labels, n_bins=15))
+    assert got == pytest.approx(ece_reference(p, labels.numpy(), 15), abs=1e-5)
+
+
+@pytest.mark.parametrize("n_bins", [1, 5, 10, 15, 20])
+def test_ece_other_bin_counts_match_reference(n_bins):
+    g = torch.Generator().manual_seed(n_bins)
+    probs = (torch.randn(500, 5, generator=g) * 2).softmax(1)
+    labels = torch.randint(0, 5, (500,), generator=g)
+    got = float(expected_calibration_error(probs, labels, n_bins=n_bins))
+    assert got == pytest.approx(ece_reference(probs.numpy(), labels.numpy(), n_bins), abs=1e-5)
+
+
+def test_ece_is_zero_when_perfectly_calibrated():
+    # 10 predictions at confidence 0.7 with 7 right, 10 at confidence 0.9 with 9 right
+    probs = torch.tensor([[0.7, 0.3]] * 10 + [[0.1, 0.9]] * 10)
+    labels = torch.tensor([0] * 7 + [1] * 3 + [1] * 9 + [0] * 1)
+    assert float(expected_calibration_error(probs, labels)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_ece_overconfident_hand_computed():
+    # bin with confidence 0.95: 6 samples, 3 right -> gap 0.45, weight 0.6
+    # bin with confidence 0.55: 4 samples, 2 right -> gap 0.05, weight 0.4
+    # ECE = 0.6 * 0.45 + 0.4 * 0.05 = 0.29
+    probs = torch.tensor([[0.95, 0.05]] * 6 + [[0.55, 0.45]] * 4)
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 0, 0, 1, 1])
+    ece = expected_calibration_error(probs, labels)
+    assert ece.dim() == 0
+    assert float(ece) == pytest.approx(0.29, abs=1e-6)
+
+
+def test_ece_all_wrong_at_full_confidence_is_one():
+    probs = torch.tensor([[1.0, 0.0, 0.0]] * 4)
+    labels = torch.tensor([1, 2, 1, 2])
+    assert float(expected_calibration_error(probs, labels)) == pytest.approx(1.0)
+
+
+def test_ece_gaps_in_different_bins_do_not_cancel():
+    # over-confident in one bin and under-confident in another: the gaps add up
+    probs = torch.tensor([[0.9, 0.1]] * 10 + [[0.6, 0.4]] * 10)
+    labels = torch.tensor([0] * 5 + [1] * 5 + [0] * 10)
+    # 0.5 * |0.5 - 0.9| + 0.5 * |1.0 - 0.6| = 0.4
+    assert float(expected_calibration_error(probs, labels)) == pytest.approx(0.4, abs=1e-6)
+
+
+def test_soft_cross_entropy_equals_cross_entropy_for_one_hot():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(32, 7, generator=g)
+    labels = torch.randint(0, 7, (32,), generator=g)
+    got = soft_cross_entropy(logits, F.one_hot(labels, 7).float())
+    torch.testing.assert_close(got, F.cross_entropy(logits, labels))
+
+
+def test_soft_cross_entropy_equals_cross_entropy_for_soft_targets():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(16, 4, generator=g)
+    targets = torch.rand(16, 4, generator=g).softmax(1)
+    torch.testing.assert_close(soft_cross_entropy(logits, targets),
+                               F.cross_entropy(logits, targets))
+    # hand check on one row: -sum t log softmax
+    row = -(targets[0] * logits[0].log_softmax(0)).sum()
+    torch.testing.assert_close(soft_cross_entropy(logits[:1], targets[:1]), row)
+
+
+def test_soft_cross_entropy_is_computed_in_float32_for_bf16_logits():
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(8, 3, generator=g).to(torch.bfloat16)
+    labels = torch.randint(0, 3, (8,), generator=g)
+    got = soft_cross_entropy(logits, F.one_hot(labels, 3).float())
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, F.cross_entropy(logits.float(), labels))
+
+
+def test_soft_cross_entropy_gradient_matches_cross_entropy():
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(6, 5, generator=g, requires_grad=True)
+    b = a.detach().clone().requires_grad_(True)
+    labels = torch.randint(0, 5, (6,), generator=g)
+    soft_cross_entropy(a, F.one_hot(labels, 5).float()).backward()
+    F.cross_entropy(b, labels).backward()
+    torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_classification_metrics_accuracy_loss_and_ece():
+    logits = torch.tensor([
+        [5.0, 0.0, 0.0],   # predicts 0, label 0: right
+        [0.0, 3.0, 0.0],   # predicts 1, label 1: right
+        [0.0, 0.0, 1.0],   # predicts 2, label 0: wrong
+        [2.0, 1.0, 0.0],   # predicts 0, label 2: wrong
+        [0.0, 0.5, 4.0],   # predicts 2, label 2: right
+    ])
+    labels = torch.tensor([0, 1, 0, 2, 2])
+    m = classification_metrics(logits, labels)
+    assert set(m) == {"loss", "acc", "ece"}
+    assert float(m["acc"]) == pytest.approx(3 / 5)
+    torch.testing.assert_close(m["loss"], F.cross_entropy(logits, labels))
+    torch.testing.assert_close(m["ece"], expected_calibration_error(logits.softmax(1), labels))
+    assert float(m["ece"]) == pytest.approx(
+        ece_reference(logits.softmax(1).numpy(), labels.numpy()), abs=1e-6)
+
+
+def test_classification_metrics_perfect_and_bf16_logits():
+    labels = torch.tensor([0, 1, 2, 1])
+    logits = F.one_hot(labels, 3).float() * 20
+    m = classification_metrics(logits.to(torch.bfloat16), labels)
+    assert float(m["acc"]) == 1.0
+    assert float(m["loss"]) < 1e-6
+    assert float(m["ece"]) < 1e-6
