@@ -15,6 +15,16 @@ cli = typer.Typer(help="mixlab: train models with mixup-style augmentation.",
 console = Console(stderr=True)
 
 
+def _die_with_parent() -> None:
+    """Run in the child before exec: Linux sends it SIGTERM when its parent dies,
+    so a worker never outlives ``mixlab up``, even if ``up`` is SIGKILLed."""
+    if sys.platform == "linux":
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def _data_dir_option(data_dir: Path | None) -> None:
     if data_dir is not None:
         os.environ["MIXLAB_DATA_DIR"] = str(data_dir)
@@ -73,16 +83,28 @@ def up(host: str = "127.0.0.1", port: int = 8000,
                   f"API on http://{host}:{port}  (docs at /docs)")
     log = (settings.data_dir / "worker.log").open("ab")
     worker_proc = subprocess.Popen(worker_command(), stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+                                   start_new_session=True, preexec_fn=_die_with_parent)
+    # uvicorn re-raises the SIGTERM it caught once it has shut down; turn that
+    # into SystemExit so the finally below still stops the worker.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         uvicorn.run("app.api.main:app", host=host, port=port, log_level="warning")
     finally:
-        os.killpg(worker_proc.pid, signal.SIGTERM)
-        try:
-            worker_proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker_proc.pid, signal.SIGKILL)
+        _stop_worker(worker_proc)
         log.close()
+
+
+def _stop_worker(proc: subprocess.Popen[bytes], grace_s: float = 15.0) -> None:
+    """Celery's warm shutdown (SIGTERM) lets the current step finish; past the
+    grace period the worker is killed and its run is left for recovery."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 @cli.command()
