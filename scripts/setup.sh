@@ -13,6 +13,9 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   echo "installing torch==2.13.0 (CPU build)" >&2
   .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0
 fi
-.venv/bin/pip install -q --disable-pip-version-check -e ".[dev]" 2>&1 \
-  | grep -v -E "is ignored: it is neither" || true
+# pip's own chatter (editable-install notices) goes to a log, shown only on failure
+if ! .venv/bin/pip install -q --disable-pip-version-check -e ".[dev]" > .venv/pip.log 2>&1; then
+  cat .venv/pip.log >&2
+  exit 1
+fi
 .venv/bin/python -c "import app.ml, app.api.main" >/dev/null
