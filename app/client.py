@@ -17,6 +17,21 @@ import httpx
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
+def wait_until_ready(base_url: str, timeout: float = 60.0,
+                     still_starting: Callable[[], bool] = lambda: True) -> bool:
+    """Poll ``/readyz`` until it answers 200 (True), the timeout passes or
+    ``still_starting`` says the server process is gone (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and still_starting():
+        try:
+            if httpx.get(f"{base_url.rstrip('/')}/readyz", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    return False
+
+
 class MixlabError(RuntimeError):
     def __init__(self, response: httpx.Response) -> None:
         try:

@@ -15,12 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from app.client import TERMINAL, MixlabClient
+from app.client import TERMINAL, MixlabClient, wait_until_ready
 
 console = Console()
 DEMO_DIR = Path(".mixlab-demo")
@@ -39,18 +38,9 @@ def _start_stack(port: int) -> subprocess.Popen[bytes]:
 
 
 def _wait_ready(base_url: str, proc: subprocess.Popen[bytes], timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
     with console.status("starting the embedded stack (API, worker, SQLite, broker)…"):
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the stack exited; see {DEMO_DIR / 'stack.log'}")
-            try:
-                if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-    raise RuntimeError(f"the stack did not become ready; see {DEMO_DIR / 'stack.log'}")
+        if not wait_until_ready(base_url, timeout, lambda: proc.poll() is None):
+            raise RuntimeError(f"the stack did not become ready; see {DEMO_DIR / 'stack.log'}")
 
 
 def _stop_stack(proc: subprocess.Popen[bytes]) -> None:

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -70,18 +69,13 @@ def database() -> Iterator[str]:
     drop_database(DB_NAME)
 
 
-def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited early:\n{log.read_text()[-4000:]}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"{url} not ready after {timeout}s:\n{log.read_text()[-4000:]}")
+def wait_http(base_url: str, proc: subprocess.Popen[bytes], log: Path,
+              timeout: float = 60) -> None:
+    from app.client import wait_until_ready
+
+    if not wait_until_ready(base_url, timeout, lambda: proc.poll() is None):
+        raise RuntimeError(f"{base_url} not ready after {timeout}s or exited:\n"
+                           f"{log.read_text()[-4000:]}")
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -115,7 +109,7 @@ def stack(database: str) -> Iterator[Stack]:
                               stdout=worker_log.open("wb"), stderr=subprocess.STDOUT)
     base_url = f"http://127.0.0.1:{port}"
     try:
-        wait_http(f"{base_url}/readyz", api, api_log)
+        wait_http(base_url, api, api_log)
         yield Stack(base_url, api, worker, worker_log)
     finally:
         stop(worker)

@@ -24,7 +24,7 @@ def test_embedded_stack_trains_a_run(tmp_path: Path) -> None:
                             env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
-        wait_http(f"http://127.0.0.1:{port}/readyz", proc, log, timeout=90)
+        wait_http(f"http://127.0.0.1:{port}", proc, log, timeout=90)
         with MixlabClient(f"http://127.0.0.1:{port}") as mx:
             ds = mx.create_builtin_dataset("digits", label_noise=0.1)
             run_id = experiment(mx, ds["id"], training={"epochs": 2})
