@@ -10,6 +10,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from app.cli_client import register as register_client_commands
+
 cli = typer.Typer(help="mixlab: train models with mixup-style augmentation.",
                   no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
@@ -117,6 +119,9 @@ def demo(epochs: int = 150, noise: float = 0.4,
     from app.demo import run_demo
 
     raise typer.Exit(run_demo(epochs=epochs, noise=noise, output=output, port=port))
+
+
+register_client_commands(cli)
 
 
 def main() -> None:

@@ -151,6 +151,10 @@ def _train(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixSpec, spec
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     order_gen = torch.Generator(device=home).manual_seed(spec.seed)
     mix_gen = torch.Generator(device=device).manual_seed(spec.seed + 1)
+    # host-side draws (manifold mixup's layer) so the loop never waits for the GPU
+    host_gen = torch.Generator().manual_seed(spec.seed + 2)
+    no_mix = MixSpec(method="none")
+    kinds = dict(data.modality_kinds)
 
     device_name = describe(device)
     hooks.on_start(device_name, total_steps)
@@ -158,6 +162,7 @@ def _train(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixSpec, spec
     last_metrics: dict[str, float] = {}
     for epoch in range(1, spec.epochs + 1):
         model.train()
+        epoch_mix = mix_spec if mix_spec.active_at(epoch, spec.epochs) else no_mix
         order = torch.randperm(n_train, generator=order_gen, device=home)
         loss_sum = torch.zeros((), device=device)
         epoch_started = time.perf_counter()
@@ -167,9 +172,10 @@ def _train(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixSpec, spec
             idx = order[b * spec.batch_size:(b + 1) * spec.batch_size]
             x = normalize(train_images[idx].to(device, non_blocking=True))
             y = train_labels[idx].to(device, non_blocking=True)
-            mixed = mix({"image": x}, y, mix_spec, mix_gen, data.num_classes)
+            mixed = mix({"image": x}, y, epoch_mix, mix_gen, data.num_classes,
+                        kinds={"image": kinds.get("image", "image")}, host_generator=host_gen)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                logits = model(mixed.inputs["image"])
+                logits = model(mixed.inputs["image"], mixed)
             loss = soft_cross_entropy(logits, mixed.targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

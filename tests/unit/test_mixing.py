@@ -344,10 +344,21 @@ def test_cutmix_needs_an_image_modality():
         mix({"tab": torch.randn(4, 3)}, torch.arange(4), MixSpec("cutmix"), gen(0), 4)
 
 
-def test_cutmix_rejects_image_modalities_of_different_sizes():
+def test_cutmix_cuts_each_image_modality_and_the_first_defines_lam():
     batch = {"a": torch.rand(4, 1, 6, 6), "b": torch.rand(4, 1, 5, 5)}
-    with pytest.raises(ValueError, match="size"):
-        mix(batch, torch.arange(4), MixSpec("cutmix", alpha=1.0), gen(0), 4)
+    out = mix(batch, torch.arange(4), MixSpec("cutmix", alpha=1.0, lam_mode="sample"),
+              gen(0), 4)
+    assert set(out.regions) == {"a", "b"}
+    a = out.regions["a"]
+    area = ((a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])).float()
+    assert torch.allclose(out.lam, 1 - area / 36)
+    assert torch.equal(out.boxes, a)
+    b = out.regions["b"]
+    inside = torch.zeros(4, 1, 5, 5, dtype=torch.bool)
+    for i in range(4):
+        inside[i, :, b[i, 0]:b[i, 2], b[i, 1]:b[i, 3]] = True
+    expected = torch.where(inside, batch["b"][out.index], batch["b"])
+    assert torch.equal(out.inputs["b"], expected)
 
 
 @FAST

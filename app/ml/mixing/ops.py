@@ -1,14 +1,36 @@
-"""The mixing ops: small pure functions over a batch dict.
+"""Modality ops shared by every kind, and the image ones.
 
-Each op receives the batch, the per-sample λ drawn by ``mix`` and the partner
-index, and returns the mixed batch, the λ the targets must use (cutmix corrects
-it to the kept area) and the boxes it cut, if any. Ops never write into the
-caller's tensors.
+An op mixes one modality's tensor given the shared λ and partner index of the
+call (``OpContext``) and says what it did (``OpResult``). Ops never write into
+the caller's tensors and never loop over samples in Python.
 """
+
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from app.ml.mixing.types import MixSpec
+
+
+@dataclass
+class OpContext:
+    lam: torch.Tensor  # (N,) float32: the shared λ at this point of the call
+    index: torch.Tensor  # (N,) partner of each sample
+    spec: MixSpec
+    generator: torch.Generator
+    # regions already cut in this call, so modalities of the same size (RGB and
+    # depth of one scene) get the same box
+    shared: dict[Any, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class OpResult:
+    value: torch.Tensor
+    kept: torch.Tensor | None = None  # exact share kept, for ops that cut regions
+    region: torch.Tensor | None = None  # boxes / spans / bands, per sample
+    mask: torch.Tensor | None = None  # e.g. the union attention mask for text
+    deferred: bool = False  # the model mixes this modality itself
 
 
 def interpolate(x: torch.Tensor, partner: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
@@ -18,27 +40,15 @@ def interpolate(x: torch.Tensor, partner: torch.Tensor, lam: torch.Tensor) -> to
     """
     shape = (-1,) + (1,) * (x.dim() - 1)
     if x.is_floating_point():
-        w = lam.to(x.dtype).view(shape)
-        return torch.lerp(partner, x, w)
-    w = lam.view(shape)
-    mixed = torch.lerp(partner.float(), x.float(), w).round()
+        return torch.lerp(partner, x, lam.to(x.dtype).view(shape))
+    mixed = torch.lerp(partner.float(), x.float(), lam.view(shape)).round()
     info = torch.iinfo(x.dtype)
     return mixed.clamp(info.min, info.max).to(x.dtype)
 
 
-def mixup_op(batch: dict[str, torch.Tensor], lam: torch.Tensor, index: torch.Tensor,
-             spec: MixSpec, generator: torch.Generator
-             ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
-    """Mixup (Zhang et al., ICLR 2018): convex combination of every modality."""
-    mixed = {k: interpolate(v, v[index], lam) for k, v in batch.items()}
-    return mixed, lam, None
-
-
-def none_op(batch: dict[str, torch.Tensor], lam: torch.Tensor, index: torch.Tensor,
-            spec: MixSpec, generator: torch.Generator
-            ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
-    """No mixing: inputs pass through, λ = 1."""
-    return dict(batch), torch.ones_like(lam), None
+def mixup(x: torch.Tensor, ctx: OpContext) -> OpResult:
+    """Mixup (Zhang et al., ICLR 2018): a convex combination of the pair."""
+    return OpResult(interpolate(x, x[ctx.index], ctx.lam))
 
 
 def _box_sides(lam: torch.Tensor, size: int, spec: MixSpec,
@@ -75,39 +85,38 @@ def cutmix_boxes(lam: torch.Tensor, height: int, width: int, spec: MixSpec,
     return torch.where((lam < 1.0)[:, None], boxes, torch.zeros_like(boxes))
 
 
-def box_mask(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Boolean (N, 1, H, W) mask, True inside each sample's box."""
+def shared_boxes(ctx: OpContext, op: str, height: int, width: int) -> torch.Tensor:
+    """Boxes for this call's (op, height, width), drawn once and reused."""
+    key = (op, height, width)
+    if key not in ctx.shared:
+        ctx.shared[key] = cutmix_boxes(ctx.lam, height, width, ctx.spec, ctx.generator)
+    return ctx.shared[key]
+
+
+def box_mask(boxes: torch.Tensor, height: int, width: int, dims: int = 4) -> torch.Tensor:
+    """Boolean mask, True inside each sample's box, shaped to broadcast over a
+    ``dims``-D (N, …, H, W) tensor."""
     ys = torch.arange(height, device=boxes.device)
     xs = torch.arange(width, device=boxes.device)
     in_y = (ys >= boxes[:, 0:1]) & (ys < boxes[:, 2:3])
     in_x = (xs >= boxes[:, 1:2]) & (xs < boxes[:, 3:4])
-    return (in_y[:, :, None] & in_x[:, None, :])[:, None]
+    mask = in_y[:, :, None] & in_x[:, None, :]
+    return mask.view(mask.shape[0], *([1] * (dims - 3)), height, width)
 
 
-def cutmix_op(batch: dict[str, torch.Tensor], lam: torch.Tensor, index: torch.Tensor,
-              spec: MixSpec, generator: torch.Generator
-              ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
-    """CutMix (Yun et al., ICCV 2019) on 4-D (N, C, H, W) tensors.
-
-    Other modalities in the batch are interpolated with the same (corrected) λ,
-    so every modality of a sample and its label agree on one mixing weight.
-    """
-    images = [k for k, v in batch.items() if v.dim() == 4]
-    if not images:
-        raise ValueError("cutmix needs an image modality shaped (N, C, H, W)")
-    height, width = batch[images[0]].shape[-2:]
-    boxes = cutmix_boxes(lam, height, width, spec, generator)
+def region_kept(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
     area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).float()
-    kept = 1.0 - area / float(height * width)
-    if spec.correct_lam or spec.cutmix_minmax is not None:
-        lam = kept
-    mask = box_mask(boxes, height, width)
-    mixed: dict[str, torch.Tensor] = {}
-    for key, value in batch.items():
-        if key in images:
-            if value.shape[-2:] != (height, width):
-                raise ValueError(f"cutmix: image modalities differ in size ({key})")
-            mixed[key] = torch.where(mask, value[index], value)
-        else:
-            mixed[key] = interpolate(value, value[index], lam)
-    return mixed, lam, boxes
+    return 1.0 - area / float(height * width)
+
+
+def cutmix(x: torch.Tensor, ctx: OpContext) -> OpResult:
+    """CutMix (Yun et al., ICCV 2019) on the last two dims of an image (N, C, H, W)
+    or, frame-wise with one box per clip, a video (N, T, C, H, W)."""
+    if x.dim() < 4:
+        raise ValueError(f"cutmix needs (N, C, H, W) or (N, T, C, H, W), got {tuple(x.shape)}")
+    height, width = x.shape[-2:]
+    boxes = shared_boxes(ctx, "cutmix", height, width)
+    value = torch.where(box_mask(boxes, height, width, x.dim()), x[ctx.index], x)
+    exact = ctx.spec.correct_lam or ctx.spec.cutmix_minmax is not None
+    return OpResult(value, kept=region_kept(boxes, height, width) if exact else None,
+                    region=boxes)

@@ -47,6 +47,24 @@ def sample_beta(alpha: float, n: int, generator: torch.Generator,
     return torch.sigmoid(log_x - log_y).clamp(_LAM_MIN, _LAM_MAX)
 
 
-def sample_partners(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """A random permutation: sample i is mixed with sample ``index[i]``."""
-    return torch.randperm(n, generator=generator, device=device)
+def sample_partners(n: int, generator: torch.Generator, device: torch.device,
+                    pairing: str = "permute", involution: bool = False) -> torch.Tensor:
+    """Partner index per sample: sample i is mixed with ``index[i]``.
+
+    ``involution`` asks for pairs (index[index[i]] == i): a random perfect
+    matching for ``permute`` (the odd one out is its own partner), the mirror for
+    ``flip``.
+    """
+    if pairing == "flip":
+        return torch.arange(n - 1, -1, -1, device=device)
+    if pairing == "roll":
+        return torch.roll(torch.arange(n, device=device), -1)
+    order = torch.randperm(n, generator=generator, device=device)
+    if not involution:
+        return order
+    index = torch.arange(n, device=device)
+    even = order[0:n - n % 2:2]
+    odd = order[1:n - n % 2:2]
+    index[even] = odd
+    index[odd] = even
+    return index

@@ -1,0 +1,516 @@
+"""The ``mixlab`` commands that talk to a running API: datasets, preview,
+experiments and runs. Each takes ``--url`` (env ``MIXLAB_URL``) and most take
+``--json`` for the raw reply instead of a table.
+
+Exit codes: 0 ok; 1 the API refused (``error: <status> <detail>``) or a watched
+run did not succeed; 2 the API could not be reached; 130 interrupted.
+"""
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from app.client import TERMINAL, MixlabClient, MixlabError
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+POLL_S = 0.5
+
+
+
+def _console(stderr: bool) -> Console:
+    """Piped output gets wide tables and lines, so ids are never folded."""
+    stream = sys.stderr if stderr else sys.stdout
+    wide = not stream.isatty() and "COLUMNS" not in os.environ
+    return Console(stderr=stderr, width=160 if wide else None)
+
+
+out = _console(stderr=False)
+err = _console(stderr=True)
+
+Url = Annotated[str, typer.Option("--url", envvar="MIXLAB_URL", show_envvar=True,
+                                  help="Base URL of the mixlab API.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the raw JSON reply.")]
+Limit = Annotated[int, typer.Option(min=1, max=500, help="Page size.")]
+Offset = Annotated[int, typer.Option(min=0, help="Items to skip.")]
+
+datasets_app = typer.Typer(help="Register, list, describe and delete datasets.",
+                           no_args_is_help=True)
+experiments_app = typer.Typer(help="Submit and inspect experiments.", no_args_is_help=True)
+runs_app = typer.Typer(help="Follow, cancel and read runs.", no_args_is_help=True)
+
+
+def register(cli: typer.Typer) -> None:
+    """Add the client commands to the top-level ``mixlab`` app."""
+    cli.add_typer(datasets_app, name="datasets")
+    cli.command("preview")(preview)
+    cli.add_typer(experiments_app, name="experiments")
+    cli.add_typer(runs_app, name="runs")
+
+
+# ── plumbing ──────────────────────────────────────────────────────────────────
+
+def format_error(exc: MixlabError) -> list[str]:
+    """``error: <status> <detail>``; a 422 lists each ``loc: msg`` below it."""
+    detail = exc.detail
+    if isinstance(detail, list):
+        lines = [f"error: {exc.status_code} invalid request"]
+        for item in detail:
+            if isinstance(item, dict):
+                loc = ".".join(str(p) for p in item.get("loc", []))
+                lines.append(f"  {loc}: {item.get('msg', item)}")
+            else:
+                lines.append(f"  {item}")
+        return lines
+    return [f"error: {exc.status_code} {detail if detail is not None else ''}".rstrip()]
+
+
+@contextmanager
+def connect(url: str) -> Iterator[MixlabClient]:
+    """A client whose failures end the command cleanly: API errors exit 1,
+    an unreachable API exits 2, Ctrl-C exits 130 — never a traceback."""
+    try:
+        with MixlabClient(url) as mx:
+            yield mx
+    except MixlabError as exc:
+        for line in format_error(exc):
+            err.print(f"[red]{escape(line)}[/]", soft_wrap=True)
+        raise typer.Exit(1) from None
+    except httpx.ConnectError:
+        err.print(f"[red]error: cannot connect to {escape(url)}[/] — "
+                  "is the API running? mixlab up")
+        raise typer.Exit(2) from None
+    except httpx.TransportError as exc:
+        err.print(f"[red]error: {escape(url)}: {escape(type(exc).__name__)} "
+                  f"{escape(str(exc))}[/]")
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise typer.Exit(130) from None
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]error: {escape(message)}[/]", soft_wrap=True)
+    return typer.Exit(code)
+
+
+def print_json(data: Any) -> None:
+    out.print_json(json.dumps(data))
+
+
+def when(stamp: str | None) -> str:
+    """ISO timestamp → ``YYYY-MM-DD HH:MM:SS`` (UTC as the API gives it)."""
+    return stamp.replace("T", " ")[:19] if stamp else "-"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = round(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def number(value: float) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def table(*columns: str, title: str | None = None) -> Table:
+    t = Table(title=title)
+    for col in columns:
+        t.add_column(col, no_wrap=col in ("id", "run", "experiment", "dataset"))
+    return t
+
+
+def kv_table(rows: dict[str, Any], title: str | None = None) -> Table:
+    t = Table(title=title, show_header=False)
+    t.add_column(style="bold")
+    t.add_column()
+    for key, value in rows.items():
+        t.add_row(key, escape(str(value)))
+    return t
+
+
+# ── datasets ──────────────────────────────────────────────────────────────────
+
+def _splits(sizes: dict[str, int]) -> str:
+    return " ".join(f"{k} {v}" for k, v in sizes.items())
+
+
+def _dataset_line(ds: dict[str, Any]) -> str:
+    return (f"{ds['id']}  {escape(ds['name'])}: {ds['num_samples']} samples, "
+            f"{len(ds['classes'])} classes, splits {_splits(ds['split_sizes'])}"
+            + (f", {ds['noisy_train_labels']} noisy training labels"
+               if ds["noisy_train_labels"] else ""))
+
+
+@datasets_app.command("list")
+def datasets_list(url: Url = DEFAULT_URL, as_json: AsJson = False, limit: Limit = 50,
+                  offset: Offset = 0) -> None:
+    """List datasets, newest first."""
+    with connect(url) as mx:
+        page = mx.list_datasets(limit=limit, offset=offset)
+    if as_json:
+        return print_json(page)
+    t = table("id", "name", "samples", "classes", "splits", "created",
+              title=f"datasets ({len(page['items'])} of {page['total']})")
+    for ds in page["items"]:
+        t.add_row(ds["id"], escape(ds["name"]), str(ds["num_samples"]),
+                  str(len(ds["classes"])), _splits(ds["split_sizes"]), when(ds["created_at"]))
+    out.print(t)
+
+
+@datasets_app.command("show")
+def datasets_show(dataset_id: str, url: Url = DEFAULT_URL, as_json: AsJson = False) -> None:
+    """Describe a dataset: modalities, classes with counts, split sizes."""
+    with connect(url) as mx:
+        ds = mx.get_dataset(dataset_id)
+    if as_json:
+        return print_json(ds)
+    out.print(kv_table({"id": ds["id"], "name": ds["name"], "status": ds["status"],
+                        "source": json.dumps(ds["source"]), "samples": ds["num_samples"],
+                        "splits": _splits(ds["split_sizes"]),
+                        "noisy training labels": ds["noisy_train_labels"],
+                        "size": f"{ds['size_bytes']:,} bytes", "created": when(ds["created_at"])},
+                       title=f"dataset {escape(ds['name'])}"))
+    mods = table("modality", "kind", "shape", "dtype", title="modalities")
+    for m in ds["modalities"]:
+        mods.add_row(m["name"], m["kind"], "×".join(map(str, m["shape"])), m["dtype"])
+    out.print(mods)
+    splits = list(ds["split_sizes"])
+    classes = table("index", "class", "count", *splits, title="classes")
+    for c in ds["classes"]:
+        classes.add_row(str(c["index"]), escape(c["name"]), str(c["count"]),
+                        *(str(c["split_counts"].get(s, 0)) for s in splits))
+    out.print(classes)
+
+
+@datasets_app.command("add-builtin")
+def datasets_add_builtin(
+        builtin: Annotated[str, typer.Argument(help="Built-in dataset: digits.")] = "digits",
+        label_noise: Annotated[float, typer.Option(help="Share of training labels flipped.")]
+        = 0.0,
+        seed: Annotated[int, typer.Option(help="Seed of the label noise.")] = 0,
+        name: Annotated[str | None, typer.Option(help="Defaults to the built-in's name.")]
+        = None,
+        url: Url = DEFAULT_URL, as_json: AsJson = False) -> None:
+    """Register a built-in dataset (scikit-learn's digits), optionally with label noise."""
+    with connect(url) as mx, err.status(f"registering {builtin}…"):
+        ds = mx.create_builtin_dataset(builtin, name=name, label_noise=label_noise, seed=seed)
+    if as_json:
+        return print_json(ds)
+    out.print(f"registered {_dataset_line(ds)}")
+
+
+@datasets_app.command("upload")
+def datasets_upload(
+        file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True,
+                                             help=".npz with image (N,H,W | N,C,H,W) and "
+                                                  "label (N,); optional split, class_names")],
+        name: Annotated[str | None, typer.Option(help="Defaults to the file name.")] = None,
+        url: Url = DEFAULT_URL, as_json: AsJson = False) -> None:
+    """Upload an .npz image dataset."""
+    size = file.stat().st_size
+    with connect(url) as mx, err.status(f"uploading {file.name} ({size:,} bytes)…"):
+        ds = mx.upload_dataset(file, name=name)
+    if as_json:
+        return print_json(ds)
+    out.print(f"uploaded {_dataset_line(ds)}")
+
+
+@datasets_app.command("delete")
+def datasets_delete(dataset_id: str, url: Url = DEFAULT_URL) -> None:
+    """Delete a dataset no experiment uses."""
+    with connect(url) as mx:
+        mx.delete_dataset(dataset_id)
+    out.print(f"deleted dataset {dataset_id}")
+
+
+# ── preview ───────────────────────────────────────────────────────────────────
+
+def preview(
+        dataset_id: str,
+        method: Annotated[str, typer.Option(help="none, mixup or cutmix.")] = "mixup",
+        alpha: Annotated[float, typer.Option(help="Beta(α, α) of λ.")] = 1.0,
+        seed: int = 0,
+        n: Annotated[int, typer.Option("-n", help="Number of mixed samples.")] = 8,
+        split: Annotated[str, typer.Option(help="train, val or test.")] = "train",
+        output: Annotated[Path, typer.Option("--output", "-o", dir_okay=False,
+                                             help="Where the PNG grid goes.")]
+        = Path("preview.png"),
+        url: Url = DEFAULT_URL, as_json: AsJson = False) -> None:
+    """Mix N samples of a dataset (seeded), save the PNG grid and show λ and labels."""
+    with connect(url) as mx:
+        result = mx.preview(dataset_id, method=method, alpha=alpha, seed=seed, n=n, split=split)
+        png = mx.fetch(result["image_url"])
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_bytes(png)
+    if as_json:
+        return print_json(result)
+    cutmix = any(s["box"] for s in result["samples"])
+    t = table("#", "A", "B", "λ", "label mixture", *(["box"] if cutmix else []),
+              title=f"{method} α={alpha} seed={seed} ({split})")
+    for i, s in enumerate(result["samples"]):
+        mixture = ", ".join(f"{escape(k)}: {v:.3f}" for k, v in
+                            sorted(s["label_mixture"].items(), key=lambda kv: -kv[1]))
+        box = [" ".join(map(str, s["box"])) if s["box"] else "-"] if cutmix else []
+        t.add_row(str(i), f"#{s['index_a']} ({escape(s['label_a'])})",
+                  f"#{s['index_b']} ({escape(s['label_b'])})", f"{s['lam']:.3f}", mixture, *box)
+    out.print(t)
+    out.print(f"wrote {output} ({len(png):,} bytes)")
+
+
+# ── runs: watching ────────────────────────────────────────────────────────────
+
+def watch_runs(mx: MixlabClient, run_ids: list[str],
+               on_done: Callable[[dict[str, Any]], None] | None = None
+               ) -> dict[str, dict[str, Any]]:
+    """Poll every run until it is terminal, one progress bar each (on stderr)."""
+    final: dict[str, dict[str, Any]] = {}
+    columns = (TextColumn("{task.description}"), BarColumn(),
+               TextColumn("{task.fields[status]:>9} step {task.fields[steps]} · epoch "
+                          "{task.fields[epoch]} · {task.fields[rate]} samples/s · "
+                          "ETA {task.fields[eta]}"), TimeElapsedColumn())
+    with Progress(*columns, console=err) as bars:
+        tasks = {rid: bars.add_task(rid[:8], total=None, status="…", steps="-", epoch="-",
+                                    rate="-", eta="-") for rid in run_ids}
+        while len(final) < len(run_ids):
+            for rid in run_ids:
+                if rid in final:
+                    continue
+                run = mx.get_run(rid)
+                p = run["progress"]
+                bars.update(tasks[rid], total=p["total_steps"] or None, completed=p["step"],
+                            status=run["status"], steps=f"{p['step']}/{p['total_steps'] or '?'}",
+                            epoch=f"{p['epoch']}/{p['epochs']}",
+                            rate=f"{p['samples_per_s']:.0f}" if p["samples_per_s"] else "-",
+                            eta=duration(p["eta_s"]) if run["status"] == "running" else "-")
+                if run["status"] in TERMINAL:
+                    final[rid] = run
+            if len(final) < len(run_ids):
+                time.sleep(POLL_S)
+    for rid in run_ids:
+        if on_done:
+            on_done(final[rid])
+    return final
+
+
+def metrics_table(runs: list[dict[str, Any]]) -> Table:
+    """Latest metrics: one row per key, one column per run."""
+    t = table("metric", *(r["id"][:8] for r in runs), title="final metrics")
+    keys = sorted({k for r in runs for k in r["metrics"]})
+    for key in keys:
+        t.add_row(key, *(number(r["metrics"][key]) if key in r["metrics"] else "-"
+                         for r in runs))
+    return t
+
+
+def report_outcome(runs: list[dict[str, Any]]) -> int:
+    """Print the final metrics and any errors; 0 when every run succeeded."""
+    if any(r["metrics"] for r in runs):
+        out.print(metrics_table(runs))
+    for r in runs:
+        if r["status"] != "succeeded":
+            reason = f": {r['error']}" if r["error"] else ""
+            err.print(f"[red]run {r['id']} {r['status']}{escape(reason)}[/]")
+    return 0 if all(r["status"] == "succeeded" for r in runs) else 1
+
+
+def _stopped_watching(run_ids: list[str]) -> typer.Exit:
+    err.print("stopped watching; the run goes on (mixlab runs cancel "
+              f"{' '.join(run_ids)} to stop it)")
+    return typer.Exit(130)
+
+
+# ── experiments ───────────────────────────────────────────────────────────────
+
+def _read_spec(spec: typer.FileText) -> dict[str, Any]:
+    name = getattr(spec, "name", "spec")
+    try:
+        data = json.loads(spec.read())
+    except json.JSONDecodeError as exc:
+        raise fail(f"{name} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise fail(f"{name}: expected a JSON object (the experiment spec)")
+    return data
+
+
+@experiments_app.command("submit")
+def experiments_submit(
+        spec: Annotated[typer.FileText, typer.Argument(
+            help="Experiment spec (JSON file, or - for stdin).")],
+        watch: Annotated[bool, typer.Option("--watch", "-w",
+                                            help="Follow the runs until they end.")] = False,
+        url: Url = DEFAULT_URL, as_json: AsJson = False) -> None:
+    """Create an experiment from a JSON spec and queue its runs."""
+    body = _read_spec(spec)
+    with connect(url) as mx:
+        created = mx.create_experiment(body)
+        run_ids = [str(r) for r in created["run_ids"]]
+        if as_json:
+            print_json(created)
+        else:
+            out.print(f"experiment {created['experiment_id']}")
+            for rid in run_ids:
+                out.print(f"run {rid}")
+        if not watch:
+            return
+        try:
+            final = watch_runs(mx, run_ids)
+        except KeyboardInterrupt:
+            raise _stopped_watching(run_ids) from None
+    runs = [final[rid] for rid in run_ids]
+    if as_json:
+        print_json(runs)
+        raise typer.Exit(0 if all(r["status"] == "succeeded" for r in runs) else 1)
+    raise typer.Exit(report_outcome(runs))
+
+
+@experiments_app.command("list")
+def experiments_list(url: Url = DEFAULT_URL, as_json: AsJson = False, limit: Limit = 50,
+                     offset: Offset = 0) -> None:
+    """List experiments, newest first."""
+    with connect(url) as mx:
+        page = mx.list_experiments(limit=limit, offset=offset)
+    if as_json:
+        return print_json(page)
+    t = table("id", "name", "dataset", "method", "epochs", "runs", "created",
+              title=f"experiments ({len(page['items'])} of {page['total']})")
+    for e in page["items"]:
+        runs = ", ".join(f"{r['id'][:8]} {r['status']}" for r in e["runs"])
+        t.add_row(e["id"], escape(e["name"]), e["dataset_id"][:8],
+                  str(e["spec"].get("augmentation", {}).get("method", "-")),
+                  str(e["spec"].get("training", {}).get("epochs", "-")), runs,
+                  when(e["created_at"]))
+    out.print(t)
+
+
+@experiments_app.command("show")
+def experiments_show(experiment_id: str, url: Url = DEFAULT_URL,
+                     as_json: AsJson = False) -> None:
+    """Show an experiment: its spec and its runs."""
+    with connect(url) as mx:
+        exp = mx.get_experiment(experiment_id)
+        runs = [mx.get_run(str(r["id"])) for r in exp["runs"]]
+    if as_json:
+        return print_json({**exp, "runs": runs})
+    spec = exp["spec"]
+    rows: dict[str, Any] = {"id": exp["id"], "name": exp["name"], "dataset": exp["dataset_id"],
+                            "task": exp["task"], "created": when(exp["created_at"])}
+    for section in ("model", "augmentation", "training"):
+        if isinstance(spec.get(section), dict):
+            rows[section] = ", ".join(f"{k}={json.dumps(v)}" for k, v in spec[section].items())
+    out.print(kv_table(rows, title=f"experiment {escape(exp['name'])}"))
+    t = table("run", "status", "epoch", "test_acc", "device", "finished")
+    for r in runs:
+        acc = r["metrics"].get("test_acc")
+        t.add_row(r["id"], r["status"], f"{r['progress']['epoch']}/{r['progress']['epochs']}",
+                  number(acc) if acc is not None else "-", r["worker"]["device"] or "-",
+                  when(r["finished_at"]))
+    out.print(t)
+
+
+# ── runs ──────────────────────────────────────────────────────────────────────
+
+@runs_app.command("show")
+def runs_show(run_id: str, url: Url = DEFAULT_URL, as_json: AsJson = False) -> None:
+    """Status, progress, latest metrics, worker and error of a run."""
+    with connect(url) as mx:
+        run = mx.get_run(run_id)
+    if as_json:
+        return print_json(run)
+    p = run["progress"]
+    rows: dict[str, Any] = {
+        "id": run["id"], "experiment": run["experiment_id"],
+        "status": run["status"] + (" (cancel requested)" if run["cancel_requested"]
+                                   and run["status"] == "running" else ""),
+        "progress": f"step {p['step']}/{p['total_steps']}, epoch {p['epoch']}/{p['epochs']}",
+        "samples/s": f"{p['samples_per_s']:.0f}" if p["samples_per_s"] else "-",
+        "ETA": duration(p["eta_s"]) if run["status"] == "running" else "-",
+        "attempt": run["attempt"],
+        "worker": f"{run['worker']['host'] or '-'} · {run['worker']['device'] or '-'}",
+        "created": when(run["created_at"]), "started": when(run["started_at"]),
+        "finished": when(run["finished_at"]), "checkpoint": run["checkpoint_url"] or "-"}
+    if run["error"]:
+        rows["error"] = run["error"]
+    out.print(kv_table(rows, title=f"run {run['id'][:8]}"))
+    if run["metrics"]:
+        out.print(metrics_table([run]))
+
+
+@runs_app.command("watch")
+def runs_watch(run_id: str, url: Url = DEFAULT_URL, as_json: AsJson = False) -> None:
+    """Follow a run until it ends; exit 1 if it failed or was cancelled."""
+    with connect(url) as mx:
+        try:
+            run = watch_runs(mx, [run_id])[run_id]
+        except KeyboardInterrupt:
+            raise _stopped_watching([run_id]) from None
+    if as_json:
+        print_json(run)
+        raise typer.Exit(0 if run["status"] == "succeeded" else 1)
+    raise typer.Exit(report_outcome([run]))
+
+
+@runs_app.command("cancel")
+def runs_cancel(run_id: str, url: Url = DEFAULT_URL, as_json: AsJson = False) -> None:
+    """Cancel a run: a queued one at once, a running one within a step or two."""
+    with connect(url) as mx:
+        run = mx.cancel_run(run_id)
+    if as_json:
+        return print_json(run)
+    if run["status"] == "cancelled":
+        out.print(f"run {run['id']} cancelled")
+    else:
+        out.print(f"run {run['id']} {run['status']}: cancel requested, it stops within a "
+                  f"step or two (mixlab runs watch {run['id']})")
+
+
+@runs_app.command("metrics")
+def runs_metrics(run_id: str,
+                 key: Annotated[str | None, typer.Option(help="One metric, e.g. val_acc.")]
+                 = None,
+                 url: Url = DEFAULT_URL, as_json: AsJson = False) -> None:
+    """Metric history of a run, one row per epoch/step."""
+    with connect(url) as mx:
+        history = mx.metrics(run_id, key)
+    if as_json:
+        return print_json(history)
+    if not history:
+        err.print(f"no {'metric ' + key if key else 'metrics'} recorded for run {run_id}")
+        return
+    keys = sorted(history)
+    rows: dict[tuple[int, int], dict[str, float]] = {}
+    for k in keys:
+        for point in history[k]:
+            rows.setdefault((point["epoch"], point["step"]), {})[k] = point["value"]
+    t = table("epoch", "step", *keys, title=f"run {run_id[:8]} metrics")
+    for (epoch, step), values in sorted(rows.items()):
+        t.add_row(str(epoch), str(step),
+                  *(number(values[k]) if k in values else "" for k in keys))
+    out.print(t)
+
+
+@runs_app.command("checkpoint")
+def runs_checkpoint(run_id: str,
+                    output: Annotated[Path | None, typer.Option(
+                        "--output", "-o", dir_okay=False,
+                        help="File to write (default RUN_ID.safetensors).")] = None,
+                    url: Url = DEFAULT_URL) -> None:
+    """Download a run's latest checkpoint (safetensors)."""
+    with connect(url) as mx, err.status("downloading checkpoint…"):
+        data = mx.download_checkpoint(run_id)
+    path = output or Path(f"{run_id}.safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    out.print(f"wrote {path} ({len(data):,} bytes)")
