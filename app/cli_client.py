@@ -87,9 +87,9 @@ def connect(url: str) -> Iterator[MixlabClient]:
         for line in format_error(exc):
             err.print(f"[red]{escape(line)}[/]", soft_wrap=True)
         raise typer.Exit(1) from None
-    except httpx.ConnectError:
-        err.print(f"[red]error: cannot connect to {escape(url)}[/] — "
-                  "is the API running? mixlab up")
+    except httpx.ConnectError as exc:
+        err.print(f"[red]error: cannot connect to {escape(url)} ({escape(str(exc))})[/] — "
+                  "is the API running? mixlab up", soft_wrap=True)
         raise typer.Exit(2) from None
     except httpx.TransportError as exc:
         err.print(f"[red]error: {escape(url)}: {escape(type(exc).__name__)} "

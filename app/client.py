@@ -35,7 +35,8 @@ def wait_until_ready(base_url: str, timeout: float = 60.0,
 class MixlabError(RuntimeError):
     def __init__(self, response: httpx.Response) -> None:
         try:
-            detail = response.json().get("detail")
+            body = response.json()
+            detail = body.get("detail", body) if isinstance(body, dict) else body
         except ValueError:
             detail = response.text
         super().__init__(f"{response.request.method} {response.request.url.path} → "
@@ -104,6 +105,18 @@ class MixlabClient:
     def list_experiments(self, limit: int = 50, offset: int = 0) -> dict[str, Any]:
         return self._call("GET", "/v1/experiments",
                           params={"limit": limit, "offset": offset}).json()
+
+    def delete_experiment(self, experiment_id: str) -> None:
+        self._call("DELETE", f"/v1/experiments/{experiment_id}")
+
+    def list_runs(self, limit: int = 50, offset: int = 0, status: str | None = None,
+                  experiment_id: str | None = None) -> dict[str, Any]:
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if status:
+            params["status"] = status
+        if experiment_id:
+            params["experiment_id"] = experiment_id
+        return self._call("GET", "/v1/runs", params=params).json()
 
     def get_run(self, run_id: str) -> dict[str, Any]:
         return self._call("GET", f"/v1/runs/{run_id}").json()

@@ -9,7 +9,9 @@ from sqlalchemy.orm import Session, selectinload
 from app.db.models import Dataset, Experiment, Run
 from app.queue import enqueue_run
 from app.schemas.experiments import ExperimentCreate
-from app.services.errors import FieldError, NotFoundError
+from app.services import augmentation
+from app.services.errors import ConflictError, FieldError, NotFoundError
+from app.storage import ArtifactStore
 
 log = logging.getLogger(__name__)
 
@@ -20,9 +22,12 @@ def _validate_against_dataset(request: ExperimentCreate, dataset: Dataset) -> No
         raise FieldError(("body", "training", "batch_size"),
                          f"batch_size {request.training.batch_size} is larger than the "
                          f"dataset's training split ({train_size} samples)")
-    kinds = {m["kind"] for m in dataset.summary["modalities"]}
-    if "image" not in kinds:
+    kinds = augmentation.modality_kinds(dataset.summary)
+    if "image" not in kinds.values():
         raise FieldError(("body", "model", "kind"), "the cnn model needs an image modality")
+    augmentation.check_against_dataset(request.augmentation, kinds, ("body", "augmentation"))
+    augmentation.check_manifold_layers(request.augmentation, request.model.depth,
+                                       ("body", "augmentation"))
 
 
 def create(session: Session, request: ExperimentCreate) -> Experiment:
@@ -64,3 +69,17 @@ def list_page(session: Session, limit: int, offset: int) -> tuple[list[Experimen
                            .order_by(Experiment.created_at.desc(), Experiment.id)
                            .limit(limit).offset(offset)).all()
     return list(rows), total
+
+
+def delete(session: Session, store: ArtifactStore, experiment_id: uuid.UUID) -> None:
+    """Remove a finished experiment with its runs, metric history and checkpoints."""
+    experiment = get(session, experiment_id)
+    live = [str(r.id) for r in experiment.runs if r.status in ("queued", "running")]
+    if live:
+        raise ConflictError(f"experiment {experiment_id} has live runs ({', '.join(live)}); "
+                            "cancel them first")
+    run_ids = [r.id for r in experiment.runs]
+    session.delete(experiment)
+    session.commit()
+    for run_id in run_ids:
+        store.delete_prefix(f"runs/{run_id}")

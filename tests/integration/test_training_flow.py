@@ -131,6 +131,22 @@ def test_dataset_in_use_cannot_be_deleted(client: MixlabClient, digits: dict) ->
     assert client.http.get(f"/v1/datasets/{spare['id']}").status_code == 404
 
 
+def test_experiment_delete_frees_its_dataset(client: MixlabClient) -> None:
+    ds = client.create_builtin_dataset("digits", name="short-lived")
+    created = client.create_experiment({"dataset_id": ds["id"], "training": {"epochs": 300}})
+    run_id = created["run_ids"][0]
+    live = client.http.delete(f"/v1/experiments/{created['experiment_id']}")
+    assert live.status_code == 409 and run_id in live.json()["detail"]
+    client.cancel_run(run_id)
+    wait_until(lambda: client.get_run(run_id)["status"] == "cancelled", timeout=60,
+               what="the run to be cancelled")
+    assert client.list_runs(experiment_id=created["experiment_id"])["total"] == 1
+    client.delete_experiment(created["experiment_id"])
+    assert client.http.get(f"/v1/runs/{run_id}").status_code == 404
+    assert client.http.get(f"/v1/experiments/{created['experiment_id']}").status_code == 404
+    assert client.http.delete(f"/v1/datasets/{ds['id']}").status_code == 204
+
+
 def test_readiness(stack) -> None:  # type: ignore[no-untyped-def]
     body = httpx.get(f"{stack.base_url}/readyz").json()
     assert body == {"status": "ready", "database": "ok", "broker": "ok"}

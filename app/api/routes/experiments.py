@@ -4,7 +4,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 from fastapi.concurrency import run_in_threadpool
 
-from app.api.deps import BaseUrlDep, SessionDep
+from app.api.deps import BaseUrlDep, SessionDep, StoreDep
 from app.db.models import Experiment
 from app.schemas.common import Page
 from app.schemas.experiments import ExperimentCreate, ExperimentCreated, ExperimentOut, RunRef
@@ -49,3 +49,12 @@ def list_experiments(session: SessionDep, base: BaseUrlDep,
 def get_experiment(experiment_id: uuid.UUID, session: SessionDep,
                    base: BaseUrlDep) -> ExperimentOut:
     return to_out(service.get(session, experiment_id), base)
+
+
+@router.delete("/{experiment_id}", status_code=204,
+               summary="Delete a finished experiment, its runs, metrics and checkpoints",
+               responses={409: {"description": "A run is still queued or running"}})
+def delete_experiment(experiment_id: uuid.UUID, session: SessionDep,
+                      store: StoreDep) -> Response:
+    service.delete(session, store, experiment_id)
+    return Response(status_code=204)

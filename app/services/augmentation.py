@@ -1,0 +1,53 @@
+"""Checks of an augmentation spec against the dataset it will mix."""
+
+from typing import Any
+
+from app.ml.mixing import DEFAULT_OPS, MODALITY_OPS
+from app.schemas.augmentation import AugmentationSpec
+from app.services.errors import FieldError
+
+_NEEDS = {"cutmix": ({"image", "video"}, "an image or video modality"),
+          "mixup_cutmix": ({"image", "video"}, "an image or video modality")}
+
+
+def modality_kinds(summary: dict[str, Any]) -> dict[str, str]:
+    return {m["name"]: m["kind"] for m in summary["modalities"]}
+
+
+def check_against_dataset(spec: AugmentationSpec, kinds: dict[str, str],
+                          loc: tuple[str | int, ...]) -> None:
+    """Raise FieldError (naming the field under ``loc``) if the spec cannot mix
+    a dataset with these modality kinds."""
+    have = ", ".join(f"{m} ({k})" for m, k in kinds.items())
+    for modality, op in spec.ops.items():
+        if modality not in kinds:
+            raise FieldError((*loc, "ops", modality),
+                             f"the dataset has no modality {modality!r}; it has {have}")
+        if kinds[modality] not in MODALITY_OPS[op].kinds:
+            allowed = ", ".join(sorted(MODALITY_OPS[op].kinds))
+            raise FieldError((*loc, "ops", modality),
+                             f"op {op!r} applies to {allowed}, but {modality!r} is "
+                             f"{kinds[modality]}")
+    for i, modality in enumerate(spec.modalities or ()):
+        if modality not in kinds:
+            raise FieldError((*loc, "modalities", i),
+                             f"the dataset has no modality {modality!r}; it has {have}")
+    mixed = {m: k for m, k in kinds.items() if not spec.modalities or m in spec.modalities}
+    mixed_kinds = set(mixed.values())
+    if spec.method in _NEEDS:
+        needed, words = _NEEDS[spec.method]
+        if not mixed_kinds & needed:
+            raise FieldError((*loc, "method"), f"{spec.method} needs {words}; mixing {have}")
+    if spec.method == "mixgen" and not {"image", "text"} <= mixed_kinds:
+        raise FieldError((*loc, "method"), f"mixgen needs an image and a text modality; "
+                                           f"mixing {have}")
+    unknown_kind = [m for m, k in mixed.items() if k not in DEFAULT_OPS]
+    if unknown_kind:
+        raise FieldError((*loc, "modalities"), f"no mixing op for modality {unknown_kind[0]!r}")
+
+
+def check_manifold_layers(spec: AugmentationSpec, model_layers: int,
+                          loc: tuple[str | int, ...]) -> None:
+    if spec.method == "manifold_mixup" and max(spec.manifold_layers) > model_layers:
+        raise FieldError((*loc, "manifold_layers"),
+                         f"the model has mixing layers 0..{model_layers} (its depth)")
