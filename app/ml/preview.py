@@ -1,11 +1,58 @@
-"""Seeded, reproducible previews of what a mixing spec does to a dataset."""
+"""Seeded, reproducible previews of what a mixing spec does to a dataset.
 
-from dataclasses import dataclass
+``preview_mix`` draws ``n`` samples of a split and mixes **every** modality of
+the dataset in one ``mix`` call (one partner and one λ per sample, as in
+training), then reports, per modality, source A, source B, the mix and what
+the op did (regions, masks, whether the model mixes it itself). Images are
+scaled to [0, 1] before mixing; other modalities are mixed as stored.
+"""
+
+from dataclasses import dataclass, field
 
 import torch
 
 from app.ml.data.prepared import PreparedDataset
 from app.ml.mixing import MixSpec, mix
+from app.ml.mixing.text import PAD_ID
+
+IMAGE_KINDS = ("image", "video")
+
+
+@dataclass
+class ModalityMix:
+    """One modality of a preview; tensors are (n, ...) on the CPU."""
+
+    name: str
+    kind: str
+    op: str | None  # None: this modality was not mixed (method none, or not in ``modalities``)
+    a: torch.Tensor
+    b: torch.Tensor
+    mixed: torch.Tensor  # equals ``a`` when the op is deferred or the modality is not mixed
+    region: torch.Tensor | None = None  # per-sample boxes / spans / bands, in the op's layout
+    mask: torch.Tensor | None = None  # text: attention mask of the mix (n, T) bool
+    deferred: bool = False  # the model mixes it (embedding_mixup): there is no mixed input
+
+    @property
+    def waveform(self) -> bool:
+        """Audio stored as a waveform (N, L) rather than a spectrogram (N, F, T) or
+        (N, C, F, T), the shapes the spectrogram ops take."""
+        return self.kind == "audio" and self.a.dim() == 2
+
+    def token_sources(self, i: int) -> list[tuple[int, int, str]]:
+        """Text: (position, token id, "a" | "b") of each non-padding token of the mix."""
+        ids = self.mixed[i]
+        positions = torch.nonzero(ids != PAD_ID).flatten().tolist()
+        if self.op is None or self.deferred:
+            return [(p, int(ids[p]), "a") for p in positions]
+        if self.op == "token_cutmix" and self.region is not None:
+            start, end = self.region[i, :2].tolist()
+            return [(p, int(ids[p]), "b" if start <= p < end else "a") for p in positions]
+        if self.op == "concat":
+            own = int((self.a[i] != PAD_ID).sum())
+            return [(p, int(ids[p]), "a" if p < own else "b") for p in positions]
+        # any other op: whichever source holds that token at that position (A first)
+        return [(p, int(ids[p]), "a" if int(ids[p]) == int(self.a[i, p]) else "b")
+                for p in positions]
 
 
 @dataclass
@@ -14,29 +61,72 @@ class PreviewBatch:
     indices_b: list[int]
     lam: list[float]
     targets: torch.Tensor  # (n, K) soft targets
-    boxes: list[list[int]] | None
-    images_a: torch.Tensor  # (n, C, H, W) float in [0, 1]
-    images_b: torch.Tensor
-    mixed: torch.Tensor
+    boxes: list[list[int]] | None  # the first image modality's cutmix boxes
+    modalities: dict[str, ModalityMix] = field(default_factory=dict)
+    method: str = "none"
+    layer: int | None = None  # manifold mixup: the hidden layer the model mixes at
+
+    @property
+    def deferred(self) -> list[str]:
+        return [m for m, mm in self.modalities.items() if mm.deferred]
+
+    def _first_image(self) -> ModalityMix:
+        for mm in self.modalities.values():
+            if mm.kind == "image":
+                return mm
+        raise AttributeError("this preview has no image modality")
+
+    # the image-only view earlier callers used
+    @property
+    def images_a(self) -> torch.Tensor:
+        return self._first_image().a
+
+    @property
+    def images_b(self) -> torch.Tensor:
+        return self._first_image().b
+
+    @property
+    def mixed(self) -> torch.Tensor:
+        return self._first_image().mixed
+
+
+def _scaled(data: PreparedDataset, modality: str, chosen: torch.Tensor) -> torch.Tensor:
+    lo, hi = data.value_range(modality)
+    return (data.inputs[modality][chosen].float() - lo) / max(hi - lo, 1e-12)
 
 
 def preview_mix(data: PreparedDataset, spec: MixSpec, seed: int, n: int,
-                split: str = "train", modality: str = "image") -> PreviewBatch:
-    """Draw ``n`` samples of ``split`` and mix them; same seed, same result."""
+                split: str = "train") -> PreviewBatch:
+    """Draw ``n`` samples of ``split`` and mix all their modalities; same seed,
+    same result. Raises ``ValueError`` (from ``mix``) when the spec cannot mix
+    this dataset."""
     generator = torch.Generator().manual_seed(seed)
+    host_generator = torch.Generator().manual_seed(seed)
     pool = data.split_indices(split)
     chosen = pool[torch.randperm(pool.shape[0], generator=generator)[:n]]
-    lo, hi = data.value_range(modality)
-    images = (data.inputs[modality][chosen].float() - lo) / max(hi - lo, 1e-12)
-    mixed = mix({modality: images}, data.labels[chosen], spec, generator, data.num_classes)
-    partners = chosen[mixed.index]
+    kinds = dict(data.modality_kinds)
+    batch = {m: (_scaled(data, m, chosen) if kinds[m] in IMAGE_KINDS
+                 else data.inputs[m][chosen]) for m in data.inputs}
+    out = mix(batch, data.labels[chosen], spec, generator, data.num_classes, kinds=kinds,
+              host_generator=host_generator)
+    index = out.index
+    modalities = {}
+    for m, x in batch.items():
+        mixed = out.inputs[m]
+        if kinds[m] in IMAGE_KINDS:
+            mixed = mixed.clamp(0.0, 1.0)
+        region = out.regions.get(m)
+        modalities[m] = ModalityMix(
+            name=m, kind=kinds[m], op=out.ops.get(m), a=x, b=x[index], mixed=mixed,
+            region=region.long() if region is not None else None, mask=out.masks.get(m),
+            deferred=m in out.deferred)
     return PreviewBatch(
         indices_a=chosen.tolist(),
-        indices_b=partners.tolist(),
-        lam=mixed.lam.tolist(),
-        targets=mixed.targets,
-        boxes=mixed.boxes.tolist() if mixed.boxes is not None else None,
-        images_a=images,
-        images_b=images[mixed.index],
-        mixed=mixed.inputs[modality].clamp(0.0, 1.0),
+        indices_b=chosen[index].tolist(),
+        lam=out.lam.tolist(),
+        targets=out.targets,
+        boxes=out.boxes.tolist() if out.boxes is not None else None,
+        modalities=modalities,
+        method=out.method,
+        layer=out.layer,
     )

@@ -53,6 +53,13 @@ class AugmentationSpec(StrictModel):
             raise ValueError("lam_mode 'pair' needs pairing 'permute' or 'flip'")
         return pairing
 
+    @field_validator("ops")
+    @classmethod
+    def _ops_need_cross_modal(cls, ops: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        if ops and info.data.get("method") != "cross_modal":
+            raise ValueError("per-modality ops apply to method 'cross_modal' only")
+        return ops
+
     @field_validator("cutmix_minmax")
     @classmethod
     def _minmax_in_range(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:

@@ -1,11 +1,22 @@
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 
 from app.schemas.augmentation import AugmentationSpec
 from app.schemas.common import StrictModel
+
+SyntheticModality = Literal["image", "text", "audio", "tabular"]
 
 
 class DigitsOptions(StrictModel):
@@ -14,10 +25,97 @@ class DigitsOptions(StrictModel):
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the label noise.")
 
 
-class BuiltinSource(StrictModel):
+class SyntheticOptions(StrictModel):
+    num_samples: int = Field(1200, ge=100, le=100_000)
+    num_classes: int = Field(4, ge=2, le=50)
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Same options and seed, same data.")
+    modalities: list[SyntheticModality] = Field(
+        ["image", "text", "audio", "tabular"], min_length=1, max_length=4,
+        description="Which modalities to generate.")
+    signal: dict[SyntheticModality, Annotated[float, Field(ge=0, le=1)]] = Field(
+        {}, description="Per-modality signal strength in [0, 1] (default 1): the chance a "
+                        "modality shows the sample's class (tabular: scale of the class means).")
+    image_size: int = Field(16, ge=8, le=64, description="Images are (3, S, S) uint8.")
+    text_length: int = Field(12, ge=4, le=256, description="Padded token sequence length.")
+    vocab_size: int = Field(64, ge=16, le=50_000, description="Token ids 1..V-1; 0 = padding.")
+    audio_bins: int = Field(32, ge=8, le=128, description="Spectrogram frequency bins.")
+    audio_frames: int = Field(32, ge=8, le=256, description="Spectrogram time frames.")
+    tabular_features: int = Field(8, ge=1, le=512)
+
+    @field_validator("modalities")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("lists a modality twice")
+        return value
+
+    @field_validator("num_classes")
+    @classmethod
+    def _samples_per_class(cls, value: int, info: ValidationInfo) -> int:
+        samples = info.data.get("num_samples")
+        if samples is not None and samples < 10 * value:
+            raise ValueError(f"needs at least 10 samples per class: num_samples {samples} "
+                             f"allows at most {samples // 10} classes")
+        return value
+
+    @field_validator("vocab_size")
+    @classmethod
+    def _room_for_keywords(cls, value: int, info: ValidationInfo) -> int:
+        from app.ml.data.synthetic import KEYWORDS_PER_CLASS
+
+        classes = info.data.get("num_classes")
+        if "text" not in info.data.get("modalities", ["text"]):
+            return value
+        if classes is not None and value < KEYWORDS_PER_CLASS * classes + 5:
+            raise ValueError(f"must be at least {KEYWORDS_PER_CLASS * classes + 5} for "
+                             f"{classes} classes (keywords plus filler words)")
+        return value
+
+
+    @model_validator(mode="after")
+    def _size(self) -> "SyntheticOptions":
+        from app.ml.data.synthetic import MAX_BYTES, array_bytes
+
+        total = array_bytes(self.num_samples, self.modalities, self.model_dump())
+        if total > MAX_BYTES:
+            raise ValueError(f"these options make {total} bytes of arrays, over the limit of "
+                             f"{MAX_BYTES}; use fewer samples or smaller modalities")
+        return self
+
+
+class DigitsSource(StrictModel):
     kind: Literal["builtin"]
     name: Literal["digits"] = Field(description="scikit-learn's 1,797 8x8 handwritten digits.")
     options: DigitsOptions = DigitsOptions()
+
+
+class SyntheticSource(StrictModel):
+    kind: Literal["builtin"]
+    name: Literal["synthetic"] = Field(
+        description="Seeded synthetic multimodal classification: image, text, audio "
+                    "spectrogram and tabular modalities with per-modality signal.")
+    options: SyntheticOptions = SyntheticOptions()
+
+
+BuiltinSource = Annotated[DigitsSource | SyntheticSource, Field(discriminator="name")]
+
+
+def _untagged(exc: ValidationError) -> ValidationError:
+    """The union's errors without its tag in ``loc``: ``source.options.x`` rather
+    than ``source.digits.options.x``; a bad or missing tag is ``source.name``."""
+    tags = {"digits", "synthetic"}
+    details: list[Any] = []
+    for error in exc.errors(include_url=False):
+        loc = tuple(error["loc"])
+        if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            loc = ("name", *loc)
+        elif loc and loc[0] in tags:
+            loc = loc[1:]
+        detail = {"type": error["type"], "loc": loc, "input": error["input"]}
+        if "ctx" in error:
+            detail["ctx"] = error["ctx"]
+        details.append(detail)
+    return ValidationError.from_exception_data(exc.title, details)
 
 
 class DatasetCreate(StrictModel):
@@ -25,10 +123,23 @@ class DatasetCreate(StrictModel):
         "name": "digits-noisy",
         "source": {"kind": "builtin", "name": "digits",
                    "options": {"label_noise": 0.4, "seed": 0}},
+    }, {
+        "name": "synthetic",
+        "source": {"kind": "builtin", "name": "synthetic",
+                   "options": {"num_samples": 1200, "num_classes": 4, "seed": 0,
+                               "signal": {"image": 0.5}}},
     }]})
 
     name: str = Field(min_length=1, max_length=200)
     source: BuiltinSource
+
+    @field_validator("source", mode="wrap")
+    @classmethod
+    def _source_errors(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        try:
+            return handler(value)
+        except ValidationError as exc:
+            raise _untagged(exc) from None
 
 
 class ModalityOut(BaseModel):
@@ -61,11 +172,52 @@ class DatasetOut(BaseModel):
 
 class PreviewRequest(AugmentationSpec):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"method": "cutmix", "alpha": 1.0, "seed": 0, "n": 8}]})
+        {"method": "cutmix", "alpha": 1.0, "seed": 0, "n": 8},
+        {"method": "cross_modal", "seed": 0, "n": 4,
+         "ops": {"image": "cutmix", "audio": "specmix", "text": "token_cutmix"}}]})
 
     seed: int = Field(0, ge=0, le=2**31 - 1)
     n: int = Field(8, ge=1, le=64, description="Number of mixed samples.")
     split: Literal["train", "val", "test"] = "train"
+
+
+class TokenOut(BaseModel):
+    token: str = Field(description="The token's text (from the dataset's vocabulary, else #id).")
+    id: int
+    position: int = Field(description="Position in the padded sequence.")
+    source: Literal["a", "b"] = Field(description="Which source the token comes from.")
+
+
+class TabularValues(BaseModel):
+    features: list[str]
+    a: list[float]
+    b: list[float]
+    mixed: list[float]
+    truncated: bool = Field(False, description="Only the first features are listed.")
+
+
+class ModalityPreview(BaseModel):
+    kind: str
+    op: str | None = Field(description="The op that mixed this modality; null when it was "
+                                       "not mixed (method none, or left out by `modalities`).")
+    deferred: bool = Field(False, description="The model mixes this modality itself (e.g. "
+                                              "embedding_mixup on token embeddings with λ "
+                                              "and the partner): the input is not changed.")
+    region: list[int] | None = Field(
+        None, description="What the op took from B: cutmix / spec_cutmix box (y0, x0, y1, x1) "
+                          "/ (f0, t0, f1, t1); specmix bands (f0, f1, t0, t1); token_cutmix "
+                          "(start, end, partner_start): A's [start, end) holds B's tokens "
+                          "from partner_start on; all half-open.")
+    tokens: list[TokenOut] | None = Field(
+        None, description="Text: the mixed token sequence (padding left out), each token "
+                          "marked with its source; null for a deferred op.")
+    tokens_a: list[str] | None = Field(None, description="Text: source A's tokens.")
+    tokens_b: list[str] | None = Field(None, description="Text: source B's tokens.")
+    mask: list[bool] | None = Field(
+        None, description="Text: the attention mask of the mix (for embedding_mixup the union "
+                          "of A's and B's).")
+    values: TabularValues | None = Field(None, description="Tabular: A, B and mixed values.")
+    image_url: str = Field(description="PNG of this modality for this sample.")
 
 
 class PreviewSample(BaseModel):
@@ -77,10 +229,19 @@ class PreviewSample(BaseModel):
     label_mixture: dict[str, float] = Field(description="Soft target: class name → weight.")
     box: list[int] | None = Field(None, description="CutMix box y0, x0, y1, x1 (half-open).")
     image_url: str
+    modalities: dict[str, ModalityPreview] = Field(
+        default_factory=dict, description="Per modality: the op, what it did, and its PNG.")
 
 
 class PreviewOut(BaseModel):
     dataset_id: uuid.UUID
     spec: PreviewRequest
     samples: list[PreviewSample]
-    image_url: str = Field(description="PNG grid of every sample: A | B | mixed.")
+    image_url: str = Field(description="PNG grid of every sample: A | B | mixed, of the "
+                                       "default modality (the first image, else the first).")
+    image_urls: dict[str, str] = Field(default_factory=dict,
+                                       description="PNG of every sample, per modality.")
+    ops: dict[str, str] = Field(default_factory=dict, description="Op per mixed modality.")
+    deferred: list[str] = Field(default_factory=list,
+                                description="Modalities the model mixes itself.")
+    layer: int | None = Field(None, description="manifold_mixup: the hidden layer mixed at.")

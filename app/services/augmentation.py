@@ -14,10 +14,18 @@ def modality_kinds(summary: dict[str, Any]) -> dict[str, str]:
     return {m["name"]: m["kind"] for m in summary["modalities"]}
 
 
+_SPECTROGRAM_OPS = ("specmix", "spec_cutmix")
+
+
+def modality_shapes(summary: dict[str, Any]) -> dict[str, list[int]]:
+    return {m["name"]: list(m["shape"]) for m in summary["modalities"]}
+
+
 def check_against_dataset(spec: AugmentationSpec, kinds: dict[str, str],
-                          loc: tuple[str | int, ...]) -> None:
+                          loc: tuple[str | int, ...],
+                          shapes: dict[str, list[int]] | None = None) -> None:
     """Raise FieldError (naming the field under ``loc``) if the spec cannot mix
-    a dataset with these modality kinds."""
+    a dataset with these modality kinds (and per-sample shapes, when given)."""
     have = ", ".join(f"{m} ({k})" for m, k in kinds.items())
     for modality, op in spec.ops.items():
         if modality not in kinds:
@@ -28,6 +36,10 @@ def check_against_dataset(spec: AugmentationSpec, kinds: dict[str, str],
             raise FieldError((*loc, "ops", modality),
                              f"op {op!r} applies to {allowed}, but {modality!r} is "
                              f"{kinds[modality]}")
+        if op in _SPECTROGRAM_OPS and shapes is not None and len(shapes[modality]) < 2:
+            raise FieldError((*loc, "ops", modality),
+                             f"op {op!r} needs a spectrogram (F, T) per sample; {modality!r} "
+                             f"is a waveform of shape {shapes[modality]}")
     for i, modality in enumerate(spec.modalities or ()):
         if modality not in kinds:
             raise FieldError((*loc, "modalities", i),

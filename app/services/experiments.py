@@ -25,7 +25,8 @@ def _validate_against_dataset(request: ExperimentCreate, dataset: Dataset) -> No
     kinds = augmentation.modality_kinds(dataset.summary)
     if "image" not in kinds.values():
         raise FieldError(("body", "model", "kind"), "the cnn model needs an image modality")
-    augmentation.check_against_dataset(request.augmentation, kinds, ("body", "augmentation"))
+    augmentation.check_against_dataset(request.augmentation, kinds, ("body", "augmentation"),
+                                       augmentation.modality_shapes(dataset.summary))
     augmentation.check_manifold_layers(request.augmentation, request.model.depth,
                                        ("body", "augmentation"))
 

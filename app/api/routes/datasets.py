@@ -120,7 +120,8 @@ def delete_dataset(dataset_id: uuid.UUID, session: SessionDep, store: StoreDep) 
 
 
 @router.post("/{dataset_id}/preview", response_model=PreviewOut,
-             summary="Mix samples under an augmentation spec (seeded, reproducible)")
+             summary="Mix samples of every modality under an augmentation spec "
+                     "(seeded, reproducible)")
 def create_preview(dataset_id: uuid.UUID, spec: PreviewRequest, session: SessionDep,
                    store: StoreDep, base: BaseUrlDep) -> PreviewOut:
     data = service.load_prepared(store, service.get(session, dataset_id))
@@ -129,14 +130,18 @@ def create_preview(dataset_id: uuid.UUID, spec: PreviewRequest, session: Session
 
 
 @router.get("/{dataset_id}/preview.png", response_class=Response,
-            summary="PNG grid of a preview: source A | source B | mixed",
+            summary="PNG of a preview, one modality: images A | B | mixed (cutmix box "
+                    "outlined), audio spectrograms, text tokens coloured by source, tabular "
+                    "values",
             responses={200: {"content": {"image/png": {}}}})
 def preview_png(dataset_id: uuid.UUID, request: Request, session: SessionDep,
                 store: StoreDep,
-                sample: Annotated[int | None, Query(ge=0, le=63)] = None) -> Response:
-    params: dict[str, Any] = {k: v for k, v in request.query_params.items() if k != "sample"}
-    if "cutmix_minmax" in params:
-        params["cutmix_minmax"] = params["cutmix_minmax"].split(",")
+                sample: Annotated[int | None, Query(ge=0, le=63)] = None,
+                modality: Annotated[str | None, Query(
+                    min_length=1, max_length=64,
+                    description="Which modality to draw (default: the first image modality, "
+                                "else the first).")] = None) -> Response:
+    params = previews.parse_png_query(dict(request.query_params))
     try:
         spec = PreviewRequest.model_validate(params)
     except ValidationError as exc:
@@ -144,5 +149,6 @@ def preview_png(dataset_id: uuid.UUID, request: Request, session: SessionDep,
     if sample is not None and sample >= spec.n:
         raise FieldError(("query", "sample"), f"sample must be below n ({spec.n})")
     data = service.load_prepared(store, service.get(session, dataset_id))
-    batch = previews.compute(data, spec)
-    return Response(previews.render(data, batch, sample), media_type="image/png")
+    chosen = previews.check_modality(data, modality)
+    batch = previews.compute(data, spec, where="query")
+    return Response(previews.render(data, batch, sample, chosen), media_type="image/png")

@@ -4,6 +4,7 @@ from app.ml.data.builtin import BUILTINS, load_builtin, load_digits
 from app.ml.data.errors import DataValidationError
 from app.ml.data.npz import NpzLimits, prepare_npz
 from app.ml.data.prepared import SPLITS, PreparedDataset, from_bytes, to_bytes
+from app.ml.data.synthetic import load_synthetic
 
 __all__ = [
     "BUILTINS",
@@ -14,6 +15,7 @@ __all__ = [
     "from_bytes",
     "load_builtin",
     "load_digits",
+    "load_synthetic",
     "prepare_npz",
     "to_bytes",
 ]

@@ -1,5 +1,6 @@
 """Datasets that ship with mixlab's dependencies (no download)."""
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -9,6 +10,7 @@ import torch
 from app.ml.data.errors import DataValidationError
 from app.ml.data.prepared import PreparedDataset
 from app.ml.data.splits import flip_train_labels, stratified_split
+from app.ml.data.synthetic import load_synthetic
 
 
 def load_digits(label_noise: float = 0.0, seed: int = 0) -> PreparedDataset:
@@ -38,11 +40,23 @@ def load_digits(label_noise: float = 0.0, seed: int = 0) -> PreparedDataset:
     )
 
 
-BUILTINS: dict[str, Callable[..., PreparedDataset]] = {"digits": load_digits}
+BUILTINS: dict[str, Callable[..., PreparedDataset]] = {
+    "digits": load_digits,
+    "synthetic": load_synthetic,
+}
 
 
 def load_builtin(name: str, options: dict[str, Any]) -> PreparedDataset:
+    """Load a built-in by name; an unknown name or option is a ``DataValidationError``
+    naming ``source.name`` or ``source.options.<option>``."""
     if name not in BUILTINS:
         raise DataValidationError("source.name", f"unknown built-in {name!r}; "
                                   f"known: {sorted(BUILTINS)}")
-    return BUILTINS[name](**options)
+    loader = BUILTINS[name]
+    known = inspect.signature(loader).parameters
+    for option in options:
+        if option not in known:
+            raise DataValidationError(f"source.options.{option}",
+                                      f"unknown option for {name!r}; known: "
+                                      + ", ".join(known))
+    return loader(**options)

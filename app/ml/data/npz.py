@@ -1,9 +1,17 @@
-"""Ingest a user's ``.npz`` image dataset into the prepared form.
+"""Ingest a user's ``.npz`` dataset into the prepared form.
 
-Arrays: ``image`` (N, H, W) or (N, C, H, W); ``label`` (N,) integers or strings;
-optional ``split`` (N,) of 0/1/2 or train/val/test; optional ``class_names``
-(K,) strings, in which case ``label`` holds indices into it. Loaded with
-``allow_pickle=False``; every problem is a ``DataValidationError`` naming the array.
+Modality arrays, at least one of them, all with the same N:
+
+- ``image`` (N, H, W) or (N, C, H, W), numeric;
+- ``text`` (N, T) integer token ids, 0 = padding, right-padded (no token after
+  a pad); optional ``vocab`` (V,) strings, index → token, so previews show words;
+- ``audio`` (N, L) waveform, or (N, F, T) / (N, C, F, T) spectrogram, numeric;
+- ``tabular`` (N, D) numeric features.
+
+Then ``label`` (N,) integers or strings; optional ``split`` (N,) of 0/1/2 or
+train/val/test; optional ``class_names`` (K,) strings, in which case ``label``
+holds indices into it. Loaded with ``allow_pickle=False``; every problem is a
+``DataValidationError`` naming the array.
 """
 
 import zipfile
@@ -17,7 +25,8 @@ from app.ml.data.errors import DataValidationError
 from app.ml.data.prepared import SPLITS, PreparedDataset
 from app.ml.data.splits import stratified_split
 
-ALLOWED_ARRAYS = ("image", "label", "split", "class_names")
+MODALITY_ARRAYS = ("image", "text", "audio", "tabular")
+ALLOWED_ARRAYS = (*MODALITY_ARRAYS, "label", "split", "class_names", "vocab")
 
 
 @dataclass(frozen=True)
@@ -27,6 +36,11 @@ class NpzLimits:
     max_channels: int = 4
     max_classes: int = 1000
     max_uncompressed_bytes: int = 4 * 1024**3
+    max_text_length: int = 8192
+    max_vocab: int = 1_000_000
+    max_audio_length: int = 10_000_000  # waveform samples per clip
+    max_audio_side: int = 4096  # spectrogram bins or frames
+    max_features: int = 100_000
 
 
 def _open(path: Path, limits: NpzLimits) -> dict[str, np.ndarray]:
@@ -56,10 +70,109 @@ def _open(path: Path, limits: NpzLimits) -> dict[str, np.ndarray]:
                 raise DataValidationError(name, reason) from exc
             if not isinstance(arrays[name], np.ndarray):  # a member without the .npy header
                 raise DataValidationError(name, "not a .npy array")
-    for name in ("image", "label"):
-        if name not in arrays:
-            raise DataValidationError(name, "missing array")
+    if not any(name in arrays for name in MODALITY_ARRAYS):
+        raise DataValidationError("image", "missing array: an .npz needs at least one "
+                                  "modality array (image, text, audio or tabular)")
+    if "label" not in arrays:
+        raise DataValidationError("label", "missing array")
     return arrays
+
+
+def _samples(name: str, arr: np.ndarray, limits: NpzLimits) -> int:
+    n = int(arr.shape[0])
+    if n == 0:
+        raise DataValidationError(name, "has no samples")
+    if n > limits.max_samples:
+        raise DataValidationError(name, f"{n} samples is over the limit of {limits.max_samples}")
+    return n
+
+
+def _numeric_float(name: str, arr: np.ndarray) -> torch.Tensor:
+    """A numeric array as float32, rejecting NaN and infinity (naming the first sample)."""
+    if arr.dtype.kind not in "uif" and arr.dtype != np.bool_:
+        raise DataValidationError(name, f"dtype {arr.dtype} is not numeric")
+    out = arr.astype(np.float32)
+    finite = np.isfinite(out)
+    if not finite.all():
+        bad = int(np.flatnonzero(~finite.reshape(len(out), -1).all(axis=1))[0])
+        raise DataValidationError(name, f"contains NaN or infinity (first at sample {bad})")
+    return torch.from_numpy(out)
+
+
+def _text(arr: np.ndarray, limits: NpzLimits) -> torch.Tensor:
+    if arr.dtype.kind not in "iu":
+        raise DataValidationError("text", f"dtype {arr.dtype} is not integer (token ids, "
+                                  "0 = padding)")
+    if arr.ndim != 2:
+        raise DataValidationError("text", f"expected shape (N, T) of token ids, got {arr.shape}")
+    length = arr.shape[1]
+    _samples("text", arr, limits)
+    if not 1 <= length <= limits.max_text_length:
+        raise DataValidationError("text", f"{length} tokens per sample; expected 1 to "
+                                  f"{limits.max_text_length}")
+    if arr.dtype.kind == "i" and (arr < 0).any():
+        bad = int(np.flatnonzero((arr < 0).any(axis=1))[0])
+        raise DataValidationError("text", f"negative token ids (first at sample {bad}); "
+                                  "ids are >= 0 with 0 = padding")
+    if arr.max() > np.iinfo(np.int64).max:
+        raise DataValidationError("text", "token ids do not fit in int64")
+    ids = arr.astype(np.int64)
+    pad = ids == 0
+    # right-padded: once a row has a pad, every later position is a pad too
+    after_pad = ~pad[:, 1:] & np.logical_or.accumulate(pad, axis=1)[:, :-1]
+    if after_pad.any():
+        bad = int(np.flatnonzero(after_pad.any(axis=1))[0])
+        raise DataValidationError("text", f"a token follows padding at sample {bad}; rows "
+                                  "must be right-padded with 0")
+    return torch.from_numpy(ids)
+
+
+def _vocab(arrays: dict[str, np.ndarray], text: torch.Tensor | None,
+           limits: NpzLimits) -> list[str] | None:
+    if "vocab" not in arrays:
+        return None
+    vocab = arrays["vocab"]
+    if text is None:
+        raise DataValidationError("vocab", "given without a text array")
+    if vocab.ndim != 1 or vocab.dtype.kind != "U":
+        raise DataValidationError("vocab", "expected a 1-D array of strings (index → token)")
+    if not 2 <= len(vocab) <= limits.max_vocab:
+        raise DataValidationError("vocab", f"{len(vocab)} entries; expected 2 to "
+                                  f"{limits.max_vocab}")
+    top = int(text.max())
+    if top >= len(vocab):
+        raise DataValidationError("text", f"token id {top} is outside the vocab of "
+                                  f"{len(vocab)} entries")
+    return [str(v) for v in vocab]
+
+
+def _audio(arr: np.ndarray, limits: NpzLimits) -> torch.Tensor:
+    if arr.ndim not in (2, 3, 4):
+        raise DataValidationError("audio", f"expected a waveform (N, L) or a spectrogram "
+                                  f"(N, F, T) or (N, C, F, T), got {arr.shape}")
+    _samples("audio", arr, limits)
+    if arr.ndim == 2 and not 2 <= arr.shape[1] <= limits.max_audio_length:
+        raise DataValidationError("audio", f"{arr.shape[1]} samples per waveform; expected 2 "
+                                  f"to {limits.max_audio_length}")
+    if arr.ndim == 4 and not 1 <= arr.shape[1] <= limits.max_channels:
+        raise DataValidationError("audio", f"{arr.shape[1]} channels; expected 1 to "
+                                  f"{limits.max_channels} in axis 1 (N, C, F, T)")
+    if arr.ndim >= 3:
+        freq, time = arr.shape[-2:]
+        if not (1 <= freq <= limits.max_audio_side and 1 <= time <= limits.max_audio_side):
+            raise DataValidationError("audio", f"{freq}x{time} spectrogram; each side must be "
+                                      f"1 to {limits.max_audio_side}")
+    return _numeric_float("audio", arr)
+
+
+def _tabular(arr: np.ndarray, limits: NpzLimits) -> torch.Tensor:
+    if arr.ndim != 2:
+        raise DataValidationError("tabular", f"expected shape (N, D), got {arr.shape}")
+    _samples("tabular", arr, limits)
+    if not 1 <= arr.shape[1] <= limits.max_features:
+        raise DataValidationError("tabular", f"{arr.shape[1]} features; expected 1 to "
+                                  f"{limits.max_features}")
+    return _numeric_float("tabular", arr)
 
 
 def _image(arr: np.ndarray, limits: NpzLimits) -> torch.Tensor:
@@ -97,13 +210,14 @@ def _image(arr: np.ndarray, limits: NpzLimits) -> torch.Tensor:
     return torch.from_numpy(arr.astype(np.uint8))
 
 
-def _labels(arrays: dict[str, np.ndarray], n: int,
-            limits: NpzLimits) -> tuple[np.ndarray, list[str]]:
+def _labels(arrays: dict[str, np.ndarray], n: int, limits: NpzLimits,
+            reference: str = "image") -> tuple[np.ndarray, list[str]]:
     label = arrays["label"]
     if label.ndim != 1:
         raise DataValidationError("label", f"expected shape (N,), got {label.shape}")
     if len(label) != n:
-        raise DataValidationError("label", f"has {len(label)} entries but image has {n} samples")
+        raise DataValidationError("label", f"has {len(label)} entries but {reference} has "
+                                  f"{n} samples")
     if "class_names" in arrays:
         names = arrays["class_names"]
         if names.ndim != 1 or names.dtype.kind != "U":
@@ -157,15 +271,31 @@ def prepare_npz(path: Path, limits: NpzLimits | None = None,
                 original_name: str = "") -> PreparedDataset:
     limits = limits or NpzLimits()
     arrays = _open(path, limits)
-    image = _image(arrays["image"], limits)
-    labels, class_names = _labels(arrays, image.shape[0], limits)
+    inputs: dict[str, torch.Tensor] = {}
+    for name in MODALITY_ARRAYS:
+        if name not in arrays:
+            continue
+        arr = arrays[name]
+        if arr.ndim == 0:
+            raise DataValidationError(name, "expected an array with a sample axis, got a scalar")
+        if inputs:
+            first, first_n = next(iter(inputs)), next(iter(inputs.values())).shape[0]
+            if arr.shape[0] != first_n:
+                raise DataValidationError(name, f"has {arr.shape[0]} samples but {first} has "
+                                          f"{first_n}")
+        if name == "image":
+            inputs[name] = _image(arr, limits)
+        elif name == "text":
+            inputs[name] = _text(arr, limits)
+        elif name == "audio":
+            inputs[name] = _audio(arr, limits)
+        else:
+            inputs[name] = _tabular(arr, limits)
+    vocab = _vocab(arrays, inputs.get("text"), limits)
+    reference = next(iter(inputs))
+    labels, class_names = _labels(arrays, inputs[reference].shape[0], limits, reference)
     split = _split(arrays, labels)
-    return PreparedDataset(
-        inputs={"image": image},
-        labels=torch.from_numpy(labels),
-        clean_labels=torch.from_numpy(labels.copy()),
-        split=torch.from_numpy(split),
-        class_names=class_names,
-        modality_kinds={"image": "image"},
-        provenance={"upload": original_name or path.name, "format": "npz"},
-    )
+    provenance: dict[str, object] = {"upload": original_name or path.name, "format": "npz"}
+    if vocab is not None:
+        provenance["vocab"] = vocab
+    return PreparedDataset.from_arrays(inputs, labels, split, class_names, provenance)

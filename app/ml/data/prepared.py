@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
@@ -27,6 +28,16 @@ class PreparedDataset:
     class_names: list[str]
     modality_kinds: dict[str, str]
     provenance: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_arrays(cls, inputs: dict[str, torch.Tensor], labels: np.ndarray,
+                    split: np.ndarray, class_names: list[str],
+                    provenance: dict[str, Any]) -> "PreparedDataset":
+        """A dataset whose labels are clean, modalities named after their kind."""
+        return cls(inputs=inputs, labels=torch.from_numpy(labels),
+                   clean_labels=torch.from_numpy(labels.copy()),
+                   split=torch.from_numpy(split), class_names=class_names,
+                   modality_kinds={name: name for name in inputs}, provenance=provenance)
 
     @property
     def num_classes(self) -> int:
@@ -54,13 +65,22 @@ class PreparedDataset:
         }
         train = self.split_indices("train")
         noisy = int((self.labels[train] != self.clean_labels[train]).sum())
+        # a text vocabulary can be long: the summary gives its size, not its words
+        provenance = {k: v for k, v in self.provenance.items() if k != "vocab"}
+        vocab = self.provenance.get("vocab")
+        if isinstance(vocab, list):
+            provenance["vocab_size"] = len(vocab)
+        modalities = []
+        for k, v in self.inputs.items():
+            entry: dict[str, Any] = {"name": k, "kind": self.modality_kinds[k],
+                                     "shape": list(v.shape[1:]),
+                                     "dtype": str(v.dtype).removeprefix("torch.")}
+            if self.modality_kinds[k] == "text" and isinstance(vocab, list):
+                entry["vocab_size"] = len(vocab)
+            modalities.append(entry)
         return {
             "num_samples": self.num_samples,
-            "modalities": [
-                {"name": k, "kind": self.modality_kinds[k], "shape": list(v.shape[1:]),
-                 "dtype": str(v.dtype).removeprefix("torch.")}
-                for k, v in self.inputs.items()
-            ],
+            "modalities": modalities,
             "classes": [
                 {"index": i, "name": n, "count": sum(counts[s][i] for s in SPLITS),
                  "split_counts": {s: counts[s][i] for s in SPLITS}}
@@ -68,7 +88,7 @@ class PreparedDataset:
             ],
             "split_sizes": {s: int((self.split == i).sum()) for i, s in enumerate(SPLITS)},
             "noisy_train_labels": noisy,
-            "provenance": self.provenance,
+            "provenance": provenance,
         }
 
 
@@ -90,9 +110,13 @@ def _header_metadata(blob: bytes) -> dict[str, str]:
 def from_bytes(blob: bytes) -> PreparedDataset:
     tensors = st_load(blob)
     meta = json.loads(_header_metadata(blob)["mixlab"])
-    inputs = {k: v for k, v in tensors.items() if k not in _RESERVED}
+    kinds = dict(meta["modality_kinds"])
+    # safetensors sorts tensors by name: restore the modalities' own order
+    names = [k for k in kinds if k in tensors] + sorted(
+        k for k in tensors if k not in _RESERVED and k not in kinds)
+    inputs = {k: tensors[k] for k in names}
     return PreparedDataset(inputs=inputs, labels=tensors["label"],
                            clean_labels=tensors["label_clean"], split=tensors["split"],
                            class_names=list(meta["class_names"]),
-                           modality_kinds=dict(meta["modality_kinds"]),
+                           modality_kinds=kinds,
                            provenance=dict(meta.get("provenance", {})))

@@ -27,7 +27,7 @@ class OpContext:
 @dataclass
 class OpResult:
     value: torch.Tensor
-    kept: torch.Tensor | None = None  # exact share kept, for ops that cut regions
+    kept: torch.Tensor | None = None  # λ this region op stands for (exact share kept)
     region: torch.Tensor | None = None  # boxes / spans / bands, per sample
     mask: torch.Tensor | None = None  # e.g. the union attention mask for text
     deferred: bool = False  # the model mixes this modality itself
@@ -72,8 +72,9 @@ def _box_sides(lam: torch.Tensor, size: int, spec: MixSpec,
 
 
 def cutmix_boxes(lam: torch.Tensor, height: int, width: int, spec: MixSpec,
-                 generator: torch.Generator) -> torch.Tensor:
-    """Boxes (y0, x0, y1, x1) per sample; one shared box in ``batch`` λ mode."""
+                 generator: torch.Generator, index: torch.Tensor | None = None) -> torch.Tensor:
+    """Boxes (y0, x0, y1, x1) per sample; one shared box in ``batch`` λ mode and
+    one per pair in ``pair`` mode (so both partners keep the same share)."""
     n = lam.shape[0]
     draw = lam[:1] if spec.lam_mode == "batch" else lam
     y0, y1 = _box_sides(draw, height, spec, generator)
@@ -81,15 +82,23 @@ def cutmix_boxes(lam: torch.Tensor, height: int, width: int, spec: MixSpec,
     boxes = torch.stack([y0, x0, y1, x1], dim=1)
     if spec.lam_mode == "batch":
         boxes = boxes.expand(n, 4)
+    elif spec.lam_mode == "pair" and index is not None:
+        boxes = boxes[pair_leader(index)]
     # a sample that is not mixed (λ = 1, from prob < 1 or a batch of one) gets no box
     return torch.where((lam < 1.0)[:, None], boxes, torch.zeros_like(boxes))
+
+
+def pair_leader(index: torch.Tensor) -> torch.Tensor:
+    """For pairs (i, index[i]), the smaller of the two: whose draw both use."""
+    return torch.minimum(torch.arange(index.shape[0], device=index.device), index)
 
 
 def shared_boxes(ctx: OpContext, op: str, height: int, width: int) -> torch.Tensor:
     """Boxes for this call's (op, height, width), drawn once and reused."""
     key = (op, height, width)
     if key not in ctx.shared:
-        ctx.shared[key] = cutmix_boxes(ctx.lam, height, width, ctx.spec, ctx.generator)
+        ctx.shared[key] = cutmix_boxes(ctx.lam, height, width, ctx.spec, ctx.generator,
+                                       ctx.index)
     return ctx.shared[key]
 
 
@@ -118,5 +127,6 @@ def cutmix(x: torch.Tensor, ctx: OpContext) -> OpResult:
     boxes = shared_boxes(ctx, "cutmix", height, width)
     value = torch.where(box_mask(boxes, height, width, x.dim()), x[ctx.index], x)
     exact = ctx.spec.correct_lam or ctx.spec.cutmix_minmax is not None
-    return OpResult(value, kept=region_kept(boxes, height, width) if exact else None,
+    # without correction the drawn λ stands, but it is still this op's to set
+    return OpResult(value, kept=region_kept(boxes, height, width) if exact else ctx.lam,
                     region=boxes)

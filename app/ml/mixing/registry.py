@@ -65,6 +65,7 @@ class PlanRequest:
     spec: MixSpec
     kinds: dict[str, str]  # modality -> kind, for the modalities being mixed
     lam: torch.Tensor
+    index: torch.Tensor
     generator: torch.Generator
     host_generator: torch.Generator | None
 
@@ -107,9 +108,12 @@ def _mixup_cutmix(req: PlanRequest) -> Plan:
     draws = 1 if spec.lam_mode == "batch" else n
     use_cut = (torch.rand(draws, generator=req.generator, device=device)
                < spec.switch_prob).expand(n)
-    if spec.cutmix_alpha is not None:
-        lam_cut = sample_beta(spec.cutmix_alpha, draws, req.generator, device).expand(n)
-        lam = torch.where(use_cut & (lam < 1.0), lam_cut, lam)
+    lam_cut = (sample_beta(spec.cutmix_alpha, draws, req.generator, device).expand(n)
+               if spec.cutmix_alpha is not None else lam)
+    if spec.lam_mode == "pair":  # both partners: the same choice and the same λ
+        leader = ops.pair_leader(req.index)
+        use_cut, lam_cut = use_cut[leader], lam_cut[leader]
+    lam = torch.where(use_cut & (lam < 1.0), lam_cut, lam)
     plan = Plan(_with_images_cut(req), lam=lam)
     plan.only = {m: use_cut for m, op in plan.ops.items() if op == "cutmix"}
     return plan
@@ -143,7 +147,12 @@ def _mixgen(req: PlanRequest) -> Plan:
         raise ValueError("mixgen needs an image and a text modality")
     chosen = {m: ("mixup" if k == "image" else "concat") for m, k in kinds.items()
               if k in ("image", "text")}
-    return Plan(chosen, lam=torch.full_like(req.lam, req.spec.mixgen_lam))
+    # unmixed samples (prob, or their own partner) stay unmixed: λ = 1
+    mixing = (req.lam < 1.0) & (req.index != torch.arange(req.lam.shape[0],
+                                                         device=req.lam.device))
+    lam = torch.where(mixing, torch.full_like(req.lam, req.spec.mixgen_lam),
+                      torch.ones_like(req.lam))
+    return Plan(chosen, lam=lam)
 
 
 register_method("none", lambda req: Plan({}))
@@ -258,7 +267,8 @@ def mix(batch: dict[str, torch.Tensor], targets: torch.Tensor, spec: MixSpec,
 
     mixed_kinds = {m: k for m, k in kinds.items()
                    if spec.modalities is None or m in spec.modalities}
-    plan = METHODS[spec.method](PlanRequest(spec, mixed_kinds, lam, generator, host_generator))
+    plan = METHODS[spec.method](PlanRequest(spec, mixed_kinds, lam, index, generator,
+                                             host_generator))
     if plan.lam is not None:
         lam = plan.lam
 

@@ -9,7 +9,7 @@ LamMode = Literal["batch", "sample", "pair"]
 Pairing = Literal["permute", "flip", "roll"]
 
 # Modality kinds the ops know about. A batch's tensors are (N, ...) with:
-#   image (N, C, H, W); video (N, T, C, H, W); audio waveform (N, L) or (N, 1, L);
+#   image (N, C, H, W); video (N, T, C, H, W); audio waveform (N, L);
 #   audio spectrogram (N, F, T) or (N, C, F, T); text token ids (N, T) with 0 = padding;
 #   tabular (N, F).
 KINDS = ("image", "video", "audio", "text", "tabular")
@@ -82,6 +82,8 @@ class MixSpec:
                 raise ValueError("cutmix_minmax must satisfy 0 < min <= max <= 1")
         if not 0.0 < self.mixgen_lam < 1.0:
             raise ValueError("mixgen_lam must be in (0, 1)")
+        if self.ops and self.method != "cross_modal":
+            raise ValueError("ops (per-modality ops) apply to method 'cross_modal' only")
         if not self.manifold_layers or min(self.manifold_layers) < 0:
             raise ValueError("manifold_layers must be non-empty and >= 0")
 
