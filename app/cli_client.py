@@ -240,19 +240,31 @@ def datasets_delete(dataset_id: str, url: Url = DEFAULT_URL) -> None:
 
 def preview(
         dataset_id: str,
-        method: Annotated[str, typer.Option(help="none, mixup or cutmix.")] = "mixup",
+        method: Annotated[str, typer.Option(
+            help="none, mixup, cutmix, mixup_cutmix, cross_modal, manifold_mixup, mixgen.")
+        ] = "mixup",
         alpha: Annotated[float, typer.Option(help="Beta(α, α) of λ.")] = 1.0,
         seed: int = 0,
         n: Annotated[int, typer.Option("-n", help="Number of mixed samples.")] = 8,
         split: Annotated[str, typer.Option(help="train, val or test.")] = "train",
+        modality: Annotated[str | None, typer.Option(
+            help="Which modality the PNG shows (default: the first image).")] = None,
+        spec: Annotated[str | None, typer.Option(
+            help='More augmentation fields as JSON, e.g. \'{"ops": {"text": "token_cutmix"}}\'.'
+        )] = None,
         output: Annotated[Path, typer.Option("--output", "-o", dir_okay=False,
                                              help="Where the PNG grid goes.")]
         = Path("preview.png"),
         url: Url = DEFAULT_URL, as_json: AsJson = False) -> None:
     """Mix N samples of a dataset (seeded), save the PNG grid and show λ and labels."""
+    extra = _json_object(spec, "--spec") if spec else {}
     with connect(url) as mx:
-        result = mx.preview(dataset_id, method=method, alpha=alpha, seed=seed, n=n, split=split)
-        png = mx.fetch(result["image_url"])
+        result = mx.preview(dataset_id, **{"method": method, "alpha": alpha, "seed": seed,
+                                           "n": n, "split": split, **extra})
+        urls = result.get("image_urls") or {}
+        if modality is not None and modality not in urls:
+            raise fail(f"--modality: the dataset has {', '.join(urls) or 'no'} modalities")
+        png = mx.fetch(urls[modality] if modality else result["image_url"])
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(png)
     if as_json:
@@ -334,15 +346,18 @@ def _stopped_watching(run_ids: list[str]) -> typer.Exit:
 
 # ── experiments ───────────────────────────────────────────────────────────────
 
-def _read_spec(spec: typer.FileText) -> dict[str, Any]:
-    name = getattr(spec, "name", "spec")
+def _json_object(text: str, name: str) -> dict[str, Any]:
     try:
-        data = json.loads(spec.read())
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise fail(f"{name} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise fail(f"{name}: expected a JSON object (the experiment spec)")
+        raise fail(f"{name}: expected a JSON object")
     return data
+
+
+def _read_spec(spec: typer.FileText) -> dict[str, Any]:
+    return _json_object(spec.read(), getattr(spec, "name", "spec"))
 
 
 @experiments_app.command("submit")

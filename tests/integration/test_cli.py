@@ -112,6 +112,23 @@ def test_preview_writes_png_and_table(stack: Stack, digits_id: str, tmp_path: Pa
     assert bad.returncode == 1 and "body.alpha:" in bad.stderr
 
 
+def test_preview_of_a_multimodal_dataset(stack: Stack, tmp_path: Path) -> None:
+    from app.client import MixlabClient
+
+    with MixlabClient(stack.base_url) as mx:
+        synth = mx.create_builtin_dataset("synthetic", name="mm", num_samples=200)["id"]
+    png = tmp_path / "audio.png"
+    ok(stack.base_url, "preview", synth, "--method", "cross_modal", "--modality", "audio",
+       "--spec", '{"ops": {"audio": "specmix", "text": "token_cutmix"}}', "-n", "3",
+       "-o", str(png))
+    assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    bad = mixlab(stack.base_url, "preview", synth, "--modality", "smell", "-o", str(png))
+    assert bad.returncode == 1 and "--modality" in bad.stderr
+    wrong = mixlab(stack.base_url, "preview", synth, "--method", "cross_modal", "--spec",
+                   '{"ops": {"image": "token_cutmix"}}', "-o", str(png))
+    assert wrong.returncode == 1 and "body.ops.image" in wrong.stderr
+
+
 def test_submit_watch_shows_final_metrics(finished_run: dict[str, str]) -> None:
     assert "test_acc" in finished_run["stdout"] and "val_acc" in finished_run["stdout"]
     assert "succeeded" in finished_run["stderr"]  # the progress bar's last state
