@@ -179,6 +179,36 @@ def soft_targets(targets: torch.Tensor, num_classes: int | None, smoothing: floa
     return dense
 
 
+def mix_targets(targets: torch.Tensor, num_classes: int | None, smoothing: float,
+                lam: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``lam * dense + (1 - lam) * dense[index]`` of the dense, smoothed targets.
+
+    For class indices no one-hot matrix and no gathered copy of it are built:
+    the (N, K) result is written once and the sample's and its partner's class
+    are scattered in. Each entry is the same float32 expression as in the dense
+    formula, so both paths agree bit for bit.
+    """
+    if targets.dim() != 1:
+        dense = soft_targets(targets, num_classes, smoothing)
+        w = lam[:, None].to(dense.dtype)
+        return w * dense + (1.0 - w) * dense[index]
+    if num_classes is None:
+        raise ValueError("num_classes is needed for class-index targets")
+    # the two values of a (smoothed) one-hot row, as soft_targets computes them
+    levels = torch.arange(2, device=targets.device, dtype=torch.float32)  # off, on
+    if smoothing > 0:
+        levels = levels * (1.0 - smoothing) + smoothing / num_classes
+    w = lam.float().view(-1, 1, 1)
+    # table[i, p, q] = λ_i·levels[p] + (1 - λ_i)·levels[q]: p = own class?, q = partner's?
+    table = w * levels.view(1, 2, 1) + (1.0 - w) * levels.view(1, 1, 2)
+    own = targets.long()[:, None]
+    other = own[index]
+    out = table[:, 0, 0:1].expand(own.shape[0], num_classes).contiguous()
+    out.scatter_(1, own, table[:, 1, 0:1])
+    out.scatter_(1, other, torch.where(other == own, table[:, 1, 1:2], table[:, 0, 1:2]))
+    return out
+
+
 def draw_lam(spec: MixSpec, n: int, generator: torch.Generator,
              device: torch.device) -> torch.Tensor:
     """Per-sample λ (float32, (n,)), before pairing: equal across the batch in
@@ -252,8 +282,8 @@ def mix(batch: dict[str, torch.Tensor], targets: torch.Tensor, spec: MixSpec,
     kinds = kinds or infer_kinds(batch)
     _check(spec, kinds, batch)
 
-    dense = soft_targets(targets, num_classes, spec.label_smoothing)
     if spec.method == "none" or n < 2:
+        dense = soft_targets(targets, num_classes, spec.label_smoothing)
         return Mixed(inputs=dict(batch), targets=dense, lam=torch.ones(n, device=device),
                      index=torch.arange(n, device=device), method=spec.method)
 
@@ -272,7 +302,7 @@ def mix(batch: dict[str, torch.Tensor], targets: torch.Tensor, spec: MixSpec,
     if plan.lam is not None:
         lam = plan.lam
 
-    out = Mixed(inputs=dict(batch), targets=dense, lam=lam, index=index, method=spec.method,
+    out = Mixed(inputs=dict(batch), targets=targets, lam=lam, index=index, method=spec.method,
                 ops=dict(plan.ops), layer=plan.layer)
     deferred = []
     # region ops first: the first one's kept share is the λ everyone else uses
@@ -288,7 +318,7 @@ def mix(batch: dict[str, torch.Tensor], targets: torch.Tensor, spec: MixSpec,
         if active is not None:
             # samples this op skips (mixup_cutmix chose mixup) are interpolated
             value = torch.where(active.view(-1, *([1] * (x.dim() - 1))), value,
-                                ops.interpolate(x, x[index], lam))
+                                ops.mix_rows(x, index, lam))
             if kept is not None:
                 kept = torch.where(active, kept, lam)
             if result.region is not None:
@@ -306,6 +336,5 @@ def mix(batch: dict[str, torch.Tensor], targets: torch.Tensor, spec: MixSpec,
     out.lam, out.deferred = lam, tuple(deferred)
     image_regions = [m for m in out.regions if kinds[m] in ("image", "video")]
     out.boxes = out.regions[image_regions[0]] if image_regions else None
-    w = lam[:, None].to(dense.dtype)
-    out.targets = w * dense + (1.0 - w) * dense[index]
+    out.targets = mix_targets(targets, num_classes, spec.label_smoothing, lam, index)
     return out
