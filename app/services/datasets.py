@@ -2,6 +2,7 @@
 
 import uuid
 from collections import OrderedDict
+from dataclasses import asdict
 from pathlib import Path
 from threading import Lock
 from typing import Any
@@ -11,7 +12,9 @@ from sqlalchemy.orm import Session
 
 from app.db.models import Dataset, Experiment
 from app.ml.data import NpzLimits, PreparedDataset, from_bytes, load_builtin, prepare_npz, to_bytes
+from app.ml.data.ingest_spec import IngestSpec
 from app.schemas.datasets import DatasetCreate
+from app.services import ingest
 from app.services.errors import ConflictError, NotFoundError
 from app.settings import Settings
 from app.storage import ArtifactStore
@@ -53,6 +56,16 @@ def create_from_npz(session: Session, store: ArtifactStore, settings: Settings, 
                        max_uncompressed_bytes=settings.max_upload_bytes * 8)
     prepared = prepare_npz(path, limits, original_name=filename)
     source = {"kind": "upload", "format": "npz", "filename": filename}
+    return _store_new(session, store, name, source, prepared)
+
+
+def create_from_upload(session: Session, store: ArtifactStore, settings: Settings, name: str,
+                       path: Path, filename: str, spec: IngestSpec | None) -> Dataset:
+    """Any upload format (.npz, .parquet, .zip, .tar.gz/.tgz), chosen by the file name."""
+    fmt, prepared = ingest.prepare_upload(settings, path, filename, spec)
+    source: dict[str, Any] = {"kind": "upload", "format": fmt, "filename": filename}
+    if spec is not None:
+        source["spec"] = asdict(spec)
     return _store_new(session, store, name, source, prepared)
 
 

@@ -12,11 +12,14 @@ from starlette.datastructures import UploadFile
 
 from app.api.deps import BaseUrlDep, SessionDep, SettingsDep, StoreDep
 from app.db.models import Dataset
+from app.ml.data.ingest_spec import IngestSpec
 from app.schemas.common import Page
 from app.schemas.datasets import DatasetCreate, DatasetOut, PreviewOut, PreviewRequest
+from app.schemas.ingest import IngestSpecIn
 from app.services import datasets as service
 from app.services import previews
 from app.services.errors import FieldError
+from app.services.ingest import upload_suffix
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
@@ -27,7 +30,12 @@ _UPLOAD_SCHEMA = {
         "name": {"type": "string", "maxLength": 200, "description": "Defaults to the file name."},
         "file": {"type": "string", "format": "binary",
                  "description": ".npz with arrays image (N,H,W | N,C,H,W) and label (N,); "
-                                "optional split (N,) and class_names (K,)."},
+                                "optional split (N,) and class_names (K,). Or .parquet, or "
+                                ".zip / .tar.gz / .tgz with manifest.csv / manifest.jsonl or "
+                                "<class>/<file> folders."},
+        "spec": {"type": "string", "description": "JSON IngestSpecIn (Parquet and archives "
+                                                  "only): which column is which modality. "
+                                                  "Omit to infer."},
     },
 }
 
@@ -45,9 +53,22 @@ def _body_errors(exc: ValidationError, prefix: tuple[str, ...] = ("body",)) -> l
     return [{**e, "loc": (*prefix, *e["loc"])} for e in exc.errors(include_url=False)]
 
 
-async def _save_upload(upload: UploadFile, limit: int, folder: Path) -> Path:
+def _ingest_spec(raw: object) -> IngestSpec | None:
+    """The ``spec`` form field, validated; errors under ``body.spec``."""
+    if raw is None or raw == "":
+        return None
+    if not isinstance(raw, str):
+        raise FieldError(("body", "spec"), "spec must be a JSON form field, not a file")
+    try:
+        return IngestSpecIn.model_validate_json(raw).to_spec()
+    except ValidationError as exc:
+        raise RequestValidationError(_body_errors(exc, ("body", "spec"))) from exc
+
+
+async def _save_upload(upload: UploadFile, limit: int, folder: Path,
+                       filename: str = "upload.npz") -> Path:
     """Copy the upload to disk in chunks, stopping at ``limit`` bytes."""
-    path = folder / "upload.npz"
+    path = folder / ("upload" + upload_suffix(filename))
     written = 0
     with path.open("wb") as out:
         while chunk := await upload.read(1024 * 1024):
@@ -80,12 +101,17 @@ async def create_dataset(request: Request, session: SessionDep, store: StoreDep,
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise FieldError(("body", "file"), "missing file part")
-        name = str(form.get("name") or Path(upload.filename or "upload.npz").stem)[:200]
+        filename = upload.filename or "upload.npz"
+        spec = _ingest_spec(form.get("spec"))
+        suffix = upload_suffix(filename)
+        stem = (filename[:-len(suffix)] if filename.lower().endswith(suffix)
+                else Path(filename).stem) or filename
+        name = str(form.get("name") or Path(stem).name)[:200]
         folder = Path(tempfile.mkdtemp(prefix="mixlab-upload-"))
         try:
-            path = await _save_upload(upload, settings.max_upload_bytes, folder)
-            dataset = await run_in_threadpool(service.create_from_npz, session, store, settings,
-                                              name, path, upload.filename or "upload.npz")
+            path = await _save_upload(upload, settings.max_upload_bytes, folder, filename)
+            dataset = await run_in_threadpool(service.create_from_upload, session, store,
+                                              settings, name, path, filename, spec)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         return to_out(dataset)

@@ -1,0 +1,354 @@
+"""Ingest a ``.zip`` / ``.tar.gz`` of images or audio into the prepared form.
+
+Two layouts, optionally under one top-level folder:
+
+- a manifest, ``manifest.csv`` or ``manifest.jsonl``, one row per sample: file
+  columns (``image``, ``audio``, or as the spec names them) hold paths relative
+  to the manifest, other columns are ``text``, ``label``, ``split`` or
+  numeric/categorical features. Manifest rows are numbered from 1.
+- an image folder: ``<class>/<file>``, or ``<split>/<class>/<file>`` with split
+  folders train/val/test.
+
+Every member is checked before anything is read: no absolute paths, no ``..``,
+only regular files and folders (no symlinks, hard links or devices), at most
+``max_files`` files, ``max_member_bytes`` per member and ``max_total_bytes``
+unpacked; a zip member (or a whole tar.gz) expanding more than ``max_ratio``
+times is refused as a zip bomb. A tar.gz is unpacked, streaming, into a
+temporary folder that is removed afterwards; a zip is read member by member.
+"""
+
+import csv
+import io
+import json
+import posixpath
+import re
+import shutil
+import stat
+import tarfile
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from app.ml.data.errors import DataValidationError
+from app.ml.data.ingest_spec import IngestLimits, IngestSpec, ModalitySpec
+from app.ml.data.media import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS
+from app.ml.data.parquet import SKIP, TableBuilder, check_columns, modality_name
+from app.ml.data.prepared import PreparedDataset
+
+MANIFESTS = ("manifest.csv", "manifest.jsonl")
+_SPLIT_DIRS = {"train", "training", "val", "valid", "validation", "test", "testing"}
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _fail(reason: str) -> DataValidationError:
+    return DataValidationError("file", reason)
+
+
+def check_member_name(name: str) -> str:
+    """The member's normalised relative path, or a ``DataValidationError``."""
+    if "\x00" in name:
+        raise _fail(f"archive member {name!r}: NUL in the name")
+    unix = name.replace("\\", "/")
+    if unix.startswith("/") or re.match(r"^[A-Za-z]:", unix):
+        raise _fail(f"archive member {name!r}: absolute path")
+    parts = [p for p in unix.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise _fail(f"archive member {name!r}: path traversal ('..')")
+    return "/".join(parts)
+
+
+def _hidden(path: str) -> bool:
+    return path.startswith("__MACOSX/") or any(p.startswith(".") for p in path.split("/"))
+
+
+class _Caps:
+    def __init__(self, limits: IngestLimits) -> None:
+        self.limits, self.files, self.total = limits, 0, 0
+
+    def member(self, name: str, size: int, compressed: int | None) -> None:
+        lim = self.limits
+        self.files += 1
+        if self.files > lim.max_files:
+            raise _fail(f"archive has more than {lim.max_files} files")
+        if size > lim.max_member_bytes:
+            raise _fail(f"archive member {name!r}: {size} bytes is over the limit of "
+                        f"{lim.max_member_bytes}")
+        self.total += size
+        if self.total > lim.max_total_bytes:
+            raise _fail(f"archive unpacks to more than {lim.max_total_bytes} bytes")
+        if compressed is not None and size >= lim.ratio_min_bytes \
+                and size > lim.max_ratio * max(compressed, 1):
+            raise _fail(f"archive member {name!r} expands {size / max(compressed, 1):.0f}x "
+                        f"(limit {lim.max_ratio:.0f}x): zip bomb?")
+
+
+@contextmanager
+def _open_archive(path: Path, limits: IngestLimits) -> Iterator[
+        tuple[list[str], Callable[[str], bytes]]]:
+    """Validated file names and a reader for them."""
+    caps = _Caps(limits)
+    if zipfile.is_zipfile(path):
+        try:
+            zf = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise _fail(f"not a readable zip: {exc}") from exc
+        with zf:
+            files: dict[str, zipfile.ZipInfo] = {}
+            for info in zf.infolist():
+                rel = check_member_name(info.filename)
+                mode = info.external_attr >> 16
+                if stat.S_ISLNK(mode):
+                    raise _fail(f"archive member {info.filename!r}: symlinks are not allowed")
+                if info.is_dir() or not rel:
+                    continue
+                caps.member(info.filename, info.file_size, info.compress_size)
+                files[rel] = info
+
+            def read_zip(rel: str) -> bytes:
+                try:
+                    return zf.read(files[rel])
+                except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as exc:
+                    raise _fail(f"archive member {rel!r}: unreadable ({exc})") from exc
+
+            yield list(files), read_zip
+        return
+    if not tarfile.is_tarfile(path):
+        raise _fail("not a .zip or .tar.gz archive")
+    folder = Path(tempfile.mkdtemp(prefix="mixlab-archive-"))
+    try:
+        names: list[str] = []
+        try:
+            with tarfile.open(path, "r:*") as tf:
+                for member in tf:
+                    rel = check_member_name(member.name)
+                    if member.issym() or member.islnk():
+                        raise _fail(f"archive member {member.name!r}: links are not allowed")
+                    if member.isdir() or not rel:
+                        continue
+                    if not member.isfile():
+                        raise _fail(f"archive member {member.name!r}: not a regular file")
+                    caps.member(member.name, member.size, None)
+                    src = tf.extractfile(member)
+                    if src is None:
+                        raise _fail(f"archive member {member.name!r}: unreadable")
+                    target = folder / rel
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with target.open("wb") as out:
+                        shutil.copyfileobj(src, out)
+                    names.append(rel)
+                    packed = path.stat().st_size
+                    if caps.total >= limits.ratio_min_bytes \
+                            and caps.total > limits.max_ratio * packed:
+                        raise _fail(f"archive expands more than {limits.max_ratio:.0f}x "
+                                    f"({packed} bytes packed): zip bomb?")
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise _fail(f"not a readable tar archive: {exc}") from exc
+        yield names, lambda rel: (folder / rel).read_bytes()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _root(files: list[str]) -> str:
+    """The single top-level folder every file sits in, or ''."""
+    tops = {f.split("/", 1)[0] for f in files}
+    if len(tops) == 1 and all("/" in f for f in files):
+        return tops.pop() + "/"
+    return ""
+
+
+def _read_manifest(name: str, data: bytes, limits: IngestLimits) -> tuple[
+        list[str], list[dict[str, Any]]]:
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataValidationError(name, f"not UTF-8 text: {exc}") from exc
+    rows: list[dict[str, Any]] = []
+    if name.endswith(".csv"):
+        reader = csv.DictReader(io.StringIO(text))
+        columns = [c.strip() for c in reader.fieldnames or []]
+        try:
+            for raw in reader:
+                if None in raw:
+                    raise DataValidationError(name, f"row {reader.line_num - 1}: more cells "
+                                              "than header columns")
+                rows.append({k.strip(): v for k, v in raw.items()})
+                if len(rows) > limits.max_rows:
+                    break
+        except csv.Error as exc:
+            raise DataValidationError(name, f"not valid CSV: {exc}") from exc
+    else:
+        columns = []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataValidationError(name, f"line {lineno}: not valid JSON ({exc.msg})"
+                                          ) from exc
+            if not isinstance(obj, dict):
+                raise DataValidationError(name, f"line {lineno}: expected a JSON object")
+            columns += [k for k in obj if k not in columns]
+            rows.append(obj)
+            if len(rows) > limits.max_rows:
+                break
+    if len(rows) > limits.max_rows:
+        raise DataValidationError(name, f"more than {limits.max_rows} rows")
+    if not rows:
+        raise DataValidationError(name, "has no rows")
+    return columns, rows
+
+
+def _infer_manifest(spec: IngestSpec, columns: list[str],
+                    rows: list[dict[str, Any]]) -> IngestSpec:
+    split = spec.split or ("split" if "split" in columns else None)
+    modalities: dict[str, ModalitySpec] = {}
+    numeric, categorical = [], []
+    text_seen = False
+    for col in columns:
+        if col in (spec.label, split):
+            continue
+        values = [r.get(col) for r in rows if r.get(col) not in (None, "")]
+        strs = [v for v in values if isinstance(v, str)]
+        lower = [v.lower() for v in strs]
+        if col in ("image", "audio") or (strs and all(v.endswith(IMAGE_EXTENSIONS)
+                                                      for v in lower)):
+            kind = "audio" if col == "audio" or (strs and all(
+                v.endswith(AUDIO_EXTENSIONS) for v in lower)) else "image"
+            modalities[modality_name(col, set(modalities))] = ModalitySpec(kind=kind, column=col)
+        elif strs and all(v.endswith(AUDIO_EXTENSIONS) for v in lower):
+            modalities[modality_name(col, set(modalities))] = ModalitySpec(kind="audio",
+                                                                          column=col)
+        elif values and all((isinstance(v, int | float) and not isinstance(v, bool))
+                            or (isinstance(v, str) and _NUMBER.fullmatch(v.strip()))
+                            for v in values):
+            numeric.append(col)
+        elif col == "text" or (not text_seen and col not in ("category",)
+                               and any(" " in v for v in strs)):
+            if text_seen:
+                categorical.append(col)
+            else:
+                text_seen = True
+                modalities[modality_name(col, set(modalities))] = ModalitySpec(kind="text",
+                                                                              column=col)
+        else:
+            categorical.append(col)
+    if numeric or categorical:
+        modalities[modality_name("tabular", set(modalities))] = ModalitySpec(
+            kind="tabular", columns=tuple(numeric), categorical=tuple(categorical))
+    return replace(spec, modalities=modalities, split=split)
+
+
+def _build(spec: IngestSpec, rows: list[dict[str, Any]], base: str, files: set[str],
+           read: Callable[[str], bytes], limits: IngestLimits, row_name: str,
+           row_base: int, row_names: list[str] | None = None) -> TableBuilder:
+    builder = TableBuilder(spec, len(rows), limits, row_name=row_name, row_base=row_base,
+                           row_names=row_names)
+    file_cols = {m.column for m in spec.modalities.values() if m.kind in ("image", "audio")}
+    needed = list(dict.fromkeys([spec.label, *([spec.split] if spec.split else []),
+                                 *(c for m in spec.modalities.values()
+                                   for c in m.source_columns())]))
+    for start in range(0, len(rows), limits.batch_size):
+        chunk = rows[start:start + limits.batch_size]
+        columns: dict[str, list[Any]] = {}
+        for col in needed:
+            values = [r.get(col) for r in chunk]
+            if col in file_cols:
+                resolved: list[Any] = []
+                for i, rel in enumerate(values):
+                    if rel in (None, ""):
+                        resolved.append(None)  # the builder reports "missing image"
+                        continue
+                    target = posixpath.normpath(posixpath.join(base, str(rel)))
+                    if target.startswith("../") or target == ".." or str(rel).startswith("/"):
+                        builder.issues.add(col, "path leaves the archive", start + i, str(rel))
+                        resolved.append(SKIP)
+                    elif target not in files:
+                        builder.issues.add(col, f"missing file {rel}", start + i)
+                        resolved.append(SKIP)
+                    else:
+                        resolved.append(read(target))
+                values = resolved
+            columns[col] = values
+        builder.add(start, columns)
+    return builder
+
+
+def prepare_archive(path: Path, spec: IngestSpec | None = None,
+                    limits: IngestLimits | None = None,
+                    original_name: str = "") -> PreparedDataset:
+    limits = limits or IngestLimits()
+    spec = spec or IngestSpec()
+    fmt = "zip" if zipfile.is_zipfile(path) else "tar"
+    with _open_archive(path, limits) as (all_files, read):
+        files = [f for f in all_files if not _hidden(f)]
+        if not files:
+            raise _fail("archive has no files")
+        manifests = [f for f in files if posixpath.basename(f) in MANIFESTS
+                     and f.count("/") <= 1]
+        provenance: dict[str, Any] = {"upload": original_name or path.name,
+                                      "format": fmt}
+        if len(manifests) > 1:
+            raise _fail("archive has more than one manifest: " + ", ".join(manifests))
+        if manifests:
+            manifest = manifests[0]
+            base = posixpath.dirname(manifest)
+            mname = posixpath.basename(manifest)
+            columns, rows = _read_manifest(mname, read(manifest), limits)
+            if spec.label not in columns:
+                raise DataValidationError(spec.label, f"{mname} has no label column "
+                                          f"(columns: {', '.join(columns)})")
+            if not spec.modalities:
+                spec = _infer_manifest(spec, columns, rows)
+            elif spec.split is None and "split" in columns:
+                spec = replace(spec, split="split")
+            check_columns(spec, columns)
+            builder = _build(spec, rows, base, set(files), read, limits,
+                             "manifest row", 1)
+            provenance["layout"] = mname
+        else:
+            spec, rows = _folder_layout(files, spec)
+            builder = _build(spec, rows, "", set(files), read, limits, "file", 1,
+                             [r["file"] for r in rows])
+            provenance["layout"] = "folders"
+        provenance["modalities"] = {k: {"kind": m.kind, "columns": list(m.source_columns())}
+                                    for k, m in spec.modalities.items()}
+        return builder.finish(provenance)
+
+
+def _folder_layout(files: list[str], spec: IngestSpec) -> tuple[IngestSpec,
+                                                                list[dict[str, Any]]]:
+    root = _root(files)
+    rel = sorted(f[len(root):] for f in files)
+    depths = {f.count("/") for f in rel}
+    with_split = depths == {2} and {f.split("/", 1)[0].lower() for f in rel} <= _SPLIT_DIRS
+    if depths != {1} and not with_split:
+        odd = next(f for f in rel if f.count("/") != 1)
+        raise _fail(f"no manifest.csv / manifest.jsonl, and {root + odd!r} is not in a "
+                    "<class>/<file> (or <split>/<class>/<file>) layout")
+    lower = [f.lower() for f in rel]
+    if all(f.endswith(AUDIO_EXTENSIONS) for f in lower):
+        kind = "audio"
+    else:
+        kind = "image"
+        bad = [f for f in rel if not f.lower().endswith(IMAGE_EXTENSIONS)]
+        if bad:
+            raise _fail(f"{root + bad[0]!r} is not an image file ("
+                        + ", ".join(IMAGE_EXTENSIONS) + ")")
+    given = [m for m in spec.modalities.values() if m.kind == kind]
+    options = replace(given[0], column="file") if given else ModalitySpec(kind=kind,
+                                                                         column="file")
+    rows = []
+    for f in rel:
+        parts = f.split("/")
+        row = {"file": root + f, "label": parts[-2]}
+        if with_split:
+            row["split"] = parts[0]
+        rows.append(row)
+    out = IngestSpec(modalities={kind: options}, label="label",
+                     split="split" if with_split else None)
+    return out, rows

@@ -1,0 +1,65 @@
+"""How to turn the columns of a table (Parquet, or an archive's manifest) into modalities.
+
+Framework-free dataclasses: ``app.schemas.ingest`` validates what a user posts
+and builds these; a notebook can build them directly. ``IngestLimits`` caps
+what one upload may unpack to.
+"""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+ModalityKind = Literal["image", "text", "audio", "tabular"]
+RESERVED_NAMES = ("label", "label_clean", "split")
+
+
+@dataclass(frozen=True)
+class ModalitySpec:
+    kind: ModalityKind
+    column: str | None = None  # image / text / audio
+    # image: output (H, W) after a bilinear resize; channels None = from the first image
+    size: tuple[int, int] = (32, 32)
+    channels: int | None = None
+    # text: word-level vocabulary built from the train split
+    max_length: int = 32
+    vocab_size: int = 5000
+    # audio: mono waveform; sample_rate None = all clips must share one rate
+    sample_rate: int | None = None
+    clip_seconds: float = 1.0
+    # tabular
+    columns: tuple[str, ...] = ()
+    categorical: tuple[str, ...] = ()
+    normalise: bool = True
+
+    def source_columns(self) -> tuple[str, ...]:
+        if self.kind == "tabular":
+            return (*self.columns, *self.categorical)
+        return (self.column,) if self.column else ()
+
+
+@dataclass(frozen=True)
+class IngestSpec:
+    modalities: dict[str, ModalitySpec] = field(default_factory=dict)  # empty = infer
+    label: str = "label"
+    split: str | None = None  # None = use a "split" column if present, else stratify
+    multilabel: bool = False
+
+
+@dataclass(frozen=True)
+class IngestLimits:
+    max_rows: int = 2_000_000
+    max_classes: int = 1000
+    max_side: int = 512  # output image side
+    max_image_pixels: int = 40_000_000  # decoded pixels of one source image
+    max_text_length: int = 8192
+    max_vocab: int = 1_000_000
+    max_audio_length: int = 10_000_000  # output samples per clip
+    max_features: int = 100_000
+    max_categories: int = 10_000  # per categorical column
+    max_errors: int = 20  # rows listed per problem; stop reading after this many problems
+    batch_size: int = 1024  # rows decoded per chunk
+    # archives
+    max_files: int = 100_000
+    max_total_bytes: int = 4 * 1024**3  # uncompressed, all members together
+    max_member_bytes: int = 512 * 1024**2
+    max_ratio: float = 100.0  # uncompressed / compressed, per zip member or whole tar.gz
+    ratio_min_bytes: int = 1024**2  # smaller members are not ratio-checked

@@ -1,0 +1,127 @@
+"""Decode encoded images (Pillow) and audio (WAV via ``wave``, FLAC/OGG via soundfile).
+
+Each decoder raises ``MediaError`` with a short reason; the caller adds the row.
+"""
+
+import io
+import warnings
+import wave
+
+import numpy as np
+from PIL import Image
+
+try:  # soundfile's wheels carry libsndfile; without it only WAV is read
+    import soundfile as _soundfile
+except (ImportError, OSError):  # pragma: no cover - depends on the platform
+    _soundfile = None
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+
+
+class MediaError(ValueError):
+    pass
+
+
+def looks_like_audio(data: bytes) -> bool:
+    return data[:4] in (b"RIFF", b"fLaC", b"OggS") and (data[:4] != b"RIFF"
+                                                         or data[8:12] == b"WAVE")
+
+
+def _open_image(data: bytes, max_pixels: int) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))  # reads the header only
+            w, h = img.size
+            if w * h > max_pixels:
+                raise MediaError(f"{w}x{h} pixels is over the limit of {max_pixels} "
+                                 "(decompression bomb?)")
+            img.load()
+    except MediaError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise MediaError(f"decompression bomb: {exc}") from exc
+    except Exception as exc:  # Pillow raises many types on bad data
+        raise MediaError(f"unreadable image ({type(exc).__name__}: {exc})") from exc
+    return img
+
+
+def image_channels(data: bytes, max_pixels: int) -> int:
+    """1 for grayscale sources, else 3."""
+    img = _open_image(data, max_pixels)
+    return 1 if img.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
+
+
+def decode_image(data: bytes, size: tuple[int, int], channels: int,
+                 max_pixels: int) -> np.ndarray:
+    """(C, H, W) uint8, resized bilinearly to ``size`` = (H, W)."""
+    img = _open_image(data, max_pixels)
+    try:
+        img = img.convert("L" if channels == 1 else "RGB")
+        h, w = size
+        if img.size != (w, h):
+            img = img.resize((w, h), Image.Resampling.BILINEAR)
+        arr = np.asarray(img, dtype=np.uint8)
+    except Exception as exc:
+        raise MediaError(f"unreadable image ({type(exc).__name__}: {exc})") from exc
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _decode_wav(data: bytes) -> tuple[np.ndarray, int]:
+    with wave.open(io.BytesIO(data)) as w:
+        rate, width, chans = w.getframerate(), w.getsampwidth(), w.getnchannels()
+        frames = w.readframes(w.getnframes())
+    if width == 1:
+        x = (np.frombuffer(frames, np.uint8).astype(np.float32) - 128.0) / 128.0
+    elif width == 2:
+        x = np.frombuffer(frames, "<i2").astype(np.float32) / 32768.0
+    elif width == 3:
+        raw = np.frombuffer(frames, np.uint8).reshape(-1, 3)
+        ints = (raw[:, 0].astype(np.int32) | (raw[:, 1].astype(np.int32) << 8)
+                | (raw[:, 2].astype(np.int32) << 16))
+        ints = np.where(ints >= 1 << 23, ints - (1 << 24), ints)
+        x = ints.astype(np.float32) / float(1 << 23)
+    elif width == 4:
+        x = np.frombuffer(frames, "<i4").astype(np.float32) / float(1 << 31)
+    else:
+        raise MediaError(f"unsupported WAV sample width {width}")
+    if chans > 1:
+        x = x[: len(x) // chans * chans].reshape(-1, chans).mean(axis=1)
+    return x.astype(np.float32), rate
+
+
+def decode_audio(data: bytes) -> tuple[np.ndarray, int]:
+    """Mono float32 waveform in [-1, 1] and its sample rate."""
+    if not data:
+        raise MediaError("empty audio")
+    if data[:4] == b"RIFF":
+        try:
+            return _decode_wav(data)
+        except MediaError:
+            raise
+        except (wave.Error, EOFError, ValueError) as exc:
+            if _soundfile is None:
+                raise MediaError(f"unreadable WAV ({exc})") from exc
+    if _soundfile is None:
+        raise MediaError("only WAV audio can be read here (soundfile is not installed)")
+    try:
+        x, rate = _soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except Exception as exc:
+        raise MediaError(f"unreadable audio ({type(exc).__name__}: {exc})") from exc
+    return x.mean(axis=1).astype(np.float32), int(rate)
+
+
+def resample(x: np.ndarray, src: int, dst: int) -> np.ndarray:
+    """Linear-interpolation resample (no anti-aliasing filter)."""
+    if src == dst or len(x) == 0:
+        return x
+    n = max(1, round(len(x) * dst / src))
+    return np.interp(np.arange(n) * (src / dst), np.arange(len(x)), x).astype(np.float32)
+
+
+def fit_length(x: np.ndarray, length: int) -> np.ndarray:
+    """Crop or zero-pad at the end to ``length`` samples."""
+    if len(x) >= length:
+        return x[:length]
+    return np.pad(x, (0, length - len(x)))

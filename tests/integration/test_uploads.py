@@ -1,0 +1,111 @@
+"""Parquet and archive uploads through the API: stored, described, previewable; bad → 422."""
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from fastapi.testclient import TestClient
+
+from app.settings import get_settings
+from tests.unit.test_parquet import png, wav
+
+pytestmark = pytest.mark.integration
+N = 30
+
+
+def _parquet(**overrides: list) -> bytes:
+    cols = {"img": [{"bytes": png(i), "path": None} for i in range(N)],
+            "caption": [f"word{i % 5} more words" for i in range(N)],
+            "sound": [wav() for _ in range(N)],
+            "age": [float(i) for i in range(N)],
+            "label": [["ant", "bee", "cow"][i % 3] for i in range(N)]}
+    cols.update(overrides)
+    buf = io.BytesIO()
+    pq.write_table(pa.table(cols), buf)
+    return buf.getvalue()
+
+
+def _zip(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def _counts(api_client: TestClient) -> tuple[int, set[str]]:
+    root = Path(get_settings().resolved_artifact_url.removeprefix("file://")) / "datasets"
+    stored = {p.name for p in root.iterdir()} if root.exists() else set()
+    return api_client.get("/v1/datasets").json()["total"], stored
+
+
+def test_parquet_upload_with_spec_and_preview(api_client: TestClient) -> None:
+    spec = {"modalities": {
+        "photo": {"kind": "image", "column": "img", "size": [16, 16]},
+        "text": {"kind": "text", "column": "caption", "max_length": 6},
+        "audio": {"kind": "audio", "column": "sound", "clip_seconds": 0.05},
+        "tabular": {"kind": "tabular", "columns": ["age"]}}}
+    response = api_client.post("/v1/datasets", files={"file": ("zoo.parquet", _parquet())},
+                               data={"spec": json.dumps(spec)})
+    assert response.status_code == 201, response.text
+    ds = response.json()
+    assert ds["name"] == "zoo" and ds["num_samples"] == N
+    shapes = {m["name"]: (m["kind"], m["shape"]) for m in ds["modalities"]}
+    assert shapes == {"photo": ("image", [3, 16, 16]), "text": ("text", [6]),
+                      "audio": ("audio", [400]), "tabular": ("tabular", [1])}
+    assert [c["name"] for c in ds["classes"]] == ["ant", "bee", "cow"]
+    preview = api_client.post(f"/v1/datasets/{ds['id']}/preview",
+                              json={"method": "mixup", "n": 4, "seed": 1})
+    assert preview.status_code == 200, preview.text
+    png_url = preview.json()["image_url"].split("testserver", 1)[-1]
+    assert api_client.get(png_url).headers["content-type"] == "image/png"
+
+
+def test_parquet_inferred_and_zip_folder_upload(api_client: TestClient) -> None:
+    response = api_client.post("/v1/datasets", files={"file": ("z.parquet", _parquet())})
+    assert response.status_code == 201, response.text
+    kinds = {m["name"]: m["kind"] for m in response.json()["modalities"]}
+    assert kinds == {"img": "image", "caption": "text", "sound": "audio", "tabular": "tabular"}
+    files = {f"pets/{c}/{i}.png": png(i) for c in ("cat", "dog") for i in range(12)}
+    response = api_client.post("/v1/datasets", files={"file": ("pets.zip", _zip(files))},
+                               data={"spec": json.dumps({"modalities": {"image": {
+                                   "kind": "image", "column": "file", "size": [8, 8]}}})})
+    assert response.status_code == 201, response.text
+    ds = response.json()
+    assert ds["modalities"][0]["shape"] == [3, 8, 8] and ds["num_samples"] == 24
+    preview = api_client.post(f"/v1/datasets/{ds['id']}/preview",
+                              json={"method": "cutmix", "n": 2, "seed": 0})
+    assert preview.status_code == 200, preview.text
+
+
+@pytest.mark.parametrize(("filename", "content", "spec", "loc", "words"), [
+    ("d.parquet", b"garbage", None, ["body", "file"], "not a readable Parquet"),
+    ("d.parquet", _parquet(img=[{"bytes": b"bad", "path": None}] * N), None,
+     ["body", "file", "img"], "unreadable image in 30 rows"),
+    ("d.parquet", _parquet(), {"modalities": {"x": {"kind": "image", "column": "nope"}}},
+     ["body", "file", "nope"], "no such column"),
+    ("d.parquet", _parquet(), {"modalities": {"x": {"kind": "video"}}},
+     ["body", "spec", "modalities", "x"], ""),
+    ("d.parquet", _parquet(), {"bogus": 1}, ["body", "spec", "bogus"], ""),
+    ("d.parquet", _parquet(), {"multilabel": True}, ["body", "spec", "multilabel"],
+     "multilabel"),
+    ("d.parquet", _parquet(), "{not json", ["body", "spec"], ""),
+    ("d.npz", b"x", {}, ["body", "spec"], "not .npz"),
+    ("d.zip", _zip({"../x.png": b"1"}), None, ["body", "file"], "traversal"),
+    ("d.zip", _zip({"manifest.csv": b"image,label\nimgs/a.png,1\n"}), None,
+     ["body", "file", "image"], "missing file imgs/a.png at manifest row 1"),
+])
+def test_bad_uploads_store_nothing(api_client: TestClient, filename: str, content: bytes,
+                                   spec: object, loc: list, words: str) -> None:
+    before = _counts(api_client)
+    data = {} if spec is None else {"spec": spec if isinstance(spec, str) else json.dumps(spec)}
+    response = api_client.post("/v1/datasets", files={"file": (filename, content)}, data=data)
+    assert response.status_code == 422, response.text
+    error = response.json()["detail"][0]
+    assert error["loc"][:len(loc)] == loc, error
+    assert words in error["msg"], error
+    assert _counts(api_client) == before
