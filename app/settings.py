@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     control_poll_s: float = Field(default=0.5, gt=0)
     progress_flush_s: float = Field(default=1.0, gt=0)
 
+    fashion_mnist_dir: Path = Field(
+        default=Path("/usr/share/datasets/fashion-mnist"),
+        description="Folder of Fashion-MNIST's idx .gz files (Debian's dataset-fashion-mnist).")
+
     public_url: str = Field(default="", description="Prefix for URLs in replies; '' = relative.")
 
     @property

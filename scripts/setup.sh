@@ -19,3 +19,22 @@ if ! .venv/bin/pip install -q --disable-pip-version-check -e ".[dev]" > .venv/pi
   exit 1
 fi
 .venv/bin/python -c "import app.ml, app.api.main" >/dev/null
+# The fashion-mnist built-in reads Debian's dataset-fashion-mnist files (nothing is
+# downloaded at run time). Installed here when we can (root with apt-get); never fatal.
+FASHION_MNIST_DIR=${MIXLAB_FASHION_MNIST_DIR:-/usr/share/datasets/fashion-mnist}
+if [ ! -f "$FASHION_MNIST_DIR/train-images-idx3-ubyte.gz" ]; then
+  if [ "$FASHION_MNIST_DIR" = /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ] \
+      && command -v apt-get >/dev/null 2>&1; then
+    echo "installing dataset-fashion-mnist (apt-get)" >&2
+    if ! { apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
+           || { apt-get update -q >/dev/null 2>&1 \
+                && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; }; }; then
+      echo "note: could not install dataset-fashion-mnist; the fashion-mnist built-in" \
+           "(and its tests) will be unavailable" >&2
+    fi
+  else
+    echo "note: $FASHION_MNIST_DIR has no Fashion-MNIST files; for the fashion-mnist" \
+         "built-in run 'apt-get install dataset-fashion-mnist' as root (Debian/Ubuntu)" \
+         "or set MIXLAB_FASHION_MNIST_DIR" >&2
+  fi
+fi

@@ -31,7 +31,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(DataValidationError)
     async def _data(_: Request, exc: DataValidationError) -> JSONResponse:
-        loc = ("body", "file", exc.field) if exc.field != "file" else ("body", "file")
+        if exc.field.startswith("source."):  # a built-in's options
+            loc: tuple[str, ...] = ("body", *exc.field.split("."))
+        else:  # an uploaded file's arrays / columns
+            loc = ("body", "file", exc.field) if exc.field != "file" else ("body", "file")
         return JSONResponse(status_code=422, content=field_error_body(loc, str(exc)))
 
     @app.exception_handler(OperationalError)

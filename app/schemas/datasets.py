@@ -83,6 +83,31 @@ class SyntheticOptions(StrictModel):
         return self
 
 
+class FashionMnistOptions(StrictModel):
+    label_noise: float = Field(0.0, ge=0, le=0.9,
+                               description="Share of training labels flipped to another class.")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the label noise.")
+    subset: int | None = Field(
+        None, ge=1000, le=60_000,
+        description="Take a fixed stratified subset of this many of the 60,000 training "
+                    "images (for quick runs); null = all. A twelfth of them is the val "
+                    "split; the official 10,000 test images are always the test split.")
+
+
+class AvmnistOptions(StrictModel):
+    label_noise: float = Field(0.0, ge=0, le=0.9,
+                               description="Share of training labels flipped to another class.")
+    seed: int = Field(0, ge=0, le=2**31 - 1,
+                      description="Seed of the image/utterance pairing, the added noise and "
+                                  "the label noise.")
+    audio_noise: float = Field(0.5, ge=0, le=5,
+                               description="Std of Gaussian noise added to the log-mel "
+                                           "features, in units of their std.")
+    image_noise: float = Field(0.0, ge=0, le=1,
+                               description="Std of Gaussian pixel noise, as a share of the "
+                                           "0..255 range.")
+
+
 class DigitsSource(StrictModel):
     kind: Literal["builtin"]
     name: Literal["digits"] = Field(description="scikit-learn's 1,797 8x8 handwritten digits.")
@@ -97,13 +122,32 @@ class SyntheticSource(StrictModel):
     options: SyntheticOptions = SyntheticOptions()
 
 
-BuiltinSource = Annotated[DigitsSource | SyntheticSource, Field(discriminator="name")]
+class FashionMnistSource(StrictModel):
+    kind: Literal["builtin"]
+    name: Literal["fashion-mnist"] = Field(
+        description="Fashion-MNIST's 70,000 real 28x28 grey images of 10 clothes (MIT "
+                    "licence), read from Debian's dataset-fashion-mnist files "
+                    "(MIXLAB_FASHION_MNIST_DIR).")
+    options: FashionMnistOptions = FashionMnistOptions()
+
+
+class AvmnistSource(StrictModel):
+    kind: Literal["builtin"]
+    name: Literal["avmnist"] = Field(
+        description="AV-MNIST-style audio-visual digits: scikit-learn's 1,797 8x8 digit "
+                    "images, each paired with a spoken digit of its class (40x32 log-mel "
+                    "of espeak-ng speech, shipped with mixlab).")
+    options: AvmnistOptions = AvmnistOptions()
+
+
+BuiltinSource = Annotated[DigitsSource | SyntheticSource | FashionMnistSource | AvmnistSource,
+                          Field(discriminator="name")]
 
 
 def _untagged(exc: ValidationError) -> ValidationError:
     """The union's errors without its tag in ``loc``: ``source.options.x`` rather
     than ``source.digits.options.x``; a bad or missing tag is ``source.name``."""
-    tags = {"digits", "synthetic"}
+    tags = {"digits", "synthetic", "fashion-mnist", "avmnist"}
     details: list[Any] = []
     for error in exc.errors(include_url=False):
         loc = tuple(error["loc"])

@@ -16,7 +16,7 @@ from app.ml.data.ingest_spec import IngestSpec
 from app.schemas.datasets import DatasetCreate
 from app.services import ingest
 from app.services.errors import ConflictError, NotFoundError
-from app.settings import Settings
+from app.settings import Settings, get_settings
 from app.storage import ArtifactStore
 
 
@@ -45,7 +45,8 @@ def _store_new(session: Session, store: ArtifactStore, name: str, source: dict[s
 
 def create_builtin(session: Session, store: ArtifactStore, request: DatasetCreate) -> Dataset:
     source = request.source.model_dump()
-    prepared = load_builtin(request.source.name, request.source.options.model_dump())
+    roots = {"fashion-mnist": Path(get_settings().fashion_mnist_dir)}
+    prepared = load_builtin(request.source.name, request.source.options.model_dump(), roots)
     return _store_new(session, store, request.name, source, prepared)
 
 

@@ -1,7 +1,9 @@
 """Dataset formats, ingestion and the canonical prepared form."""
 
+from app.ml.data.avmnist import load_avmnist
 from app.ml.data.builtin import BUILTINS, load_builtin, load_digits
 from app.ml.data.errors import DataValidationError
+from app.ml.data.fashion_mnist import load_fashion_mnist, read_idx
 from app.ml.data.npz import NpzLimits, prepare_npz
 from app.ml.data.prepared import SPLITS, PreparedDataset, from_bytes, to_bytes
 from app.ml.data.synthetic import load_synthetic
@@ -13,9 +15,12 @@ __all__ = [
     "NpzLimits",
     "PreparedDataset",
     "from_bytes",
+    "load_avmnist",
     "load_builtin",
     "load_digits",
+    "load_fashion_mnist",
     "load_synthetic",
     "prepare_npz",
+    "read_idx",
     "to_bytes",
 ]

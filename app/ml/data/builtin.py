@@ -2,12 +2,15 @@
 
 import inspect
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from app.ml.data.avmnist import load_avmnist
 from app.ml.data.errors import DataValidationError
+from app.ml.data.fashion_mnist import load_fashion_mnist
 from app.ml.data.prepared import PreparedDataset
 from app.ml.data.splits import flip_train_labels, stratified_split
 from app.ml.data.synthetic import load_synthetic
@@ -40,13 +43,28 @@ def load_digits(label_noise: float = 0.0, seed: int = 0) -> PreparedDataset:
     )
 
 
+def fashion_mnist(label_noise: float = 0.0, seed: int = 0,
+                  subset: int | None = None) -> PreparedDataset:
+    """The ``fashion-mnist`` built-in: :func:`load_fashion_mnist` from the configured
+    directory (``MIXLAB_FASHION_MNIST_DIR``); the path is not an option users set."""
+    return load_fashion_mnist(label_noise=label_noise, seed=seed, subset=subset)
+
+
 BUILTINS: dict[str, Callable[..., PreparedDataset]] = {
     "digits": load_digits,
     "synthetic": load_synthetic,
+    "fashion-mnist": fashion_mnist,
+    "avmnist": load_avmnist,
 }
 
 
-def load_builtin(name: str, options: dict[str, Any]) -> PreparedDataset:
+# Built-ins that read files from a directory the operator configures; the
+# service passes it (``roots``), users cannot set it as an option.
+ROOTED = {"fashion-mnist": load_fashion_mnist}
+
+
+def load_builtin(name: str, options: dict[str, Any],
+                 roots: dict[str, Path] | None = None) -> PreparedDataset:
     """Load a built-in by name; an unknown name or option is a ``DataValidationError``
     naming ``source.name`` or ``source.options.<option>``."""
     if name not in BUILTINS:
@@ -59,4 +77,6 @@ def load_builtin(name: str, options: dict[str, Any]) -> PreparedDataset:
             raise DataValidationError(f"source.options.{option}",
                                       f"unknown option for {name!r}; known: "
                                       + ", ".join(known))
+    if roots and name in roots and name in ROOTED:
+        return ROOTED[name](**options, root=roots[name])
     return loader(**options)

@@ -1,0 +1,129 @@
+"""AV-MNIST-style audio-visual digits from real parts (the shape of MultiBench's AV-MNIST).
+
+Each of scikit-learn's 1,797 real 8x8 digit images is paired with a spoken
+utterance of the same digit: log-mel features (40 mel bins x 32 frames of
+20 ms) of the words "zero".."nine" synthesised with Debian's espeak-ng across
+English accents, voice variants, pitches and speeds, with white noise, made
+once by ``scripts/make_spoken_digits.py`` and shipped in
+``assets/spoken_digits.npz``. Nothing is synthesised or downloaded at run time.
+
+The split is fixed (stratified, seed 0) and so is the partition of the
+utterances into train / val / test (per digit, in the same proportions): a
+val or test image is paired only with an utterance no training image hears.
+``seed`` draws the pairing, the added noise and the label noise.
+"""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from app.ml.data.errors import DataValidationError
+from app.ml.data.prepared import PreparedDataset
+from app.ml.data.splits import flip_train_labels, stratified_split
+
+ASSET = Path(__file__).resolve().parent / "assets" / "spoken_digits.npz"
+NOISE_BOUNDS = {"audio_noise": (0.0, 5.0), "image_noise": (0.0, 1.0)}
+
+
+@lru_cache(maxsize=1)
+def load_spoken_digits(path: Path = ASSET) -> dict[str, np.ndarray]:
+    """The asset's arrays: ``features`` (N, 40, 32) float16 standardised log-mel,
+    ``labels`` (N,) and the generation parameters (``voice``, ``pitch``, ...)."""
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    for array in arrays.values():
+        array.setflags(write=False)  # shared by every caller through the cache
+    return arrays
+
+
+def digit_images() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits as uint8 (N, 8, 8) images (0..16 scaled to 0..255) and labels."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    pixels = np.rint(bunch.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+    return pixels, bunch.target.astype(np.int64)
+
+
+def pair_utterances(labels: np.ndarray, split: np.ndarray, utterance_labels: np.ndarray,
+                    seed: int) -> np.ndarray:
+    """For each sample, the index of an utterance of its digit, drawn (seeded) from
+    the utterances of the sample's split (utterances split per digit, fixed)."""
+    utterance_split = stratified_split(utterance_labels, seed=0)
+    rng = np.random.default_rng([seed, 1])
+    pairs = np.empty(len(labels), dtype=np.int64)
+    for part in range(3):
+        for digit in np.unique(labels):
+            rows = np.flatnonzero((labels == digit) & (split == part))
+            pool = np.flatnonzero((utterance_labels == digit) & (utterance_split == part))
+            if len(rows) and not len(pool):
+                raise ValueError(f"no utterance of digit {digit} for split {part}")
+            pairs[rows] = pool[rng.integers(0, len(pool), len(rows))]
+    return pairs
+
+
+def _number(name: str, value: Any, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+        raise DataValidationError(f"source.options.{name}", f"must be between {lo:g} and {hi:g}")
+    return float(value)
+
+
+def load_avmnist(label_noise: float = 0.0, seed: int = 0, audio_noise: float = 0.5,
+                 image_noise: float = 0.0) -> PreparedDataset:
+    """Paired digit images ``image`` (N, 1, 8, 8) uint8 and spoken digits ``audio``
+    (N, 1, 40, 32) float32, N = 1,797.
+
+    ``audio_noise``: std of Gaussian noise added to the log-mel, in units of the
+    features' std; ``image_noise``: std of Gaussian pixel noise as a share of the
+    full 0..255 scale; ``label_noise``: share of training labels flipped.
+    """
+    label_noise = _number("label_noise", label_noise, 0.0, 0.9)
+    audio_noise = _number("audio_noise", audio_noise, *NOISE_BOUNDS["audio_noise"])
+    image_noise = _number("image_noise", image_noise, *NOISE_BOUNDS["image_noise"])
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**31 - 1:
+        raise DataValidationError("source.options.seed", "must be an integer from 0 to 2^31-1")
+
+    pixels, labels = digit_images()
+    spoken = load_spoken_digits()
+    split = stratified_split(labels, seed=0)
+    pairs = pair_utterances(labels, split, spoken["labels"].astype(np.int64), seed)
+
+    audio = spoken["features"][pairs].astype(np.float32)[:, None]
+    if audio_noise > 0:
+        audio += audio_noise * np.random.default_rng([seed, 2]).standard_normal(
+            audio.shape, dtype=np.float32)
+    images = pixels[:, None]
+    if image_noise > 0:
+        noise = np.random.default_rng([seed, 3]).standard_normal(images.shape,
+                                                                 dtype=np.float32)
+        images = np.rint(images + noise * (255.0 * image_noise)).clip(0, 255).astype(np.uint8)
+
+    noisy = flip_train_labels(labels, split, 10, label_noise, seed)
+    voices = [str(v) for v in np.unique(spoken["voice"])]
+    provenance: dict[str, Any] = {
+        "builtin": "avmnist", "label_noise": label_noise, "seed": seed,
+        "audio_noise": audio_noise, "image_noise": image_noise,
+        "source": "images: scikit-learn load_digits (UCI optical recognition); audio: "
+                  "spoken digit words synthesised with espeak-ng by "
+                  "scripts/make_spoken_digits.py, shipped as log-mel features",
+        "espeak_version": str(spoken["espeak_version"]),
+        "accents": sorted({v.split("+")[0] for v in voices}),
+        "voice_variants": sorted({v.split("+")[1] for v in voices if "+" in v}),
+        "utterances": len(spoken["labels"]),
+        "features": str(spoken["params"]),
+        "pairing": "each image with a seeded utterance of its digit from its split's "
+                   "own utterances (utterances split per digit 70/15/15, fixed)",
+    }
+    return PreparedDataset(
+        inputs={"image": torch.from_numpy(np.ascontiguousarray(images)),
+                "audio": torch.from_numpy(np.ascontiguousarray(audio))},
+        labels=torch.from_numpy(noisy),
+        clean_labels=torch.from_numpy(labels),
+        split=torch.from_numpy(split),
+        class_names=[str(c) for c in range(10)],
+        modality_kinds={"image": "image", "audio": "audio"},
+        provenance=provenance,
+    )
