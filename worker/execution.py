@@ -16,7 +16,9 @@ from worker.reporter import RunReporter
 
 log = logging.getLogger(__name__)
 
-FINAL_KEYS = ("test_loss", "test_acc", "test_ece", "train_time_s")
+def final_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """What only the end of a run knows: test metrics (robustness ones included)."""
+    return {k: v for k, v in metrics.items() if k.startswith("test_") or k == "train_time_s"}
 
 
 def execute_run(run_id: uuid.UUID) -> str:
@@ -48,7 +50,7 @@ def execute_run(run_id: uuid.UUID) -> str:
             run_service.finish(session, run_id, "failed", f"{type(exc).__name__}: {exc}")
         return "failed"
 
-    final = {k: v for k, v in result.metrics.items() if k in FINAL_KEYS}
+    final = final_metrics(result.metrics)
     reporter.close(final if result.status == "completed" else None, step=result.steps)
     status = "succeeded" if result.status == "completed" else "cancelled"
     with session_scope() as session:

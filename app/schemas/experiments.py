@@ -2,7 +2,7 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 from app.ml.models import ModelSpec
 from app.ml.train import TrainSpec
@@ -11,13 +11,51 @@ from app.schemas.common import StrictModel
 
 
 class ModelSpecIn(StrictModel):
-    kind: Literal["cnn"] = "cnn"
+    kind: Literal["cnn", "multimodal"] = Field(
+        "cnn", description="cnn: the image-only SmallCNN. multimodal: one encoder per "
+                           "modality of the dataset and a fusion head.")
     width: int = Field(32, ge=1, le=512, description="Channels of the first conv layer.")
     depth: int = Field(3, ge=1, le=8, description="Number of conv blocks.")
     dropout: float = Field(0.0, ge=0, lt=1)
+    fusion: Literal["early", "late", "attention", "tensor", "gated"] = Field(
+        "early", description="multimodal: how the modalities' features are combined.")
+    dim: int = Field(64, ge=2, le=2048, description="multimodal: every encoder's output width.")
+    image_encoder: Literal["cnn", "resnet18"] = Field(
+        "cnn", description="multimodal: resnet18 needs torchvision on the worker.")
+    text_encoder: Literal["mean", "transformer"] = "mean"
+    video_encoder: Literal["mean", "temporal_conv"] = "mean"
+    text_dim: int = Field(64, ge=2, le=2048, description="multimodal: token embedding width.")
+    heads: int = Field(4, ge=1, le=32, description="Attention heads (text transformer, "
+                                                   "attention fusion).")
+    layers: int = Field(1, ge=1, le=12, description="Transformer layers (text, attention "
+                                                    "fusion).")
+    modality_dropout: float = Field(0.0, ge=0, lt=1, description="multimodal: chance of "
+                                    "dropping each modality of a training sample (never all).")
+    rank: int = Field(4, ge=1, le=64, description="tensor fusion: rank of the factors.")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "ModelSpecIn":
+        if self.kind == "multimodal":
+            if self.fusion == "attention" and self.dim % self.heads:
+                raise ValueError("dim must be a multiple of heads for attention fusion")
+            if self.text_encoder == "transformer" and self.text_dim % self.heads:
+                raise ValueError("text_dim must be a multiple of heads for the text transformer")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _cnn_fields_only(self, handler: Any) -> dict[str, Any]:
+        # a cnn spec is stored and shown with its own fields only, as before
+        # multimodal models existed
+        data = handler(self)
+        if self.kind == "cnn" and isinstance(data, dict):
+            data = {k: v for k, v in data.items() if k in _CNN_FIELDS}
+        return data
 
     def to_ml(self) -> ModelSpec:
         return ModelSpec(**self.model_dump())
+
+
+_CNN_FIELDS = ("kind", "width", "depth", "dropout")
 
 
 class TrainingSpecIn(StrictModel):

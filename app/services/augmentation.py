@@ -62,4 +62,4 @@ def check_manifold_layers(spec: AugmentationSpec, model_layers: int,
                           loc: tuple[str | int, ...]) -> None:
     if spec.method == "manifold_mixup" and max(spec.manifold_layers) > model_layers:
         raise FieldError((*loc, "manifold_layers"),
-                         f"the model has mixing layers 0..{model_layers} (its depth)")
+                         f"the model mixes at layers 0..{model_layers} (0 = inputs)")

@@ -7,6 +7,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from app.db.models import Dataset, Experiment, Run
+from app.ml.models import torchvision_available
+from app.ml.models.multimodal import MIXING_LAYERS as MULTIMODAL_MIXING_LAYERS
 from app.queue import enqueue_run
 from app.schemas.experiments import ExperimentCreate
 from app.services import augmentation
@@ -23,11 +25,19 @@ def _validate_against_dataset(request: ExperimentCreate, dataset: Dataset) -> No
                          f"batch_size {request.training.batch_size} is larger than the "
                          f"dataset's training split ({train_size} samples)")
     kinds = augmentation.modality_kinds(dataset.summary)
-    if "image" not in kinds.values():
-        raise FieldError(("body", "model", "kind"), "the cnn model needs an image modality")
+    model = request.model
+    if model.kind == "cnn":
+        if "image" not in kinds.values():
+            raise FieldError(("body", "model", "kind"), "the cnn model needs an image modality")
+        mixing_layers = model.depth
+    else:
+        if model.image_encoder == "resnet18" and not torchvision_available():
+            raise FieldError(("body", "model", "image_encoder"),
+                             "resnet18 needs torchvision, which is not installed")
+        mixing_layers = MULTIMODAL_MIXING_LAYERS
     augmentation.check_against_dataset(request.augmentation, kinds, ("body", "augmentation"),
                                        augmentation.modality_shapes(dataset.summary))
-    augmentation.check_manifold_layers(request.augmentation, request.model.depth,
+    augmentation.check_manifold_layers(request.augmentation, mixing_layers,
                                        ("body", "augmentation"))
 
 

@@ -151,3 +151,27 @@ def test_readiness(stack) -> None:  # type: ignore[no-untyped-def]
     body = httpx.get(f"{stack.base_url}/readyz").json()
     assert body == {"status": "ready", "database": "ok", "broker": "ok"}
     assert httpx.get(f"{stack.base_url}/healthz").status_code == 200
+
+
+def test_multimodal_experiment_end_to_end(client: MixlabClient) -> None:
+    ds = client.create_builtin_dataset("synthetic", name="mm", num_samples=300, image_size=8,
+                                       text_length=8, audio_bins=8, audio_frames=8,
+                                       tabular_features=4)
+    created = client.create_experiment({
+        "dataset_id": ds["id"],
+        "model": {"kind": "multimodal", "fusion": "attention", "dim": 16, "width": 8,
+                  "depth": 2},
+        "augmentation": {"method": "cross_modal", "ops": {"image": "cutmix",
+                                                          "text": "token_cutmix",
+                                                          "audio": "specmix"}},
+        "training": {"epochs": 2, "batch_size": 32}})
+    run = client.wait_for_run(created["run_ids"][0], timeout=180)
+    assert run["status"] == "succeeded", run["error"]
+    for modality in ("image", "text", "audio", "tabular"):
+        assert 0.0 <= run["metrics"][f"test_acc_without_{modality}"] <= 1.0
+    assert "test_acc_noise" in run["metrics"]
+    bad = client.http.post("/v1/experiments", json={
+        "dataset_id": ds["id"], "model": {"kind": "multimodal"},
+        "augmentation": {"method": "manifold_mixup", "manifold_layers": [3]}})
+    assert bad.status_code == 422
+    assert bad.json()["detail"][0]["loc"] == ["body", "augmentation", "manifold_layers"]

@@ -1,20 +1,11 @@
 """A small CNN for image classification, sized by width and depth."""
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from app.ml.mixing import Mixed
 from app.ml.mixing.ops import interpolate
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    kind: str = "cnn"
-    width: int = 32
-    depth: int = 3
-    dropout: float = 0.0
+from app.ml.models.spec import ModelSpec
 
 
 class SmallCNN(nn.Module):
@@ -63,8 +54,9 @@ class SmallCNN(nn.Module):
         return self.head(self.pool(h))
 
 
-def build_model(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int) -> SmallCNN:
-    """Model for per-sample ``input_shape`` (C, H, W)."""
+def build_cnn(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int) -> SmallCNN:
+    """SmallCNN for per-sample ``input_shape`` (C, H, W); ``app.ml.models.build_model``
+    builds every kind."""
     if spec.kind != "cnn":
         raise ValueError(f"unknown model kind {spec.kind!r}")
     c, h, w = input_shape

@@ -1,0 +1,199 @@
+"""A multimodal classifier (one encoder per modality + a fusion head) and
+``build_model``, which builds either it or the image-only SmallCNN from a spec."""
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from app.ml.mixing import Mixed
+from app.ml.mixing.ops import interpolate
+from app.ml.models.cnn import SmallCNN
+from app.ml.models.encoders import (
+    AudioEncoder,
+    ImageEncoder,
+    TabularEncoder,
+    TextEncoder,
+    VideoEncoder,
+)
+from app.ml.models.fusion import Fusion, build_fusion
+from app.ml.models.spec import ModelSpec
+
+MIXING_LAYERS = 2
+
+
+def _union(present: torch.Tensor, mixed: Mixed) -> torch.Tensor:
+    """Presence after mixing features: a mixed sample has what either partner has."""
+    return present | (present[mixed.index] & (mixed.lam < 1.0)[:, None])
+
+
+class MultimodalModel(nn.Module):
+    """Encoders by modality name, then a fusion head.
+
+    ``forward(inputs, mixed=None, present=None)``: ``inputs`` maps modality to
+    its batch (a modality left out counts as absent); ``present`` maps modality
+    to an (N,) bool mask (default: all present). Absent modalities have their
+    features zeroed and are masked in the fusion. While training,
+    ``modality_dropout`` drops each present modality of a sample with that
+    probability, never all of them.
+
+    Manifold mixup layers (``mixed.layer``): 0 = the inputs (float inputs
+    interpolated, text mixed at its embeddings), 1 = the encoders' features,
+    2 = the fused representation before the classifier. Text listed in
+    ``mixed.deferred`` is mixed by its encoder (embedding mixup).
+    """
+
+    def __init__(self, encoders: Mapping[str, nn.Module], kinds: Mapping[str, str],
+                 fusion: Fusion, dim: int, modality_dropout: float = 0.0) -> None:
+        super().__init__()
+        if list(encoders) != fusion.modalities:
+            raise ValueError("encoders and fusion must list the same modalities in order")
+        if not 0.0 <= modality_dropout < 1.0:
+            raise ValueError("modality_dropout must be in [0, 1)")
+        self.encoders = nn.ModuleDict(dict(encoders))
+        self.kinds = dict(kinds)
+        self.fusion = fusion
+        self.dim = dim
+        self.modality_dropout = modality_dropout
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.encoders)
+
+    @property
+    def mixing_layers(self) -> int:
+        return MIXING_LAYERS
+
+    def presence(self, inputs: Mapping[str, torch.Tensor],
+                 present: Mapping[str, torch.Tensor] | None, n: int,
+                 device: torch.device) -> torch.Tensor:
+        cols = []
+        for m in self.modalities:
+            if m not in inputs:
+                cols.append(torch.zeros(n, dtype=torch.bool, device=device))
+            elif present is not None and m in present:
+                cols.append(present[m].to(device=device, dtype=torch.bool))
+            else:
+                cols.append(torch.ones(n, dtype=torch.bool, device=device))
+        return torch.stack(cols, dim=1)
+
+    def drop_modalities(self, present: torch.Tensor) -> torch.Tensor:
+        """Drop each present modality with probability ``modality_dropout``; a
+        sample that would lose all of them keeps one, chosen at random."""
+        draws = torch.rand(present.shape, device=present.device)
+        kept = present & (draws >= self.modality_dropout)
+        lost_all = present.any(dim=1) & ~kept.any(dim=1)
+        # the present modality with the largest draw survives (one per row)
+        pick = torch.where(present, draws, torch.full_like(draws, -1.0)).argmax(dim=1)
+        rescue = torch.zeros_like(present).scatter_(1, pick[:, None], True)
+        return torch.where(lost_all[:, None], rescue & present, kept)
+
+    def encode(self, inputs: Mapping[str, torch.Tensor], mixed: Mixed | None,
+               n: int, device: torch.device) -> dict[str, torch.Tensor]:
+        layer = mixed.layer if mixed is not None else None
+        feats = {}
+        dtype = None
+        for m, encoder in self.encoders.items():
+            if m not in inputs:
+                continue
+            x = inputs[m]
+            if isinstance(encoder, TextEncoder):
+                feats[m] = encoder(x, mixed)
+            else:
+                if layer == 0 and x.is_floating_point():
+                    x = interpolate(x, x[mixed.index], mixed.lam)  # type: ignore[union-attr]
+                feats[m] = encoder(x)
+            dtype = feats[m].dtype
+        for m in self.modalities:
+            if m not in feats:
+                feats[m] = torch.zeros(n, self.dim, device=device, dtype=dtype or torch.float32)
+        return feats
+
+    def forward(self, inputs: Mapping[str, torch.Tensor], mixed: Mixed | None = None,
+                present: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        layer = mixed.layer if mixed is not None else None
+        if layer is not None and not 0 <= layer <= self.mixing_layers:
+            raise ValueError(f"manifold layer {layer} outside 0..{self.mixing_layers}")
+        given = [x for m, x in inputs.items() if m in self.encoders]
+        if not given:
+            raise ValueError(f"inputs have none of the model's modalities {self.modalities}")
+        n, device = given[0].shape[0], given[0].device
+        mask = self.presence(inputs, present, n, device)
+        if self.training and self.modality_dropout > 0:
+            mask = self.drop_modalities(mask)
+        feats = self.encode(inputs, mixed, n, device)
+        feats = {m: feats[m] * mask[:, i:i + 1].to(feats[m].dtype)
+                 for i, m in enumerate(self.modalities)}
+        if layer == 1:
+            feats = {m: interpolate(f, f[mixed.index], mixed.lam)  # type: ignore[union-attr]
+                     for m, f in feats.items()}
+            mask = _union(mask, mixed)  # type: ignore[arg-type]
+        h = self.fusion.represent(feats, mask)
+        if layer == 2:
+            h = interpolate(h, h[mixed.index], mixed.lam)  # type: ignore[union-attr]
+            mask = _union(mask, mixed)  # type: ignore[arg-type]
+        return self.fusion.classify(h, mask)
+
+
+def _kind(name: str, kinds: Mapping[str, str] | None) -> str:
+    if kinds is not None and name in kinds:
+        return kinds[name]
+    for k in ("image", "video", "audio", "text", "tabular"):
+        if name == k or name.startswith(f"{k}_"):
+            return k
+    raise ValueError(f"cannot tell the kind of modality {name!r}; pass kinds")
+
+
+def build_encoder(spec: ModelSpec, name: str, kind: str, shape: tuple[int, ...],
+                  vocab_size: int | None = None) -> nn.Module:
+    if kind == "image":
+        return ImageEncoder(shape[0], spec.dim, (shape[1], shape[2]), spec.image_encoder,
+                            spec.width, spec.depth)
+    if kind == "video":
+        frames = ImageEncoder(shape[1], spec.dim, (shape[2], shape[3]), spec.image_encoder,
+                              spec.width, spec.depth)
+        return VideoEncoder(frames, spec.dim, spec.video_encoder)
+    if kind == "text":
+        if vocab_size is None:
+            raise ValueError(f"text modality {name!r} needs a vocabulary size")
+        return TextEncoder(vocab_size, spec.dim, shape[0], spec.text_encoder, spec.text_dim,
+                           spec.heads, spec.layers, spec.dropout, name=name)
+    if kind == "audio":
+        return AudioEncoder(shape, spec.dim, spec.width, spec.depth)
+    if kind == "tabular":
+        return TabularEncoder(shape[0], spec.dim, dropout=spec.dropout)
+    raise ValueError(f"unknown modality kind {kind!r} for {name!r}")
+
+
+def build_model(spec: ModelSpec,
+                input_shape: tuple[int, ...] | Mapping[str, tuple[int, ...]],
+                num_classes: int, *, kinds: Mapping[str, str] | None = None,
+                vocab_sizes: Mapping[str, int] | None = None) -> nn.Module:
+    """The model ``spec`` describes.
+
+    ``cnn``: ``input_shape`` is the image's per-sample (C, H, W) (or a mapping of
+    modality to shape, from which the image modality is taken).
+    ``multimodal``: ``input_shape`` maps modality name to its per-sample shape;
+    ``kinds`` maps it to its kind (default: from the name); text modalities
+    need ``vocab_sizes`` (largest id + 1).
+    """
+    if spec.kind == "cnn":
+        if isinstance(input_shape, Mapping):
+            images = [m for m in input_shape if _kind(m, kinds) == "image"]
+            if not images:
+                raise ValueError("the cnn model needs an image modality")
+            input_shape = input_shape[images[0]]
+        c, h, w = input_shape
+        return SmallCNN(c, num_classes, (h, w), spec.width, spec.depth, spec.dropout)
+    if spec.kind != "multimodal":
+        raise ValueError(f"unknown model kind {spec.kind!r}")
+    if not isinstance(input_shape, Mapping) or not input_shape:
+        raise ValueError("a multimodal model needs a mapping of modality to input shape")
+    encoders = {m: build_encoder(spec, m, _kind(m, kinds), tuple(shape),
+                                 (vocab_sizes or {}).get(m))
+                for m, shape in input_shape.items()}
+    fusion = build_fusion(spec.fusion, list(encoders), spec.dim, num_classes,
+                          heads=spec.heads, layers=spec.layers, rank=spec.rank,
+                          dropout=spec.dropout)
+    return MultimodalModel(encoders, {m: _kind(m, kinds) for m in encoders}, fusion, spec.dim,
+                           spec.modality_dropout)
