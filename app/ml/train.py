@@ -83,32 +83,47 @@ def _data_device(tensors: list[torch.Tensor], device: torch.device) -> torch.dev
     return device if needed < free * _GPU_RESIDENT_SHARE else torch.device("cpu")
 
 
-class _Normalizer:
-    """Per-channel standardisation with train-split statistics, applied per batch
-    so the resident copy can stay in its compact dtype (uint8 images)."""
-
-    def __init__(self, train_images: torch.Tensor, device: torch.device) -> None:
-        x = train_images.float()
-        dims = [0, *range(2, x.dim())]
-        self.mean = x.mean(dim=dims).view(1, -1, *([1] * (x.dim() - 2))).to(device)
-        self.inv_std = (1.0 / x.std(dim=dims).clamp_min(1e-6)).view_as(self.mean.cpu()).to(device)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.float() - self.mean) * self.inv_std
+def _moments(train: torch.Tensor, dims: list[int],
+             chunk_rows: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std over ``dims`` (0 among them; kept for broadcasting), summed in
+    float64 over chunks of rows, so no float copy of the whole split is made."""
+    total: torch.Tensor | None = None
+    squares: torch.Tensor | None = None
+    count = 0
+    for start in range(0, train.shape[0], chunk_rows):
+        part = train[start:start + chunk_rows].to(torch.float64)
+        part_sum = part.sum(dim=dims, keepdim=True)
+        part_sq = (part * part).sum(dim=dims, keepdim=True)
+        total = part_sum if total is None else total + part_sum
+        squares = part_sq if squares is None else squares + part_sq
+        count += part.numel() // part_sum.numel()
+    if total is None or squares is None or count <= 1:
+        shape = [1 if d in dims else n for d, n in enumerate(train.shape)]
+        return (torch.zeros(shape, device=train.device), torch.ones(shape, device=train.device))
+    mean = total / count
+    var = ((squares - count * mean * mean) / (count - 1)).clamp_min(0.0)
+    return mean.float(), var.sqrt().float()
 
 
 class _Standardizer:
-    """(x - mean) / std with train-split statistics over ``dims`` (kept for
-    broadcasting); the per-batch normalisation of video, audio and tabular data."""
+    """(x - mean) / std with train-split statistics over ``dims``, applied per batch
+    so the resident copy keeps its compact dtype; video, audio and tabular data."""
 
     def __init__(self, train: torch.Tensor, dims: list[int], device: torch.device) -> None:
-        x = train.float()
-        self.mean = x.mean(dim=dims, keepdim=True).to(device)
-        std = x.std(dim=dims, keepdim=True) if x.numel() > 1 else torch.ones_like(self.mean)
+        mean, std = _moments(train, dims)
+        self.mean = mean.to(device)
         self.inv_std = (1.0 / std.clamp_min(1e-6)).to(device)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return (x.float() - self.mean) * self.inv_std
+
+
+class _Normalizer(_Standardizer):
+    """Per-channel standardisation of (N, C, H, W) images (uint8 stays uint8 in
+    memory; each batch is converted)."""
+
+    def __init__(self, train_images: torch.Tensor, device: torch.device) -> None:
+        super().__init__(train_images, [0, *range(2, train_images.dim())], device)
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
