@@ -128,6 +128,10 @@ class MixlabClient:
         params = {"key": key} if key else {}
         return self._call("GET", f"/v1/runs/{run_id}/metrics", params=params).json()["metrics"]
 
+    def evaluation(self, run_id: str) -> dict[str, Any]:
+        """The test split's confusion matrix and per-class scores."""
+        return self._call("GET", f"/v1/runs/{run_id}/evaluation").json()
+
     def download_checkpoint(self, run_id: str) -> bytes:
         return self._call("GET", f"/v1/runs/{run_id}/checkpoint").content
 

@@ -52,6 +52,11 @@ class ArtifactStore:
         return None
 
 
+def evaluation_key(run_id: object) -> str:
+    """Where a finished run's test-split report (confusion matrix) is kept."""
+    return f"runs/{run_id}/evaluation.json"
+
+
 @lru_cache
 def get_store() -> ArtifactStore:
     return ArtifactStore(get_settings().resolved_artifact_url)

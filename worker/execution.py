@@ -1,5 +1,6 @@
 """Execute one run: claim it, load its dataset, train, record the outcome."""
 
+import json
 import logging
 import traceback
 import uuid
@@ -11,7 +12,7 @@ from app.schemas.experiments import ExperimentCreate
 from app.services import datasets as dataset_service
 from app.services import runs as run_service
 from app.settings import get_settings
-from app.storage import get_store
+from app.storage import evaluation_key, get_store
 from worker.reporter import RunReporter
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ def execute_run(run_id: uuid.UUID) -> str:
         return "failed"
 
     final = final_metrics(result.metrics)
+    if result.report is not None:
+        store.put(evaluation_key(run_id), json.dumps(result.report).encode())
     reporter.close(final if result.status == "completed" else None, step=result.steps)
     status = "succeeded" if result.status == "completed" else "cancelled"
     with session_scope() as session:

@@ -12,13 +12,13 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
 from app.ml.data.prepared import PreparedDataset
 from app.ml.device import autocast_dtype, describe, resolve_device
-from app.ml.metrics import classification_metrics, soft_cross_entropy
+from app.ml.metrics import classification_metrics, evaluation_report, soft_cross_entropy
 from app.ml.mixing import Mixed, MixSpec, mix
 from app.ml.models import ModelSpec, build_model
 
@@ -53,6 +53,8 @@ class TrainResult:
     epochs_completed: int
     steps: int
     metrics: dict[str, float] = field(default_factory=dict)
+    # the test split's confusion matrix and per-class scores (completed runs)
+    report: dict[str, object] | None = None
 
 
 class TrainHooks:
@@ -156,14 +158,16 @@ def _batch(inputs: Mapping[str, torch.Tensor], normalize: Mapping[str, Callable]
 def evaluate(model: torch.nn.Module, images: Inputs, labels: torch.Tensor,
              normalize: Normalize, device: torch.device, batch_size: int,
              amp: torch.dtype | None, *, absent: tuple[str, ...] = (),
-             noise: float = 0.0, generator: torch.Generator | None = None
-             ) -> dict[str, torch.Tensor]:
+             noise: float = 0.0, generator: torch.Generator | None = None,
+             report: list[str] | None = None) -> dict[str, torch.Tensor]:
     """Metrics over a whole split, as device tensors.
 
     ``images`` is the image tensor (a ``cnn`` model) or a mapping of modality to
     tensor (a multimodal model, with ``normalize`` a mapping too). ``absent``
     marks modalities missing for every sample; ``noise`` adds Gaussian noise of
-    that standard deviation to the normalised float inputs.
+    that standard deviation to the normalised float inputs. With ``report``
+    (the class names), the result also holds ``"report"``: the split's confusion
+    matrix and per-class scores (this one syncs with the host).
     """
     model.eval()
     logits = []
@@ -184,7 +188,11 @@ def evaluate(model: torch.nn.Module, images: Inputs, labels: torch.Tensor,
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             out = model(x, None, present) if multimodal else model(x)
             logits.append(out.float())
-    return classification_metrics(torch.cat(logits), labels.to(device))
+    all_logits, labels = torch.cat(logits), labels.to(device)
+    metrics: dict[str, Any] = classification_metrics(all_logits, labels)
+    if report is not None:
+        metrics["report"] = evaluation_report(all_logits, labels, report)
+    return metrics
 
 
 def _vocab_sizes(data: PreparedDataset, modalities: list[str]) -> dict[str, int]:
@@ -322,12 +330,14 @@ def _train(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixSpec, spec
             "class_names": json.dumps(data.class_names)})
 
     test_split = split(test_idx)
-    test = evaluate(model, *test_split, device, spec.eval_batch_size, amp)
+    test = evaluate(model, *test_split, device, spec.eval_batch_size, amp,
+                    report=data.class_names)
+    report = test.pop("report")
     final = {**last_metrics, **{f"test_{k}": v.item() for k, v in test.items()}}
     if multimodal:
         final.update(_robustness(model, test_split, modalities, device, spec, amp))
     final["train_time_s"] = time.perf_counter() - started
-    return TrainResult("completed", device_name, epochs_done, step, final)
+    return TrainResult("completed", device_name, epochs_done, step, final, report)
 
 
 def _robustness(model: torch.nn.Module, test_split: tuple[Inputs, torch.Tensor, Normalize],

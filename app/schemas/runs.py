@@ -2,7 +2,7 @@ import uuid
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
@@ -47,3 +47,22 @@ class MetricPointOut(BaseModel):
 class MetricHistory(BaseModel):
     run_id: uuid.UUID
     metrics: dict[str, list[MetricPointOut]]
+
+
+class ClassScores(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    class_name: str = Field(alias="class")
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+class EvaluationOut(BaseModel):
+    run_id: uuid.UUID
+    split: Literal["test"] = "test"
+    class_names: list[str]
+    confusion_matrix: list[list[int]] = Field(
+        description="Counts; row = true class, column = predicted class.")
+    per_class: list[ClassScores]

@@ -54,6 +54,15 @@ def test_register_preview_train_metrics_checkpoint(client: MixlabClient, digits:
     assert set(client.metrics(run_id)) >= {"train_loss", "val_loss", "val_acc", "val_ece",
                                            "test_acc"}
 
+    assert {"val_f1_macro", "val_brier", "test_f1_macro", "test_brier"} <= set(run["metrics"])
+    evaluation = client.evaluation(run_id)
+    confusion = torch.tensor(evaluation["confusion_matrix"])
+    assert confusion.shape == (10, 10) and int(confusion.sum()) == ds["split_sizes"]["test"]
+    assert float(confusion.trace() / confusion.sum()) == pytest.approx(run["metrics"]["test_acc"],
+                                                                       abs=1e-6)
+    assert [c["support"] for c in evaluation["per_class"]] == confusion.sum(1).tolist()
+    assert [c["class"] for c in evaluation["per_class"]] == [str(i) for i in range(10)]
+
     tensors = st_load(client.download_checkpoint(run_id))
     model = build_model(ModelSpec(width=8, depth=2), (1, 8, 8), 10)
     model.load_state_dict(tensors)
@@ -114,6 +123,7 @@ def test_failing_run_is_marked_failed_with_its_error(client: MixlabClient, digit
     assert run["status"] == "failed"
     assert "DeviceUnavailableError" in run["error"] and "CUDA" in run["error"]
     assert run["finished_at"] is not None
+    assert client.http.get(f"/v1/runs/{run_id}/evaluation").status_code == 404
 
 
 def test_cancel_of_finished_run_is_a_conflict(client: MixlabClient, digits: dict) -> None:

@@ -140,7 +140,7 @@ def test_classification_metrics_accuracy_loss_and_ece():
     ])
     labels = torch.tensor([0, 1, 0, 2, 2])
     m = classification_metrics(logits, labels)
-    assert set(m) == {"loss", "acc", "ece"}
+    assert set(m) == {"loss", "acc", "ece", "f1_macro", "brier"}
     assert float(m["acc"]) == pytest.approx(3 / 5)
     torch.testing.assert_close(m["loss"], F.cross_entropy(logits, labels))
     torch.testing.assert_close(m["ece"], expected_calibration_error(logits.softmax(1), labels))
@@ -155,3 +155,42 @@ def test_classification_metrics_perfect_and_bf16_logits():
     assert float(m["acc"]) == 1.0
     assert float(m["loss"]) < 1e-6
     assert float(m["ece"]) < 1e-6
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_f1_brier_and_confusion_agree_with_scikit_learn(seed):
+    from sklearn.metrics import confusion_matrix as sk_confusion
+    from sklearn.metrics import f1_score, precision_recall_fscore_support
+
+    from app.ml.metrics import confusion_matrix, evaluation_report
+
+    g = torch.Generator().manual_seed(seed)
+    k = 5
+    labels = torch.randint(0, k - 1, (200,), generator=g)  # class 4 never occurs
+    logits = torch.randn(200, k, generator=g) + 2.0 * F.one_hot(labels, k)
+    metrics = classification_metrics(logits, labels)
+    predicted = logits.argmax(dim=1).numpy()
+    y = labels.numpy()
+    expected_f1 = f1_score(y, predicted, labels=list(range(k)), average="macro",
+                           zero_division=0)
+    assert metrics["f1_macro"].item() == pytest.approx(expected_f1, abs=1e-6)
+    probs = logits.softmax(dim=1).numpy()
+    onehot = np.eye(k)[y]
+    assert metrics["brier"].item() == pytest.approx(((probs - onehot) ** 2).sum(1).mean(),
+                                                    abs=1e-6)
+    assert confusion_matrix(logits.argmax(1), labels, k).tolist() == \
+        sk_confusion(y, predicted, labels=list(range(k))).tolist()
+    report = evaluation_report(logits, labels, [f"c{i}" for i in range(k)])
+    p, r, f, support = precision_recall_fscore_support(y, predicted, labels=list(range(k)),
+                                                       zero_division=0)
+    for i, row in enumerate(report["per_class"]):
+        assert row["class"] == f"c{i}" and row["support"] == support[i]
+        assert (row["precision"], row["recall"], row["f1"]) == pytest.approx((p[i], r[i], f[i]))
+
+
+def test_brier_is_zero_for_certain_correct_predictions_and_two_for_certain_wrong():
+    labels = torch.tensor([0, 1, 2])
+    right = F.one_hot(labels, 3).float() * 100
+    wrong = F.one_hot((labels + 1) % 3, 3).float() * 100
+    assert classification_metrics(right, labels)["brier"].item() == pytest.approx(0.0, abs=1e-6)
+    assert classification_metrics(wrong, labels)["brier"].item() == pytest.approx(2.0, abs=1e-6)

@@ -14,7 +14,7 @@ from app.ml.train import Progress, TrainHooks, TrainSpec, _Normalizer, evaluate,
 
 MODEL = ModelSpec(width=8, depth=2)
 EPOCHS, BATCH = 2, 128
-EPOCH_KEYS = {"train_loss", "val_loss", "val_acc", "val_ece"}
+EPOCH_KEYS = {"train_loss", "val_loss", "val_acc", "val_ece", "val_f1_macro", "val_brier"}
 
 
 class Recorder(TrainHooks):

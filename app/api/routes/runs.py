@@ -1,3 +1,4 @@
+import json
 import uuid
 from typing import Annotated
 
@@ -7,9 +8,18 @@ from fastapi.responses import FileResponse, Response
 from app.api.deps import BaseUrlDep, SessionDep, StoreDep
 from app.db.models import Run
 from app.schemas.common import Page
-from app.schemas.runs import MetricHistory, MetricPointOut, Progress, RunOut, RunStatus, WorkerInfo
+from app.schemas.runs import (
+    EvaluationOut,
+    MetricHistory,
+    MetricPointOut,
+    Progress,
+    RunOut,
+    RunStatus,
+    WorkerInfo,
+)
 from app.services import runs as service
 from app.services.errors import NotFoundError
+from app.storage import evaluation_key
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 
@@ -73,3 +83,14 @@ def run_checkpoint(run_id: uuid.UUID, session: SessionDep, store: StoreDep) -> R
         return FileResponse(local, media_type="application/octet-stream", filename=filename)
     return Response(store.get(run.checkpoint_key), media_type="application/octet-stream",
                     headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+@router.get("/{run_id}/evaluation", response_model=EvaluationOut, response_model_by_alias=True,
+            summary="The test split's confusion matrix and per-class scores",
+            responses={404: {"description": "Unknown run, or it has not succeeded"}})
+def run_evaluation(run_id: uuid.UUID, session: SessionDep, store: StoreDep) -> EvaluationOut:
+    run = service.get(session, run_id)
+    key = evaluation_key(run.id)
+    if run.status != "succeeded" or not store.exists(key):
+        raise NotFoundError("evaluation of run", run_id)
+    return EvaluationOut(run_id=run.id, **json.loads(store.get(key)))
