@@ -92,13 +92,14 @@ def up(host: str = "127.0.0.1", port: int = 8000,
     try:
         uvicorn.run("app.api.main:app", host=host, port=port, log_level="warning")
     finally:
-        _stop_worker(worker_proc)
+        stop_process_group(worker_proc, grace_s=15.0)
         log.close()
 
 
-def _stop_worker(proc: subprocess.Popen[bytes], grace_s: float = 15.0) -> None:
-    """Celery's warm shutdown (SIGTERM) lets the current step finish; past the
-    grace period the worker is killed and its run is left for recovery."""
+def stop_process_group(proc: subprocess.Popen[bytes], grace_s: float) -> None:
+    """SIGTERM to the process's group, SIGKILL after ``grace_s``. For the worker,
+    SIGTERM is Celery's warm shutdown (the current step finishes); a worker killed
+    after the grace period leaves its run for recovery."""
     if proc.poll() is not None:
         return
     os.killpg(proc.pid, signal.SIGTERM)

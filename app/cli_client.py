@@ -285,17 +285,19 @@ def preview(
 # ── runs: watching ────────────────────────────────────────────────────────────
 
 def watch_runs(mx: MixlabClient, run_ids: list[str],
-               on_done: Callable[[dict[str, Any]], None] | None = None
-               ) -> dict[str, dict[str, Any]]:
-    """Poll every run until it is terminal, one progress bar each (on stderr)."""
+               on_done: Callable[[dict[str, Any]], None] | None = None,
+               labels: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    """Poll every run until it is terminal, one progress bar each (on stderr),
+    named by ``labels`` (run id → label) or the id's first 8 characters."""
     final: dict[str, dict[str, Any]] = {}
     columns = (TextColumn("{task.description}"), BarColumn(),
                TextColumn("{task.fields[status]:>9} step {task.fields[steps]} · epoch "
                           "{task.fields[epoch]} · {task.fields[rate]} samples/s · "
                           "ETA {task.fields[eta]}"), TimeElapsedColumn())
     with Progress(*columns, console=err) as bars:
-        tasks = {rid: bars.add_task(rid[:8], total=None, status="…", steps="-", epoch="-",
-                                    rate="-", eta="-") for rid in run_ids}
+        names = labels or {}
+        tasks = {rid: bars.add_task(names.get(rid, rid[:8]), total=None, status="…", steps="-",
+                                    epoch="-", rate="-", eta="-") for rid in run_ids}
         while len(final) < len(run_ids):
             for rid in run_ids:
                 if rid in final:

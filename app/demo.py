@@ -8,18 +8,17 @@ calibration, saves preview PNGs and stops everything.
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from app.client import TERMINAL, MixlabClient, wait_until_ready
+from app.cli import stop_process_group
+from app.cli_client import watch_runs
+from app.client import MixlabClient, wait_until_ready
 
 console = Console()
 DEMO_DIR = Path(".mixlab-demo")
@@ -43,39 +42,6 @@ def _wait_ready(base_url: str, proc: subprocess.Popen[bytes], timeout: float = 9
             raise RuntimeError(f"the stack did not become ready; see {DEMO_DIR / 'stack.log'}")
 
 
-def _stop_stack(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
-def _watch(mx: MixlabClient, runs: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """Poll every run until it ends, one progress bar each."""
-    final: dict[str, dict[str, Any]] = {}
-    columns = (TextColumn("{task.description:>8}"), BarColumn(),
-               TextColumn("{task.fields[status]:>9} epoch {task.fields[epoch]:>3}"
-                          " · {task.fields[rate]:>6} samples/s"), TimeElapsedColumn())
-    with Progress(*columns, console=console) as bars:
-        tasks = {label: bars.add_task(label, total=None, status="queued", epoch=0, rate="-")
-                 for label in runs}
-        while len(final) < len(runs):
-            for label, run_id in runs.items():
-                if label in final:
-                    continue
-                run = mx.get_run(run_id)
-                p = run["progress"]
-                rate = f"{p['samples_per_s']:.0f}" if p["samples_per_s"] else "-"
-                bars.update(tasks[label], total=p["total_steps"] or None, completed=p["step"],
-                            status=run["status"], epoch=p["epoch"], rate=rate)
-                if run["status"] in TERMINAL:
-                    final[label] = run
-            time.sleep(0.5)
-    return final
-
-
 def run_demo(epochs: int, noise: float, output: Path, port: int) -> int:
     base_url = f"http://127.0.0.1:{port}"
     proc = _start_stack(port)
@@ -95,7 +61,9 @@ def run_demo(epochs: int, noise: float, output: Path, port: int) -> int:
                                                 "model": {"width": 32, "depth": 3},
                                                 "augmentation": aug, "training": training})
                 runs[label] = created["run_ids"][0]
-            final = _watch(mx, runs)
+            by_id = watch_runs(mx, list(runs.values()),
+                               labels={rid: label for label, rid in runs.items()})
+            final = {label: by_id[rid] for label, rid in runs.items()}
             _report(mx, final)
             output.mkdir(parents=True, exist_ok=True)
             for method in ("mixup", "cutmix"):
@@ -107,7 +75,7 @@ def run_demo(epochs: int, noise: float, output: Path, port: int) -> int:
         return 0 if ok else 1
     finally:
         with console.status("stopping the stack…"):
-            _stop_stack(proc)
+            stop_process_group(proc, grace_s=30.0)
 
 
 def _report(mx: MixlabClient, final: dict[str, dict[str, Any]]) -> None:

@@ -52,9 +52,26 @@ class ArtifactStore:
         return None
 
 
+# Where each artifact lives; nothing else spells these paths.
+def dataset_prefix(dataset_id: object) -> str:
+    return f"datasets/{dataset_id}"
+
+
+def prepared_key(dataset_id: object) -> str:
+    return f"{dataset_prefix(dataset_id)}/prepared.safetensors"
+
+
+def run_prefix(run_id: object) -> str:
+    return f"runs/{run_id}"
+
+
+def checkpoint_key(run_id: object) -> str:
+    return f"{run_prefix(run_id)}/checkpoint.safetensors"
+
+
 def evaluation_key(run_id: object) -> str:
     """Where a finished run's test-split report (confusion matrix) is kept."""
-    return f"runs/{run_id}/evaluation.json"
+    return f"{run_prefix(run_id)}/evaluation.json"
 
 
 @lru_cache

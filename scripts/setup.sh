@@ -23,12 +23,14 @@ fi
 # downloaded at run time). Installed here when we can (root with apt-get); never fatal.
 FASHION_MNIST_DIR=${MIXLAB_FASHION_MNIST_DIR:-/usr/share/datasets/fashion-mnist}
 if [ ! -f "$FASHION_MNIST_DIR/train-images-idx3-ubyte.gz" ]; then
-  if [ "$FASHION_MNIST_DIR" = /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ] \
-      && command -v apt-get >/dev/null 2>&1; then
+  # as root, or through passwordless sudo
+  if [ "$(id -u)" = 0 ]; then AS_ROOT=""; else AS_ROOT="sudo -n"; fi
+  if [ "$FASHION_MNIST_DIR" = /usr/share/datasets/fashion-mnist ] \
+      && command -v apt-get >/dev/null 2>&1 && $AS_ROOT true 2>/dev/null; then
     echo "installing dataset-fashion-mnist (apt-get)" >&2
-    if ! { apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
-           || { apt-get update -q >/dev/null 2>&1 \
-                && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; }; }; then
+    if ! { $AS_ROOT apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
+           || { $AS_ROOT apt-get update -q >/dev/null 2>&1 \
+                && $AS_ROOT apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; }; }; then
       echo "note: could not install dataset-fashion-mnist; the fashion-mnist built-in" \
            "(and its tests) will be unavailable" >&2
     fi

@@ -7,7 +7,7 @@ import uuid
 
 from app.db.models import Experiment
 from app.db.session import session_scope
-from app.ml.train import TrainResult, train
+from app.ml.train import train
 from app.schemas.experiments import ExperimentCreate
 from app.services import datasets as dataset_service
 from app.services import runs as run_service
@@ -16,6 +16,7 @@ from app.storage import evaluation_key, get_store
 from worker.reporter import RunReporter
 
 log = logging.getLogger(__name__)
+
 
 def final_metrics(metrics: dict[str, float]) -> dict[str, float]:
     """What only the end of a run knows: test metrics (robustness ones included)."""
@@ -39,7 +40,6 @@ def execute_run(run_id: uuid.UUID) -> str:
     store = get_store()
     reporter = RunReporter(run_id, store, spec.training.epochs,
                            period_s=get_settings().control_poll_s)
-    result: TrainResult | None = None
     try:
         data = dataset_service.load_prepared(store, dataset)
         result = train(data, spec.model.to_ml(), spec.augmentation.to_mix_spec(),

@@ -1,9 +1,10 @@
 """Training hooks that report to Postgres without slowing the training loop.
 
 The loop calls ``on_progress`` every step; that only stores the latest value.
-A helper thread writes progress, buffered metrics and a heartbeat at a fixed
-period and reads the cancel flag back, which the loop sees as an in-memory
-``Event``: no database round trip and no GPU sync per step.
+A helper thread writes progress, buffered metrics, the latest checkpoint and a
+heartbeat at a fixed period and reads the cancel flag back, which the loop sees
+as an in-memory ``Event``: no database round trip, no file write and no GPU sync
+on the training thread.
 """
 
 import logging
@@ -16,13 +17,11 @@ from safetensors.torch import save as st_save
 from app.db.session import session_scope
 from app.ml.train import Progress, TrainHooks
 from app.services import runs as run_service
-from app.storage import ArtifactStore
+from app.storage import ArtifactStore, checkpoint_key
 
 log = logging.getLogger(__name__)
 
-
-def checkpoint_key(run_id: uuid.UUID) -> str:
-    return f"runs/{run_id}/checkpoint.safetensors"
+Checkpoint = tuple[dict[str, torch.Tensor], dict[str, str]]
 
 
 class RunReporter(TrainHooks):
@@ -35,7 +34,7 @@ class RunReporter(TrainHooks):
         self._lock = threading.Lock()
         self._progress: Progress | None = None
         self._pending_metrics: list[tuple[int, int, dict[str, float]]] = []
-        self._checkpoint: str | None = None
+        self._checkpoint: Checkpoint | None = None  # the latest epoch's, not yet written
         self._cancel = threading.Event()
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"reporter-{run_id}",
@@ -56,11 +55,10 @@ class RunReporter(TrainHooks):
 
     def on_checkpoint(self, epoch: int, tensors: dict[str, torch.Tensor],
                       metadata: dict[str, str]) -> None:
-        key = checkpoint_key(self.run_id)
-        self.store.put(key, st_save(tensors, metadata={**metadata,
-                                                       "run_id": str(self.run_id)}))
+        # the tensors are a copy (train() snapshots them), so the thread may write
+        # them later; a newer epoch's checkpoint replaces one not yet written
         with self._lock:
-            self._checkpoint = key
+            self._checkpoint = (tensors, {**metadata, "run_id": str(self.run_id)})
 
     def should_stop(self) -> bool:
         return self._cancel.is_set()
@@ -70,17 +68,24 @@ class RunReporter(TrainHooks):
         with self._lock:
             metrics, self._pending_metrics = self._pending_metrics, []
             checkpoint, self._checkpoint = self._checkpoint, None
-        progress = self._progress
-        update = None
-        if progress is not None:
-            update = run_service.ProgressUpdate(progress.epoch, progress.step,
-                                                progress.total_steps, progress.samples_per_s,
-                                                progress.eta_s)
-        with session_scope() as session:
-            if metrics:
-                run_service.record_metrics(session, self.run_id, metrics)
-            if run_service.record_progress(session, self.run_id, update, checkpoint):
-                self._cancel.set()
+        try:
+            key = None
+            if checkpoint is not None:
+                key = checkpoint_key(self.run_id)
+                self.store.put(key, st_save(checkpoint[0], metadata=checkpoint[1]))
+            with session_scope() as session:
+                if metrics:
+                    run_service.record_metrics(session, self.run_id, metrics)
+                if run_service.record_progress(session, self.run_id, self._progress, key):
+                    self._cancel.set()
+        except BaseException:
+            # keep what was not recorded for the next flush (metric writes are
+            # idempotent); a newer checkpoint, if one came meanwhile, wins
+            with self._lock:
+                self._pending_metrics[:0] = metrics
+                if self._checkpoint is None:
+                    self._checkpoint = checkpoint
+            raise
 
     def _loop(self) -> None:
         while not self._closing.wait(self.period_s):

@@ -284,6 +284,7 @@ def _train(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixSpec, spec
     no_mix = MixSpec(method="none")
     mix_kinds = {m: kinds.get(m, m) for m in modalities}
 
+    val_split = split(val_idx)  # gathered once, evaluated every epoch
     device_name = describe(device)
     hooks.on_start(device_name, total_steps)
     step, epochs_done, started = 0, 0, time.perf_counter()
@@ -317,7 +318,7 @@ def _train(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixSpec, spec
             hooks.on_progress(Progress(epoch, step, total_steps, rate,
                                        per_step * (total_steps - step)))
 
-        val = evaluate(model, *split(val_idx), device, spec.eval_batch_size, amp)
+        val = evaluate(model, *val_split, device, spec.eval_batch_size, amp)
         # the one host sync of the epoch
         last_metrics = {"train_loss": (loss_sum / samples_per_epoch).item(),
                         **{f"val_{k}": v.item() for k, v in val.items()}}

@@ -1,6 +1,6 @@
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -142,12 +142,14 @@ class AvmnistSource(StrictModel):
 
 BuiltinSource = Annotated[DigitsSource | SyntheticSource | FashionMnistSource | AvmnistSource,
                           Field(discriminator="name")]
+_BUILTIN_NAMES = {get_args(source.model_fields["name"].annotation)[0]
+                  for source in get_args(get_args(BuiltinSource)[0])}
 
 
 def _untagged(exc: ValidationError) -> ValidationError:
     """The union's errors without its tag in ``loc``: ``source.options.x`` rather
     than ``source.digits.options.x``; a bad or missing tag is ``source.name``."""
-    tags = {"digits", "synthetic", "fashion-mnist", "avmnist"}
+    tags = _BUILTIN_NAMES
     details: list[Any] = []
     for error in exc.errors(include_url=False):
         loc = tuple(error["loc"])

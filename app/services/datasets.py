@@ -11,17 +11,13 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.db.models import Dataset, Experiment
-from app.ml.data import NpzLimits, PreparedDataset, from_bytes, load_builtin, prepare_npz, to_bytes
+from app.ml.data import PreparedDataset, from_bytes, load_builtin, to_bytes
 from app.ml.data.ingest_spec import IngestSpec
 from app.schemas.datasets import DatasetCreate
 from app.services import ingest
 from app.services.errors import ConflictError, NotFoundError
 from app.settings import Settings, get_settings
-from app.storage import ArtifactStore
-
-
-def _artifact_key(dataset_id: uuid.UUID) -> str:
-    return f"datasets/{dataset_id}/prepared.safetensors"
+from app.storage import ArtifactStore, dataset_prefix, prepared_key
 
 
 def _store_new(session: Session, store: ArtifactStore, name: str, source: dict[str, Any],
@@ -29,7 +25,7 @@ def _store_new(session: Session, store: ArtifactStore, name: str, source: dict[s
     """Write the prepared blob, then the row; on any failure remove the blob."""
     dataset_id = uuid.uuid4()
     blob = to_bytes(prepared)
-    key = _artifact_key(dataset_id)
+    key = prepared_key(dataset_id)
     store.put(key, blob)
     try:
         dataset = Dataset(id=dataset_id, name=name, status="ready", source=source,
@@ -38,7 +34,7 @@ def _store_new(session: Session, store: ArtifactStore, name: str, source: dict[s
         session.commit()
     except BaseException:
         session.rollback()
-        store.delete_prefix(f"datasets/{dataset_id}")
+        store.delete_prefix(dataset_prefix(dataset_id))
         raise
     return dataset
 
@@ -48,16 +44,6 @@ def create_builtin(session: Session, store: ArtifactStore, request: DatasetCreat
     roots = {"fashion-mnist": Path(get_settings().fashion_mnist_dir)}
     prepared = load_builtin(request.source.name, request.source.options.model_dump(), roots)
     return _store_new(session, store, request.name, source, prepared)
-
-
-def create_from_npz(session: Session, store: ArtifactStore, settings: Settings, name: str,
-                    path: Path, filename: str) -> Dataset:
-    limits = NpzLimits(max_samples=settings.max_dataset_samples,
-                       max_side=settings.max_image_side,
-                       max_uncompressed_bytes=settings.max_upload_bytes * 8)
-    prepared = prepare_npz(path, limits, original_name=filename)
-    source = {"kind": "upload", "format": "npz", "filename": filename}
-    return _store_new(session, store, name, source, prepared)
 
 
 def create_from_upload(session: Session, store: ArtifactStore, settings: Settings, name: str,
@@ -93,7 +79,7 @@ def delete(session: Session, store: ArtifactStore, dataset_id: uuid.UUID) -> Non
                             "delete them first")
     session.delete(dataset)
     session.commit()
-    store.delete_prefix(f"datasets/{dataset_id}")
+    store.delete_prefix(dataset_prefix(dataset_id))
     _cache.forget(dataset.artifact_key)
 
 

@@ -13,7 +13,7 @@ from app.queue import enqueue_run
 from app.schemas.experiments import ExperimentCreate
 from app.services import augmentation
 from app.services.errors import ConflictError, FieldError, NotFoundError
-from app.storage import ArtifactStore
+from app.storage import ArtifactStore, run_prefix
 
 log = logging.getLogger(__name__)
 
@@ -93,4 +93,4 @@ def delete(session: Session, store: ArtifactStore, experiment_id: uuid.UUID) -> 
     session.delete(experiment)
     session.commit()
     for run_id in run_ids:
-        store.delete_prefix(f"runs/{run_id}")
+        store.delete_prefix(run_prefix(run_id))

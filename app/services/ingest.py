@@ -12,19 +12,15 @@ from app.settings import Settings
 TABLE_FORMATS = {".parquet": "parquet", ".zip": "zip", ".tar.gz": "tar.gz", ".tgz": "tar.gz"}
 
 
-def upload_format(filename: str) -> str:
-    """parquet, zip, tar.gz, or npz (the default, as before formats were added)."""
-    lower = filename.lower()
-    for suffix, fmt in TABLE_FORMATS.items():
-        if lower.endswith(suffix):
-            return fmt
-    return "npz"
-
-
 def upload_suffix(filename: str) -> str:
     """The suffix an upload is saved under: its format's, or .npz."""
     lower = filename.lower()
     return next((s for s in TABLE_FORMATS if lower.endswith(s)), ".npz")
+
+
+def upload_format(filename: str) -> str:
+    """parquet, zip, tar.gz, or npz (the default, as before formats were added)."""
+    return TABLE_FORMATS.get(upload_suffix(filename), "npz")
 
 
 def limits(settings: Settings) -> IngestLimits:

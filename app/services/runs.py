@@ -8,14 +8,14 @@ win.
 import socket
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
 from app.db.models import TERMINAL_STATUSES, MetricPoint, Run
+from app.ml.train import Progress
 from app.services.errors import ConflictError, NotFoundError
 
 
@@ -28,8 +28,6 @@ def get(session: Session, run_id: uuid.UUID) -> Run:
 
 def list_page(session: Session, limit: int, offset: int, status: str | None = None,
               experiment_id: uuid.UUID | None = None) -> tuple[list[Run], int]:
-    from sqlalchemy import func
-
     query = select(Run)
     if status:
         query = query.where(Run.status == status)
@@ -88,24 +86,16 @@ def claim(session: Session, run_id: uuid.UUID) -> Run | None:
     return session.get(Run, run_id)
 
 
-@dataclass(frozen=True)
-class ProgressUpdate:
-    epoch: int
-    step: int
-    total_steps: int
-    samples_per_s: float | None
-    eta_s: float | None
-
-
 def record_start(session: Session, run_id: uuid.UUID, device: str, total_steps: int) -> None:
     session.execute(update(Run).where(Run.id == run_id)
                     .values(device=device, total_steps=total_steps, heartbeat_at=utcnow()))
     session.commit()
 
 
-def record_progress(session: Session, run_id: uuid.UUID, progress: ProgressUpdate | None,
+def record_progress(session: Session, run_id: uuid.UUID, progress: Progress | None,
                     checkpoint_key: str | None = None) -> bool:
-    """Write progress and a heartbeat; returns whether a cancel was requested."""
+    """Write progress and a heartbeat; returns whether a cancel was requested
+    (read back by the same statement)."""
     values: dict[str, object] = {"heartbeat_at": utcnow()}
     if progress is not None:
         values.update(epoch=progress.epoch, step=progress.step,
@@ -113,9 +103,10 @@ def record_progress(session: Session, run_id: uuid.UUID, progress: ProgressUpdat
                       samples_per_s=progress.samples_per_s, eta_s=progress.eta_s)
     if checkpoint_key is not None:
         values["checkpoint_key"] = checkpoint_key
-    session.execute(update(Run).where(Run.id == run_id).values(**values))
+    cancel = session.scalar(update(Run).where(Run.id == run_id).values(**values)
+                            .returning(Run.cancel_requested))
     session.commit()
-    return bool(session.scalar(select(Run.cancel_requested).where(Run.id == run_id)))
+    return bool(cancel)
 
 
 def _insert_ignoring_duplicates(session: Session, rows: list[dict[str, object]]) -> None:

@@ -29,8 +29,9 @@ _UPLOAD_SCHEMA = {
     "properties": {
         "name": {"type": "string", "maxLength": 200, "description": "Defaults to the file name."},
         "file": {"type": "string", "format": "binary",
-                 "description": ".npz with arrays image (N,H,W | N,C,H,W) and label (N,); "
-                                "optional split (N,) and class_names (K,). Or .parquet, or "
+                 "description": ".npz with one array per modality (image, text, audio, "
+                                "tabular) and label (N,); optional split, class_names, vocab. "
+                                "Or .parquet, or "
                                 ".zip / .tar.gz / .tgz with manifest.csv / manifest.jsonl or "
                                 "<class>/<file> folders."},
         "spec": {"type": "string", "description": "JSON IngestSpecIn (Parquet and archives "
@@ -81,7 +82,7 @@ async def _save_upload(upload: UploadFile, limit: int, folder: Path,
 
 @router.post(
     "", status_code=201, response_model=DatasetOut,
-    summary="Register a dataset: a built-in (JSON) or an .npz upload (multipart)",
+    summary="Register a dataset: a built-in (JSON) or a file upload (multipart)",
     openapi_extra={"requestBody": {"required": True, "content": {
         "application/json": {"schema": {"$ref": "#/components/schemas/DatasetCreate"},
                              "example": DatasetCreate.model_config["json_schema_extra"]

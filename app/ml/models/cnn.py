@@ -8,6 +8,25 @@ from app.ml.mixing.ops import interpolate
 from app.ml.models.spec import ModelSpec
 
 
+def conv_blocks(in_channels: int, width: int, depth: int,
+                side: int) -> tuple[list[nn.Module], int]:
+    """``depth`` conv-BN-ReLU blocks with channels width, 2·width, 4·width, 8·width…
+    and a 2x2 max pool after each while the map is at least 2 wide; returns the
+    blocks and their output channels."""
+    blocks: list[nn.Module] = []
+    channels = in_channels
+    for i in range(depth):
+        out = width * 2 ** min(i, 3)
+        layers: list[nn.Module] = [nn.Conv2d(channels, out, 3, padding=1, bias=False),
+                                   nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+        if side >= 2:
+            layers.append(nn.MaxPool2d(2))
+            side //= 2
+        blocks.append(nn.Sequential(*layers))
+        channels = out
+    return blocks, channels
+
+
 class SmallCNN(nn.Module):
     """``depth`` conv-BN-ReLU blocks, channels width, 2·width, 4·width…; a 2x2 max
     pool after each block while the map is at least 2 pixels wide; then global
@@ -20,17 +39,7 @@ class SmallCNN(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, image_size: tuple[int, int],
                  width: int = 32, depth: int = 3, dropout: float = 0.0) -> None:
         super().__init__()
-        blocks: list[nn.Module] = []
-        channels, side = in_channels, min(image_size)
-        for i in range(depth):
-            out = width * 2 ** min(i, 3)
-            layers: list[nn.Module] = [nn.Conv2d(channels, out, 3, padding=1, bias=False),
-                                       nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
-            if side >= 2:
-                layers.append(nn.MaxPool2d(2))
-                side //= 2
-            blocks.append(nn.Sequential(*layers))
-            channels = out
+        blocks, channels = conv_blocks(in_channels, width, depth, min(image_size))
         self.blocks = nn.ModuleList(blocks)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, num_classes))

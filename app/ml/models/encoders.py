@@ -11,6 +11,7 @@ from torch import nn
 
 from app.ml.mixing import Mixed, embedding_mixup
 from app.ml.mixing.text import PAD_ID
+from app.ml.models.cnn import conv_blocks
 
 
 def torchvision_available() -> bool:
@@ -29,17 +30,7 @@ class ConvEncoder(nn.Module):
     def __init__(self, in_channels: int, dim: int, width: int = 32, depth: int = 3,
                  min_side: int = 8) -> None:
         super().__init__()
-        blocks: list[nn.Module] = []
-        channels, side = in_channels, min_side
-        for i in range(depth):
-            out = width * 2 ** min(i, 3)
-            layers: list[nn.Module] = [nn.Conv2d(channels, out, 3, padding=1, bias=False),
-                                       nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
-            if side >= 2:
-                layers.append(nn.MaxPool2d(2))
-                side //= 2
-            blocks.append(nn.Sequential(*layers))
-            channels = out
+        blocks, channels = conv_blocks(in_channels, width, depth, min_side)
         self.blocks = nn.Sequential(*blocks)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.proj = nn.Linear(channels, dim)
