@@ -1221,9 +1221,10 @@ def test_small_cnn_mixes_at_the_drawn_layer(layer):
     assert model.mixing_layers == 3
     x = torch.randn(6, 2, 8, 8, generator=gen(1))
     out = mix({"image": x}, torch.arange(6) % 4,
-              MixSpec("manifold_mixup", manifold_layers=(layer,), lam_mode="sample"), gen(2),
+              MixSpec("manifold_mixup", manifold_layers=(layer,), lam_mode="sample"), gen(4),
               4)
     assert out.layer == layer
+    assert (out.index != torch.arange(6)).any(), "the seed must draw real partners"
     with torch.no_grad():
         got = model(x, out)
         ref = manual_forward(model, x, layer, out.lam, out.index)

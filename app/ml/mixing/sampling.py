@@ -1,50 +1,43 @@
 """Random draws for mixing, all on the batch's device from an explicit generator.
 
-``torch.distributions.Beta`` cannot take a generator, so Beta(α, α) is drawn as a
-ratio of two Gamma variates with Marsaglia & Tsang's method (2000), vectorised:
-a fixed number of proposals per draw, the first accepted one kept. No host sync.
+``torch.distributions.Beta`` cannot take a generator, so Beta(α, α) is drawn as
+a ratio of two Gamma variates, X / (X + Y) = sigmoid(log X − log Y), with the
+Gamma draws from ``torch._standard_gamma``, the kernel behind
+``torch.distributions.Gamma``, which does take one. α = 1 (Beta(1, 1) is the
+uniform law) is one ``rand``. Each draw is a handful of kernels, so drawing λ
+costs next to nothing beside the mixing itself, and never syncs with the host.
 """
 
 import torch
 
-# Acceptance is > 95 % per proposal for shape >= 1, so the chance that all of
-# them are rejected is below 1e-20; the last proposal is then used as is.
-_PROPOSALS = 16
 _LAM_MIN = torch.finfo(torch.float32).tiny
 _LAM_MAX = 1.0 - 2.0**-24
 
 
-def _log_gamma_variates(shape: float, n: int, generator: torch.Generator,
-                        device: torch.device) -> torch.Tensor:
-    """log of n Gamma(shape, 1) variates, float32, on ``device``."""
+def _log_gamma_pair(shape: float, n: int, generator: torch.Generator,
+                    device: torch.device) -> torch.Tensor:
+    """log of (2, n) independent Gamma(shape, 1) variates, float32, on ``device``."""
     boost = shape < 1.0
-    a = shape + 1.0 if boost else shape
-    d = a - 1.0 / 3.0
-    c = 1.0 / (9.0 * d) ** 0.5
-    x = torch.randn((n, _PROPOSALS), generator=generator, device=device)
-    u = torch.rand((n, _PROPOSALS), generator=generator, device=device)
-    v = (1.0 + c * x) ** 3
-    v_safe = v.clamp_min(1e-12)
-    accept = (v > 0) & (torch.log(u) < 0.5 * x * x + d - d * v_safe + d * torch.log(v_safe))
-    # index of the first accepted proposal (or the last one if none was)
-    first = torch.where(accept.any(dim=1), accept.to(torch.int8).argmax(dim=1),
-                        torch.full((n,), _PROPOSALS - 1, device=device))
-    log_g = torch.log(d * v_safe.gather(1, first[:, None]).squeeze(1))
+    concentration = torch.full((2, n), shape + 1.0 if boost else shape, device=device)
+    log_g = torch._standard_gamma(concentration, generator=generator).clamp_min(_LAM_MIN).log()
     if boost:
-        # Gamma(a) = Gamma(a + 1) * U^(1/a); kept in log space so tiny α cannot underflow
-        u_boost = torch.rand((n,), generator=generator, device=device).clamp_min(1e-38)
-        log_g = log_g + torch.log(u_boost) / shape
+        # Gamma(a) = Gamma(a + 1) * U^(1/a), in log space: for small α, Gamma(α)
+        # variates underflow float32 (and float64) long before their ratio does
+        u = torch.rand((2, n), generator=generator, device=device).clamp_min(1e-38)
+        log_g = log_g + u.log() / shape
     return log_g
 
 
 def sample_beta(alpha: float, n: int, generator: torch.Generator,
                 device: torch.device) -> torch.Tensor:
-    """n draws of Beta(alpha, alpha) as a float32 tensor on ``device``."""
-    log_x = _log_gamma_variates(alpha, n, generator, device)
-    log_y = _log_gamma_variates(alpha, n, generator, device)
-    # float32 sigmoid rounds to exactly 0 or 1 for small α; keep λ strictly inside
-    # (0, 1) so "λ = 1" keeps meaning "not mixed".
-    return torch.sigmoid(log_x - log_y).clamp(_LAM_MIN, _LAM_MAX)
+    """n draws of Beta(alpha, alpha) as a float32 tensor on ``device``, strictly
+    inside (0, 1) so that "λ = 1" keeps meaning "not mixed"."""
+    if alpha == 1.0:
+        lam = torch.rand(n, generator=generator, device=device)
+    else:
+        log_x, log_y = _log_gamma_pair(alpha, n, generator, device)
+        lam = torch.sigmoid(log_x - log_y)
+    return lam.clamp(_LAM_MIN, _LAM_MAX)
 
 
 def sample_partners(n: int, generator: torch.Generator, device: torch.device,
