@@ -9,7 +9,7 @@ import socket
 import uuid
 from collections.abc import Iterable
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Update, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -86,16 +86,28 @@ def claim(session: Session, run_id: uuid.UUID) -> Run | None:
     return session.get(Run, run_id)
 
 
-def record_start(session: Session, run_id: uuid.UUID, device: str, total_steps: int) -> None:
-    session.execute(update(Run).where(Run.id == run_id)
+def _mine(run_id: uuid.UUID, attempt: int | None) -> Update:
+    """An UPDATE of ``run_id`` that only matches while this attempt still owns it:
+    after a reaper requeued the run and another worker claimed it, a worker
+    that was merely slow (not dead) writes nothing and is told to stop."""
+    query = update(Run).where(Run.id == run_id)
+    if attempt is not None:
+        query = query.where(Run.attempt == attempt, Run.status == "running")
+    return query
+
+
+def record_start(session: Session, run_id: uuid.UUID, device: str, total_steps: int,
+                 attempt: int | None = None) -> None:
+    session.execute(_mine(run_id, attempt)
                     .values(device=device, total_steps=total_steps, heartbeat_at=utcnow()))
     session.commit()
 
 
 def record_progress(session: Session, run_id: uuid.UUID, progress: Progress | None,
-                    checkpoint_key: str | None = None) -> bool:
-    """Write progress and a heartbeat; returns whether a cancel was requested
-    (read back by the same statement)."""
+                    checkpoint_key: str | None = None, attempt: int | None = None) -> bool:
+    """Write progress and a heartbeat; returns whether the worker should stop: a
+    cancel was requested (read back by the same statement), or, with ``attempt``,
+    the run is no longer this attempt's."""
     values: dict[str, object] = {"heartbeat_at": utcnow()}
     if progress is not None:
         values.update(epoch=progress.epoch, step=progress.step,
@@ -103,10 +115,10 @@ def record_progress(session: Session, run_id: uuid.UUID, progress: Progress | No
                       samples_per_s=progress.samples_per_s, eta_s=progress.eta_s)
     if checkpoint_key is not None:
         values["checkpoint_key"] = checkpoint_key
-    cancel = session.scalar(update(Run).where(Run.id == run_id).values(**values)
-                            .returning(Run.cancel_requested))
+    cancel = session.execute(_mine(run_id, attempt).values(**values)
+                             .returning(Run.cancel_requested)).first()
     session.commit()
-    return bool(cancel)
+    return cancel is None or bool(cancel[0])
 
 
 def _insert_ignoring_duplicates(session: Session, rows: list[dict[str, object]]) -> None:
@@ -116,29 +128,37 @@ def _insert_ignoring_duplicates(session: Session, rows: list[dict[str, object]])
 
 
 def record_metrics(session: Session, run_id: uuid.UUID,
-                   points: Iterable[tuple[int, int, dict[str, float]]]) -> None:
+                   points: Iterable[tuple[int, int, dict[str, float]]],
+                   attempt: int | None = None, commit: bool = True) -> None:
     """Append (epoch, step, {key: value}) points; a point already stored for
-    (run, key, step) is kept, so a replayed flush never duplicates history."""
+    (run, key, step) is kept, so a replayed flush, or an epoch a resumed attempt
+    trains again, never duplicates history. With ``attempt``, nothing is written
+    once the run is no longer this attempt's."""
     rows = [{"run_id": run_id, "key": k, "step": step, "epoch": epoch, "value": float(v),
              "recorded_at": utcnow()}
             for epoch, step, values in points for k, v in values.items()]
     if not rows:
         return
+    run = session.get(Run, run_id, with_for_update=attempt is not None)
+    if run is None or (attempt is not None and (run.attempt, run.status) != (attempt, "running")):
+        session.rollback()
+        return
     _insert_ignoring_duplicates(session, rows)
-    run = session.get(Run, run_id)
-    if run is not None:
-        latest = dict(run.metrics or {})
-        for row in rows:
-            latest[str(row["key"])] = float(row["value"])  # type: ignore[arg-type]
-        run.metrics = latest
-    session.commit()
+    latest = dict(run.metrics or {})
+    for row in rows:
+        latest[str(row["key"])] = float(row["value"])  # type: ignore[arg-type]
+    run.metrics = latest
+    if commit:
+        session.commit()
 
 
-def finish(session: Session, run_id: uuid.UUID, status: str, error: str | None = None) -> bool:
-    """Move a running run to a terminal state; False if it was not running."""
+def finish(session: Session, run_id: uuid.UUID, status: str, error: str | None = None,
+           attempt: int | None = None) -> bool:
+    """Move a running run to a terminal state; False if it was not running (or,
+    with ``attempt``, no longer this attempt's)."""
     assert status in TERMINAL_STATUSES
     result = session.execute(
-        update(Run).where(Run.id == run_id, Run.status == "running")
+        _mine(run_id, attempt).where(Run.status == "running")
         .values(status=status, error=error, finished_at=utcnow(), heartbeat_at=utcnow(),
                 eta_s=0.0 if status == "succeeded" else None))
     session.commit()

@@ -1,0 +1,122 @@
+"""Put back the runs that the broker lost or whose worker died.
+
+Postgres is the truth and the broker only carries "run X now", so two sweeps
+reconcile them:
+
+* ``republish_lost``: a run ``queued`` for longer than a grace period whose id
+  the broker does not hold (neither waiting nor delivered-unacked) is published
+  again. That covers a crash between the commit and the publish (the outbox
+  case) and a Redis that restarted empty.
+* ``reap_dead``: a run ``running`` whose heartbeat is older than the timeout
+  lost its worker (SIGKILL, OOM, node loss). It goes back to ``queued`` and is
+  published, and the next claim makes it attempt + 1, which resumes from the
+  last checkpoint, until ``max_attempts``; then it fails with the reason. A run
+  whose cancel was requested is cancelled instead.
+
+Every transition is a guarded UPDATE that also names the attempt it saw, so a
+worker that heartbeats at the last moment, or a second reconciler, wins or
+loses cleanly; a duplicate publish is harmless because a worker claims a run
+in Postgres before it trains it.
+"""
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from app.db.base import utcnow
+from app.db.models import Run
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[str], None]
+
+
+@dataclass
+class SweepReport:
+    republished: list[uuid.UUID] = field(default_factory=list)
+    requeued: list[uuid.UUID] = field(default_factory=list)
+    failed: list[uuid.UUID] = field(default_factory=list)
+    cancelled: list[uuid.UUID] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.republished or self.requeued or self.failed or self.cancelled)
+
+
+def _publish_all(run_ids: list[uuid.UUID], publish: Publish) -> list[uuid.UUID]:
+    sent = []
+    for run_id in run_ids:
+        try:
+            publish(str(run_id))
+            sent.append(run_id)
+        except Exception:  # still queued in Postgres: the next sweep tries again
+            log.exception("re-publishing run %s failed", run_id)
+    return sent
+
+
+def republish_lost(session: Session, held: set[str] | None, grace_s: float,
+                   publish: Publish, skip: frozenset[uuid.UUID] = frozenset()
+                   ) -> list[uuid.UUID]:
+    """Publish again every run queued for over ``grace_s`` that is not in ``held``
+    (the run ids the broker holds, read *before* this call so that a message
+    consumed in between is seen as a claimed run, not a lost one). ``None``
+    means the broker cannot be inspected: nothing is called lost."""
+    if held is None:
+        return []
+    cutoff = utcnow() - timedelta(seconds=grace_s)
+    queued = session.scalars(select(Run.id).where(Run.status == "queued",
+                                                  Run.created_at < cutoff)).all()
+    lost = [run_id for run_id in queued if str(run_id) not in held and run_id not in skip]
+    if lost:
+        log.warning("runs queued in Postgres but absent from the broker: %s",
+                    ", ".join(map(str, lost)))
+    return _publish_all(lost, publish)
+
+
+def reap_dead(session: Session, heartbeat_timeout_s: float, max_attempts: int,
+              publish: Publish) -> SweepReport:
+    """Requeue, fail or cancel every running run whose heartbeat stopped."""
+    report = SweepReport()
+    cutoff = utcnow() - timedelta(seconds=heartbeat_timeout_s)
+    stale = session.execute(select(Run.id, Run.attempt, Run.cancel_requested)
+                            .where(Run.status == "running", Run.heartbeat_at < cutoff)).all()
+    now = utcnow()
+    for run_id, attempt, cancel_requested in stale:
+        guard = update(Run).where(Run.id == run_id, Run.status == "running",
+                                  Run.attempt == attempt, Run.heartbeat_at < cutoff)
+        lost = f"worker lost: no heartbeat for {heartbeat_timeout_s:g} s"
+        if cancel_requested:
+            values: dict[str, object] = {"status": "cancelled", "finished_at": now,
+                                         "error": f"{lost} after cancel was requested"}
+            bucket = report.cancelled
+        elif attempt >= max_attempts:
+            values = {"status": "failed", "finished_at": now,
+                      "error": f"{lost} on attempt {attempt} of {max_attempts}"}
+            bucket = report.failed
+        else:
+            # the claim sets worker, start and heartbeat again, and counts the attempt
+            values = {"status": "queued", "worker_host": None,
+                      "error": f"{lost} on attempt {attempt}; requeued"}
+            bucket = report.requeued
+        if session.execute(guard.values(**values)).rowcount == 1:  # type: ignore[attr-defined]
+            bucket.append(run_id)
+    session.commit()
+    for run_id in report.failed + report.cancelled:
+        log.error("run %s: no heartbeat; %s", run_id,
+                  "failed" if run_id in report.failed else "cancelled")
+    report.requeued = _publish_all(report.requeued, publish)
+    return report
+
+
+def sweep(session: Session, held: set[str] | None, *, grace_s: float,
+          heartbeat_timeout_s: float, max_attempts: int, publish: Publish) -> SweepReport:
+    """One reconciliation pass: dead workers first (their runs become queued and
+    are published here), then runs the broker lost."""
+    report = reap_dead(session, heartbeat_timeout_s, max_attempts, publish)
+    report.republished = republish_lost(session, held, grace_s, publish,
+                                        skip=frozenset(report.requeued))
+    return report

@@ -1,0 +1,157 @@
+"""The reconciler's sweeps on the real Postgres database and the real Redis queue."""
+
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+import redis
+from sqlalchemy import update
+
+from app.broker_contents import pending_args
+from app.db.base import utcnow
+from app.db.models import Dataset, Experiment, Run
+from app.db.session import session_scope
+from app.queue import TRAIN_RUN_TASK, celery_app
+from app.services import recovery
+from app.settings import get_settings
+
+QUEUE = f"recovery-test-{uuid.uuid4().hex[:8]}"
+_made: list[uuid.UUID] = []
+
+
+@pytest.fixture(autouse=True)
+def _retire_made_runs() -> Iterator[None]:
+    """Leave no fake queued/running run behind for a live reconciler to pick up."""
+    yield
+    if _made:
+        with session_scope() as session:
+            session.execute(update(Run).where(Run.id.in_(_made),
+                                              Run.status.in_(("queued", "running")))
+                            .values(status="cancelled", finished_at=utcnow()))
+            session.commit()
+        _made.clear()
+
+
+@pytest.fixture
+def redis_queue() -> Iterator[str]:
+    yield QUEUE
+    client = redis.Redis.from_url(get_settings().resolved_broker_url)
+    client.delete(QUEUE)
+    client.close()
+
+
+def publish(run_id: str) -> None:
+    celery_app.send_task(TRAIN_RUN_TASK, args=[run_id], queue=QUEUE)
+
+
+def held() -> set[str] | None:
+    return pending_args(get_settings(), QUEUE, TRAIN_RUN_TASK)
+
+
+def make_run(status: str, *, age_s: float = 0.0, heartbeat_age_s: float | None = None,
+             attempt: int = 0, cancel_requested: bool = False) -> uuid.UUID:
+    with session_scope() as session:
+        dataset = Dataset(name="recovery", status="ready", source={}, summary={},
+                          artifact_key="none", size_bytes=0)
+        experiment = Experiment(name="recovery", dataset=dataset, task="classification",
+                                spec={})
+        run = Run(status=status, attempt=attempt, cancel_requested=cancel_requested)
+        experiment.runs.append(run)
+        session.add(experiment)
+        session.commit()
+        now = utcnow()
+        values: dict[str, object] = {"created_at": now - timedelta(seconds=age_s)}
+        if heartbeat_age_s is not None:
+            values["heartbeat_at"] = now - timedelta(seconds=heartbeat_age_s)
+        session.execute(update(Run).where(Run.id == run.id).values(**values))
+        session.commit()
+        _made.append(run.id)
+        return run.id
+
+
+def status_of(run_id: uuid.UUID) -> tuple[str, int, str | None]:
+    with session_scope() as session:
+        run = session.get(Run, run_id)
+        assert run is not None
+        return run.status, run.attempt, run.error
+
+
+def test_a_queued_run_the_broker_lost_is_published_once(database, redis_queue):
+    lost = make_run("queued", age_s=120)
+    assert str(lost) not in held()  # type: ignore[operator]
+    with session_scope() as session:
+        sent = recovery.republish_lost(session, held(), grace_s=30, publish=publish)
+    assert lost in sent
+    assert str(lost) in held()  # type: ignore[operator]
+    # the broker holds it now: the next sweep leaves it alone
+    with session_scope() as session:
+        again = recovery.republish_lost(session, held(), grace_s=30, publish=publish)
+    assert lost not in again
+
+
+def test_a_run_within_its_grace_period_or_already_taken_is_not_republished(database,
+                                                                           redis_queue):
+    young = make_run("queued", age_s=1)
+    running = make_run("running", age_s=300, heartbeat_age_s=1, attempt=1)
+    with session_scope() as session:
+        sent = recovery.republish_lost(session, held(), grace_s=30, publish=publish)
+    assert young not in sent and running not in sent
+
+
+def test_an_uninspectable_broker_calls_nothing_lost(database):
+    make_run("queued", age_s=600)
+    with session_scope() as session:
+        assert recovery.republish_lost(session, None, grace_s=30, publish=publish) == []
+
+
+def test_a_dead_worker_run_is_requeued_and_published(database, redis_queue):
+    dead = make_run("running", age_s=600, heartbeat_age_s=120, attempt=1)
+    alive = make_run("running", age_s=600, heartbeat_age_s=1, attempt=1)
+    with session_scope() as session:
+        report = recovery.reap_dead(session, heartbeat_timeout_s=60, max_attempts=3,
+                                    publish=publish)
+    assert report.requeued == [dead]
+    status, attempt, error = status_of(dead)
+    # the attempt is counted by the next claim, not here
+    assert (status, attempt) == ("queued", 1)
+    assert error is not None and "no heartbeat" in error
+    assert str(dead) in held()  # type: ignore[operator]
+    assert status_of(alive)[0] == "running"
+
+
+def test_the_last_attempt_fails_with_the_reason(database, redis_queue):
+    dead = make_run("running", age_s=600, heartbeat_age_s=120, attempt=3)
+    with session_scope() as session:
+        report = recovery.reap_dead(session, heartbeat_timeout_s=60, max_attempts=3,
+                                    publish=publish)
+    assert report.failed == [dead]
+    status, _, error = status_of(dead)
+    assert status == "failed"
+    assert error == "worker lost: no heartbeat for 60 s on attempt 3 of 3"
+    assert str(dead) not in held()  # type: ignore[operator]
+
+
+def test_a_dead_run_with_a_cancel_request_is_cancelled(database, redis_queue):
+    dead = make_run("running", age_s=600, heartbeat_age_s=120, attempt=1,
+                    cancel_requested=True)
+    with session_scope() as session:
+        report = recovery.reap_dead(session, heartbeat_timeout_s=60, max_attempts=3,
+                                    publish=publish)
+    assert report.cancelled == [dead]
+    assert status_of(dead)[0] == "cancelled"
+
+
+def test_one_sweep_publishes_a_requeued_run_once(database, redis_queue):
+    dead = make_run("running", age_s=600, heartbeat_age_s=120, attempt=1)
+    sent: list[str] = []
+
+    def counting_publish(run_id: str) -> None:
+        sent.append(run_id)
+        publish(run_id)
+
+    with session_scope() as session:
+        report = recovery.sweep(session, held(), grace_s=30, heartbeat_timeout_s=60,
+                                max_attempts=3, publish=counting_publish)
+    assert dead in report.requeued and dead not in report.republished
+    assert sent.count(str(dead)) == 1
