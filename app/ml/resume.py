@@ -1,0 +1,86 @@
+"""Everything a run needs to carry on after its worker died, as one safetensors blob.
+
+The model checkpoint users download holds the weights only; this resume point
+adds the optimizer's state, the random generators' states (data order,
+mixing, host-side draws, and torch's global one for dropout) and where the
+loop was. A run resumed from it at an epoch boundary continues exactly as the
+uninterrupted run would have on the same device. Safetensors holds tensors
+and string metadata only, so loading a resume point never unpickles anything.
+"""
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+_MODEL, _OPTIM, _GEN = "model.", "optim.", "generator."
+_TORCH_RNG = "rng.torch"
+_CUDA_RNG = "rng.cuda."
+
+
+@dataclass
+class ResumePoint:
+    epoch: int  # the last completed epoch
+    step: int
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]  # torch.optim state_dict
+    generators: dict[str, torch.Tensor]  # name -> Generator.get_state()
+    torch_rng: torch.Tensor
+    cuda_rng: list[torch.Tensor] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # JSON-able loop state
+
+
+def _split_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{_OPTIM}{index}.{name}"] = value.detach().to("cpu").contiguous()
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def to_bytes(point: ResumePoint) -> bytes:
+    tensors = {f"{_MODEL}{k}": v.detach().to("cpu").contiguous() for k, v in point.model.items()}
+    optim_tensors, optim_meta = _split_optimizer(point.optimizer)
+    tensors.update(optim_tensors)
+    tensors.update({f"{_GEN}{k}": v.clone() for k, v in point.generators.items()})
+    tensors[_TORCH_RNG] = point.torch_rng.clone()
+    tensors.update({f"{_CUDA_RNG}{i}": s.clone() for i, s in enumerate(point.cuda_rng)})
+    metadata = {"epoch": str(point.epoch), "step": str(point.step),
+                "optimizer": json.dumps(optim_meta), "extra": json.dumps(point.extra)}
+    return st_save(tensors, metadata=metadata)
+
+
+def from_bytes(blob: bytes) -> ResumePoint:
+    tensors = st_load(blob)
+    metadata = _metadata(blob)
+    optim_meta = json.loads(metadata["optimizer"])
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith(_OPTIM):
+            index, name = key[len(_OPTIM):].split(".", 1)
+            state.setdefault(int(index), {})[name] = value
+    for index, values in optim_meta["scalars"].items():
+        state.setdefault(int(index), {}).update(values)
+    cuda = sorted((int(k[len(_CUDA_RNG):]), v) for k, v in tensors.items()
+                  if k.startswith(_CUDA_RNG))
+    return ResumePoint(
+        epoch=int(metadata["epoch"]), step=int(metadata["step"]),
+        model={k[len(_MODEL):]: v for k, v in tensors.items() if k.startswith(_MODEL)},
+        optimizer={"state": state, "param_groups": optim_meta["param_groups"]},
+        generators={k[len(_GEN):]: v for k, v in tensors.items() if k.startswith(_GEN)},
+        torch_rng=tensors[_TORCH_RNG], cuda_rng=[v for _, v in cuda],
+        extra=json.loads(metadata.get("extra", "{}")))
+
+
+def _metadata(blob: bytes) -> dict[str, str]:
+    # safetensors' header: 8-byte little-endian length, then JSON with "__metadata__"
+    length = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + length])
+    return dict(header.get("__metadata__") or {})
