@@ -13,6 +13,8 @@ ARG TORCH_VERSION=2.13.0
 # Empty: torch comes from PyPI like everything else. Set it to a PyTorch wheel
 # index to pick another CUDA (or the CPU) build of the same version.
 ARG TORCH_INDEX_URL=
+# Optional packages, space-separated: e.g. "s3fs" so s3:// dataset URIs can be read.
+ARG EXTRA_PIP=
 
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -51,6 +53,7 @@ COPY migrations ./migrations
 # `python -m celery` (the worker) imports them from the working directory: same
 # code; precompiled here because the non-root user cannot write __pycache__.
 RUN pip install . \
+ && if [ -n "$EXTRA_PIP" ]; then pip install $EXTRA_PIP; fi \
  && rm -rf build ./*.egg-info \
  && python -m compileall -q app worker migrations \
  && python -c "import sys, torch; v = torch.__version__.split('+')[0]; \

@@ -34,10 +34,13 @@ def _data_dir_option(data_dir: Path | None) -> None:
 
 def worker_command(queue: str | None = None, concurrency: int = 1,
                    loglevel: str = "INFO") -> list[str]:
+    """Celery on ``queue`` (comma-separated names), by default on both the training
+    queue (MIXLAB_QUEUE) and the dataset preparation queue (MIXLAB_INGEST_QUEUE)."""
     from app.settings import get_settings
 
+    queues = queue or ",".join(get_settings().worker_queues)
     return [sys.executable, "-m", "celery", "-A", "worker.celery_app:celery_app", "worker",
-            "-Q", queue or get_settings().queue, "-c", str(concurrency), "--pool", "prefork",
+            "-Q", queues, "-c", str(concurrency), "--pool", "prefork",
             "--loglevel", loglevel, "--without-gossip", "--without-mingle"]
 
 
@@ -59,9 +62,14 @@ def api(host: str = "127.0.0.1", port: int = 8000) -> None:
 
 
 @cli.command()
-def worker(queue: Annotated[str | None, typer.Option(help="Queue to consume.")] = None,
+def worker(queue: Annotated[str | None, typer.Option(
+               help="Queues to consume, comma-separated (default: MIXLAB_QUEUE and "
+                    "MIXLAB_INGEST_QUEUE, i.e. training runs and dataset preparation).")
+           ] = None,
            concurrency: int = 1) -> None:
-    """Run a training worker: one process per GPU, one run at a time."""
+    """Run a worker: training runs (one process per GPU, one run at a time) and
+    dataset preparation jobs. In production give preparation its own CPU workers:
+    ``mixlab worker --queue ingest`` (and ``--queue gpu`` on the GPU ones)."""
     os.execv(sys.executable, worker_command(queue, concurrency))
 
 

@@ -2,8 +2,9 @@
 experiments and runs. Each takes ``--url`` (env ``MIXLAB_URL``) and most take
 ``--json`` for the raw reply instead of a table.
 
-Exit codes: 0 ok; 1 the API refused (``error: <status> <detail>``) or a watched
-run did not succeed; 2 the API could not be reached; 130 interrupted.
+Exit codes: 0 ok; 1 the API refused (``error: <status> <detail>``), a watched
+run did not succeed, or a dataset failed to prepare; 2 the API could not be
+reached (or the options do not fit); 130 interrupted.
 """
 
 import json
@@ -143,15 +144,86 @@ def kv_table(rows: dict[str, Any], title: str | None = None) -> Table:
 
 # ── datasets ──────────────────────────────────────────────────────────────────
 
-def _splits(sizes: dict[str, int]) -> str:
-    return " ".join(f"{k} {v}" for k, v in sizes.items())
+def _splits(sizes: dict[str, int] | None) -> str:
+    return " ".join(f"{k} {v}" for k, v in sizes.items()) if sizes else "-"
 
 
 def _dataset_line(ds: dict[str, Any]) -> str:
+    if ds["status"] != "ready":
+        return f"{ds['id']}  {escape(ds['name'])}: {_status(ds)}"
     return (f"{ds['id']}  {escape(ds['name'])}: {ds['num_samples']} samples, "
-            f"{len(ds['classes'])} classes, splits {_splits(ds['split_sizes'])}"
+            f"{len(ds['classes'])} classes{' (multi-label)' if ds.get('multilabel') else ''}, "
+            f"splits {_splits(ds['split_sizes'])}"
             + (f", {ds['noisy_train_labels']} noisy training labels"
                if ds["noisy_train_labels"] else ""))
+
+
+def _status(ds: dict[str, Any]) -> str:
+    if ds["status"] == "preparing":
+        return f"preparing ({ds['stage'] or 'queued'}, {ds['progress']:.0%})"
+    if ds["status"] == "failed":
+        return f"failed ({ds['error_count']} problem(s))"
+    return str(ds["status"])
+
+
+def report_dataset_errors(ds: dict[str, Any]) -> None:
+    """``error: dataset … failed``, then one ``field: message`` line per problem."""
+    errors = ds.get("errors") or []
+    more = ds["error_count"] - len(errors)
+    err.print(f"[red]error: dataset {ds['id']} ({escape(ds['name'])}) failed to prepare: "
+              f"{ds['error_count']} problem(s)[/]", soft_wrap=True)
+    for e in errors:
+        err.print(f"  {escape(e['field'])}: {escape(e['message'])}", soft_wrap=True,
+                  highlight=False)
+    if more > 0:
+        err.print(f"  … and {more} more")
+
+
+def watch_dataset(mx: MixlabClient, dataset_id: str, name: str) -> dict[str, Any]:
+    """Poll a preparing dataset until it is ready or failed, with a progress bar."""
+    columns = (TextColumn("{task.description}"), BarColumn(),
+               TextColumn("{task.percentage:>3.0f}% {task.fields[stage]}"), TimeElapsedColumn())
+    with Progress(*columns, console=err) as bars:
+        task = bars.add_task(escape(name), total=1.0, stage="queued")
+
+        def update(ds: dict[str, Any]) -> None:
+            bars.update(task, completed=ds["progress"],
+                        stage=ds["stage"] or ds["status"])
+
+        return mx.wait_for_dataset(dataset_id, timeout=24 * 3600, interval=POLL_S,
+                                   on_update=update)
+
+
+def _created(mx: MixlabClient, ds: dict[str, Any], wait: bool, as_json: bool,
+             verb: str) -> None:
+    """Follow a just-created dataset (``--wait``) and print the outcome; exit 1 when
+    its preparation failed, 130 when the user stops watching."""
+    if wait and ds["status"] == "preparing":
+        try:
+            ds = watch_dataset(mx, ds["id"], ds["name"])
+        except KeyboardInterrupt:
+            err.print(f"stopped watching; the dataset goes on preparing (mixlab datasets "
+                      f"show {ds['id']})")
+            raise typer.Exit(130) from None
+    if as_json:
+        print_json(ds)
+    elif ds["status"] == "preparing":
+        out.print(f"{verb} {_dataset_line(ds)}; follow it with mixlab datasets show "
+                  f"{ds['id']}")
+    elif ds["status"] == "ready":
+        out.print(f"{verb} {_dataset_line(ds)}")
+    if ds["status"] == "failed":
+        if not as_json:
+            report_dataset_errors(ds)
+        raise typer.Exit(1)
+
+
+Wait = Annotated[bool, typer.Option("--wait/--no-wait",
+                                    help="Follow the preparation until the dataset is ready "
+                                         "(or failed, listing why).")]
+SpecOption = Annotated[str | None, typer.Option(
+    "--spec", help="Parquet / archives: which column is which modality, as JSON or @FILE "
+                   "(e.g. '{\"label\": \"y\", \"multilabel\": true}').")]
 
 
 @datasets_app.command("list")
@@ -162,27 +234,40 @@ def datasets_list(url: Url = DEFAULT_URL, as_json: AsJson = False, limit: Limit 
         page = mx.list_datasets(limit=limit, offset=offset)
     if as_json:
         return print_json(page)
-    t = table("id", "name", "samples", "classes", "splits", "created",
+    t = table("id", "name", "status", "samples", "classes", "splits", "created",
               title=f"datasets ({len(page['items'])} of {page['total']})")
     for ds in page["items"]:
-        t.add_row(ds["id"], escape(ds["name"]), str(ds["num_samples"]),
-                  str(len(ds["classes"])), _splits(ds["split_sizes"]), when(ds["created_at"]))
+        ready = ds["status"] == "ready"
+        t.add_row(ds["id"], escape(ds["name"]), _status(ds),
+                  str(ds["num_samples"]) if ready else "-",
+                  str(len(ds["classes"])) if ready else "-", _splits(ds["split_sizes"]),
+                  when(ds["created_at"]))
     out.print(t)
 
 
 @datasets_app.command("show")
 def datasets_show(dataset_id: str, url: Url = DEFAULT_URL, as_json: AsJson = False) -> None:
-    """Describe a dataset: modalities, classes with counts, split sizes."""
+    """Describe a dataset: status, then (once ready) modalities, classes, split sizes."""
     with connect(url) as mx:
         ds = mx.get_dataset(dataset_id)
     if as_json:
         return print_json(ds)
-    out.print(kv_table({"id": ds["id"], "name": ds["name"], "status": ds["status"],
-                        "source": json.dumps(ds["source"]), "samples": ds["num_samples"],
-                        "splits": _splits(ds["split_sizes"]),
-                        "noisy training labels": ds["noisy_train_labels"],
-                        "size": f"{ds['size_bytes']:,} bytes", "created": when(ds["created_at"])},
-                       title=f"dataset {escape(ds['name'])}"))
+    rows: dict[str, Any] = {"id": ds["id"], "name": ds["name"], "status": _status(ds),
+                            "source": json.dumps(ds["source"]),
+                            "created": when(ds["created_at"]),
+                            "started": when(ds["started_at"]),
+                            "finished": when(ds["finished_at"])}
+    if ds["status"] == "ready":
+        rows.update({"samples": ds["num_samples"], "multi-label": ds.get("multilabel"),
+                     "splits": _splits(ds["split_sizes"]),
+                     "noisy training labels": ds["noisy_train_labels"],
+                     "size": f"{ds['size_bytes']:,} bytes"})
+    out.print(kv_table(rows, title=f"dataset {escape(ds['name'])}"))
+    if ds["status"] == "failed":
+        report_dataset_errors(ds)
+        return
+    if ds["status"] != "ready":
+        return
     mods = table("modality", "kind", "shape", "dtype", title="modalities")
     for m in ds["modalities"]:
         mods.add_row(m["name"], m["kind"], "×".join(map(str, m["shape"])), m["dtype"])
@@ -195,42 +280,105 @@ def datasets_show(dataset_id: str, url: Url = DEFAULT_URL, as_json: AsJson = Fal
     out.print(classes)
 
 
+def _spec_argument(spec: str | None) -> dict[str, Any] | None:
+    if spec is None:
+        return None
+    if spec.startswith("@"):
+        try:
+            spec = Path(spec[1:]).read_text()
+        except OSError as exc:
+            raise fail(f"--spec: cannot read {spec[1:]}: {exc}") from None
+    return _json_object(spec, "--spec")
+
+
+def _options(pairs: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs; values are JSON when they parse as JSON, else strings."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise fail(f"--option {pair!r}: expected KEY=VALUE")
+        try:
+            options[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key] = raw
+    return options
+
+
+@datasets_app.command("create")
+def datasets_create(
+        builtin: Annotated[str | None, typer.Option(
+            help="A built-in: digits, fashion-mnist, avmnist, synthetic.")] = None,
+        file: Annotated[Path | None, typer.Option(
+            exists=True, dir_okay=False, readable=True,
+            help="Upload a file: .npz, .parquet, .zip, .tar.gz / .tgz.")] = None,
+        uri: Annotated[str | None, typer.Option(
+            help="Let the server read file:///… (under its import roots) or s3://…")] = None,
+        option: Annotated[list[str] | None, typer.Option(
+            "--option", "-o", help="Built-in option KEY=VALUE (repeatable), e.g. "
+                                   "label_noise=0.4.")] = None,
+        spec: SpecOption = None,
+        name: Annotated[str | None, typer.Option(help="Defaults to the source's name.")]
+        = None,
+        wait: Wait = True, url: Url = DEFAULT_URL, as_json: AsJson = False) -> None:
+    """Register a dataset from exactly one of --builtin, --file or --uri; it is prepared
+    by a worker, and --wait (the default) follows it until ready."""
+    if sum(x is not None for x in (builtin, file, uri)) != 1:
+        raise fail("give exactly one of --builtin, --file or --uri", code=2)
+    if option and builtin is None:
+        raise fail("--option applies to --builtin", code=2)
+    if spec is not None and builtin is not None:
+        raise fail("--spec applies to --file and --uri", code=2)
+    body_spec = _spec_argument(spec)
+    with connect(url) as mx:
+        if builtin is not None:
+            ds = mx.create_builtin_dataset(builtin, name=name, **_options(option or []))
+        elif file is not None:
+            with err.status(f"uploading {file.name} ({file.stat().st_size:,} bytes)…"):
+                ds = mx.upload_dataset(file, name=name, spec=body_spec)
+        else:
+            assert uri is not None
+            ds = mx.create_uri_dataset(uri, name=name, spec=body_spec)
+        _created(mx, ds, wait, as_json, "registered")
+
+
 @datasets_app.command("add-builtin")
 def datasets_add_builtin(
-        builtin: Annotated[str, typer.Argument(help="Built-in dataset: digits.")] = "digits",
+        builtin: Annotated[str, typer.Argument(
+            help="Built-in dataset: digits, fashion-mnist, avmnist, synthetic.")] = "digits",
         label_noise: Annotated[float, typer.Option(help="Share of training labels flipped.")]
         = 0.0,
         seed: Annotated[int, typer.Option(help="Seed of the label noise.")] = 0,
         name: Annotated[str | None, typer.Option(help="Defaults to the built-in's name.")]
         = None,
-        url: Url = DEFAULT_URL, as_json: AsJson = False) -> None:
-    """Register a built-in dataset (scikit-learn's digits), optionally with label noise."""
-    with connect(url) as mx, err.status(f"registering {builtin}…"):
+        wait: Wait = True, url: Url = DEFAULT_URL, as_json: AsJson = False) -> None:
+    """Register a built-in dataset, optionally with label noise (other options:
+    mixlab datasets create --builtin NAME -o KEY=VALUE)."""
+    with connect(url) as mx:
         ds = mx.create_builtin_dataset(builtin, name=name, label_noise=label_noise, seed=seed)
-    if as_json:
-        return print_json(ds)
-    out.print(f"registered {_dataset_line(ds)}")
+        _created(mx, ds, wait, as_json, "registered")
 
 
 @datasets_app.command("upload")
 def datasets_upload(
         file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True,
-                                             help=".npz with image (N,H,W | N,C,H,W) and "
-                                                  "label (N,); optional split, class_names")],
+                                             help=".npz (one array per modality plus label), "
+                                                  ".parquet, .zip or .tar.gz")],
         name: Annotated[str | None, typer.Option(help="Defaults to the file name.")] = None,
-        url: Url = DEFAULT_URL, as_json: AsJson = False) -> None:
-    """Upload an .npz image dataset."""
+        spec: SpecOption = None,
+        wait: Wait = True, url: Url = DEFAULT_URL, as_json: AsJson = False) -> None:
+    """Upload a dataset file; it is prepared by a worker (--wait follows it)."""
+    body_spec = _spec_argument(spec)
     size = file.stat().st_size
-    with connect(url) as mx, err.status(f"uploading {file.name} ({size:,} bytes)…"):
-        ds = mx.upload_dataset(file, name=name)
-    if as_json:
-        return print_json(ds)
-    out.print(f"uploaded {_dataset_line(ds)}")
+    with connect(url) as mx:
+        with err.status(f"uploading {file.name} ({size:,} bytes)…"):
+            ds = mx.upload_dataset(file, name=name, spec=body_spec)
+        _created(mx, ds, wait, as_json, "uploaded")
 
 
 @datasets_app.command("delete")
 def datasets_delete(dataset_id: str, url: Url = DEFAULT_URL) -> None:
-    """Delete a dataset no experiment uses."""
+    """Delete a dataset no experiment uses (one still preparing is cancelled)."""
     with connect(url) as mx:
         mx.delete_dataset(dataset_id)
     out.print(f"deleted dataset {dataset_id}")

@@ -2,11 +2,12 @@
 
     from app.client import MixlabClient
     with MixlabClient("http://127.0.0.1:8000") as mx:
-        ds = mx.create_builtin_dataset("digits", label_noise=0.4)
+        ds = mx.wait_for_dataset(mx.create_builtin_dataset("digits", label_noise=0.4)["id"])
         created = mx.create_experiment({"dataset_id": ds["id"], "training": {"epochs": 5}})
         run = mx.wait_for_run(created["run_ids"][0])
 """
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import httpx
 
 TERMINAL = ("succeeded", "failed", "cancelled")
+DATASET_TERMINAL = ("ready", "failed")
 
 
 def wait_until_ready(base_url: str, timeout: float = 60.0,
@@ -64,19 +66,48 @@ class MixlabClient:
             raise MixlabError(response)
         return response
 
-    # datasets
+    # datasets: each create call answers at once with the dataset ``preparing``;
+    # wait_for_dataset follows it to ``ready`` (or ``failed``, with its errors)
     def create_builtin_dataset(self, builtin: str = "digits", name: str | None = None,
                                **options: Any) -> dict[str, Any]:
         body = {"name": name or builtin,
                 "source": {"kind": "builtin", "name": builtin, "options": options}}
         return self._call("POST", "/v1/datasets", json=body).json()
 
-    def upload_dataset(self, path: str | Path, name: str | None = None) -> dict[str, Any]:
+    def create_uri_dataset(self, uri: str, name: str | None = None,
+                           spec: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A file:// (under the server's import roots) or s3:// source."""
+        source: dict[str, Any] = {"kind": "uri", "uri": uri}
+        if spec is not None:
+            source["spec"] = spec
+        body = {"name": name or uri.rstrip("/").rsplit("/", 1)[-1], "source": source}
+        return self._call("POST", "/v1/datasets", json=body).json()
+
+    def upload_dataset(self, path: str | Path, name: str | None = None,
+                       spec: dict[str, Any] | None = None) -> dict[str, Any]:
         path = Path(path)
         with path.open("rb") as fh:
             files = {"file": (path.name, fh, "application/octet-stream")}
             data = {"name": name} if name else {}
+            if spec is not None:
+                data["spec"] = json.dumps(spec)
             return self._call("POST", "/v1/datasets", files=files, data=data).json()
+
+    def wait_for_dataset(self, dataset_id: str, timeout: float = 600.0, interval: float = 0.3,
+                         on_update: Callable[[dict[str, Any]], None] | None = None
+                         ) -> dict[str, Any]:
+        """Poll until the dataset is ready or failed (its ``errors`` say why)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ds = self.get_dataset(dataset_id)
+            if on_update:
+                on_update(ds)
+            if ds["status"] in DATASET_TERMINAL:
+                return ds
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"dataset {dataset_id} still {ds['status']} "
+                                   f"({ds['stage']}) after {timeout}s")
+            time.sleep(interval)
 
     def get_dataset(self, dataset_id: str) -> dict[str, Any]:
         return self._call("GET", f"/v1/datasets/{dataset_id}").json()

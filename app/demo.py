@@ -48,8 +48,12 @@ def run_demo(epochs: int, noise: float, output: Path, port: int) -> int:
     try:
         _wait_ready(base_url, proc)
         with MixlabClient(base_url) as mx:
-            ds = mx.create_builtin_dataset("digits", name="digits-noisy",
-                                           label_noise=noise, seed=0)
+            created = mx.create_builtin_dataset("digits", name="digits-noisy",
+                                                label_noise=noise, seed=0)
+            with console.status("preparing the dataset…"):
+                ds = mx.wait_for_dataset(created["id"], timeout=120)
+            if ds["status"] != "ready":
+                raise RuntimeError(f"the dataset failed to prepare: {ds['errors']}")
             console.print(f"registered [bold]digits[/]: {ds['num_samples']} images 8x8, "
                           f"splits {ds['split_sizes']}, {ds['noisy_train_labels']} training "
                           f"labels flipped ({noise:.0%})")

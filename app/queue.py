@@ -1,8 +1,10 @@
 """The Celery application as a client: configuration and publishing.
 
 The worker package registers the task implementations on this same app. The
-queue carries only "run X now"; Postgres holds every run's state, so results
-are ignored and a message is published only after the run's row is committed.
+queues carry only "run X now" (training, ``MIXLAB_QUEUE``) and "prepare
+dataset X now" (ingestion, ``MIXLAB_INGEST_QUEUE``); Postgres holds every run's
+and dataset's state, so results are ignored and a message is published only
+after its row is committed.
 """
 
 from celery import Celery
@@ -10,6 +12,7 @@ from celery import Celery
 from app.settings import Settings, get_settings
 
 TRAIN_RUN_TASK = "mixlab.train_run"
+PREPARE_DATASET_TASK = "mixlab.prepare_dataset"
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -49,3 +52,8 @@ celery_app = make_celery(get_settings())
 
 def enqueue_run(run_id: str) -> None:
     celery_app.send_task(TRAIN_RUN_TASK, args=[run_id], queue=get_settings().queue)
+
+
+def enqueue_preparation(dataset_id: str) -> None:
+    celery_app.send_task(PREPARE_DATASET_TASK, args=[dataset_id],
+                         queue=get_settings().ingest_queue)

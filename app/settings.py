@@ -21,10 +21,21 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(default=None, description="Celery broker; filesystem if unset.")
     artifact_url: str | None = Field(default=None, description="fsspec URL of the artifact store.")
     queue: str = Field(default="gpu", description="Celery queue training runs are sent to.")
+    ingest_queue: str = Field(default="ingest",
+                              description="Celery queue dataset preparation jobs are sent to "
+                                          "(CPU work: give it its own workers in production).")
 
     max_upload_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
     max_dataset_samples: int = Field(default=2_000_000, gt=0)
     max_image_side: int = Field(default=512, gt=0)
+    # file:// dataset URIs are read only under these folders (comma-separated);
+    # empty refuses every file:// URI, so a user cannot make the service read its files.
+    import_roots: str = Field(default="", description="Folders file:// dataset URIs may "
+                                                      "point into, comma-separated.")
+    # A preparation whose heartbeat is older than this may be claimed again by a
+    # redelivered message (its worker died); a live one beats every progress_flush_s.
+    ingest_stale_s: float = Field(default=300.0, gt=0)
+    ingest_max_attempts: int = Field(default=3, ge=1)
 
     # The worker's loop reads an in-memory flag; a helper thread refreshes it
     # from Postgres at this period, so cancel latency is bounded by it.
@@ -36,6 +47,15 @@ class Settings(BaseSettings):
         description="Folder of Fashion-MNIST's idx .gz files (Debian's dataset-fashion-mnist).")
 
     public_url: str = Field(default="", description="Prefix for URLs in replies; '' = relative.")
+
+    @property
+    def import_root_paths(self) -> list[Path]:
+        return [Path(p.strip()).resolve() for p in self.import_roots.split(",") if p.strip()]
+
+    @property
+    def worker_queues(self) -> list[str]:
+        """What a default worker consumes: training runs and dataset preparation."""
+        return list(dict.fromkeys([self.queue, self.ingest_queue]))
 
     @property
     def resolved_database_url(self) -> str:

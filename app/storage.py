@@ -33,6 +33,32 @@ class ArtifactStore:
             fh.write(data)
         self.fs.mv(tmp, path)
 
+    def put_file(self, key: str, source: Path) -> None:
+        """Copy a local file in, streaming, with ``put``'s atomicity."""
+        path = self._path(key)
+        parent = path.rsplit("/", 1)[0]
+        self.fs.makedirs(parent, exist_ok=True)
+        tmp = f"{parent}/.tmp-{uuid.uuid4().hex}"
+        try:
+            self.fs.put_file(str(source), tmp)
+            self.fs.mv(tmp, path)
+        except BaseException:
+            if self.fs.exists(tmp):
+                self.fs.rm(tmp)
+            raise
+
+    def get_file(self, key: str, target: Path) -> None:
+        """Copy a blob to a local file, streaming."""
+        self.fs.get_file(self._path(key), str(target))
+
+    def size(self, key: str) -> int:
+        return int(self.fs.size(self._path(key)))
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        if self.fs.exists(path):
+            self.fs.rm(path)
+
     def get(self, key: str) -> bytes:
         with self.fs.open(self._path(key), "rb") as fh:
             return fh.read()
@@ -61,12 +87,30 @@ def prepared_key(dataset_id: object) -> str:
     return f"{dataset_prefix(dataset_id)}/prepared.safetensors"
 
 
+def upload_key(dataset_id: object, suffix: str) -> str:
+    """A submitted file, kept until its dataset is prepared; ``suffix`` is its format's."""
+    return f"{dataset_prefix(dataset_id)}/upload{suffix}"
+
+
 def run_prefix(run_id: object) -> str:
     return f"runs/{run_id}"
 
 
-def checkpoint_key(run_id: object) -> str:
-    return f"{run_prefix(run_id)}/checkpoint.safetensors"
+def checkpoint_key(run_id: object, attempt: int | None = None) -> str:
+    """The latest checkpoint of a run; one per attempt, so a worker that lost its
+    run but still runs cannot overwrite the checkpoint the next attempt resumes from."""
+    if attempt is None:
+        return f"{run_prefix(run_id)}/checkpoint.safetensors"
+    return f"{run_prefix(run_id)}/attempt-{attempt}/checkpoint.safetensors"
+
+
+def resume_key(run_id: object, attempt: int | None = None) -> str:
+    """Optimizer and random states beside the checkpoint (``app.ml.resume``)."""
+    return checkpoint_key(run_id, attempt).rsplit("/", 1)[0] + "/resume.safetensors"
+
+
+def resume_key_beside(checkpoint: str) -> str:
+    return checkpoint.rsplit("/", 1)[0] + "/resume.safetensors"
 
 
 def evaluation_key(run_id: object) -> str:

@@ -32,10 +32,15 @@ os.environ.update({
     "MIXLAB_DATABASE_URL": f"{PG_URL_BASE}/{DB_NAME}",
     "MIXLAB_BROKER_URL": REDIS_URL,
     "MIXLAB_QUEUE": f"gpu-test-{RUN_TAG}",
+    "MIXLAB_INGEST_QUEUE": f"ingest-test-{RUN_TAG}",
+    "MIXLAB_PROGRESS_FLUSH_S": "0.2",
     "MIXLAB_DATA_DIR": str(TMP / "data"),
     "MIXLAB_ARTIFACT_URL": (TMP / "artifacts").as_uri(),
     "MIXLAB_CONTROL_POLL_S": "0.2",
+    # file:// dataset URIs may point here only (tests put files in it)
+    "MIXLAB_IMPORT_ROOTS": str(TMP / "imports"),
 })
+(TMP / "imports").mkdir()
 
 
 def free_port() -> int:
@@ -96,23 +101,40 @@ class Stack:
     worker_log: Path
 
 
+@dataclass
+class Worker:
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
 @pytest.fixture(scope="session")
-def stack(database: str) -> Iterator[Stack]:
+def worker(database: str) -> Iterator[Worker]:
+    """One Celery worker on both of this run's queues (training and dataset
+    preparation), as `mixlab worker` starts it. The in-process ``api_client``
+    publishes to the same queues, so its datasets get prepared by it too."""
+    log = TMP / "worker.log"
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"],
+                            stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        yield Worker(proc, log)
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="session")
+def stack(database: str, worker: Worker) -> Iterator[Stack]:
     """The API and one Celery worker on Postgres + Redis, as separate processes."""
     port = free_port()
-    api_log, worker_log = TMP / "api.log", TMP / "worker.log"
+    api_log = TMP / "api.log"
     api = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "app.api.main:app", "--host", "127.0.0.1",
          "--port", str(port), "--log-level", "warning"],
         stdout=api_log.open("wb"), stderr=subprocess.STDOUT)
-    worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"],
-                              stdout=worker_log.open("wb"), stderr=subprocess.STDOUT)
     base_url = f"http://127.0.0.1:{port}"
     try:
         wait_http(base_url, api, api_log)
-        yield Stack(base_url, api, worker, worker_log)
+        yield Stack(base_url, api, worker.proc, worker.log)
     finally:
-        stop(worker)
         stop(api)
 
 

@@ -7,20 +7,37 @@ import uuid
 
 from app.db.models import Experiment
 from app.db.session import session_scope
+from app.ml.resume import ResumePoint
+from app.ml.resume import from_bytes as resume_from_bytes
 from app.ml.train import train
 from app.schemas.experiments import ExperimentCreate
 from app.services import datasets as dataset_service
 from app.services import runs as run_service
 from app.settings import get_settings
-from app.storage import evaluation_key, get_store
+from app.storage import ArtifactStore, evaluation_key, get_store, resume_key_beside
 from worker.reporter import RunReporter
 
 log = logging.getLogger(__name__)
 
 
+_FINAL_KEYS = ("train_time_s", "temperature")
+
+
 def final_metrics(metrics: dict[str, float]) -> dict[str, float]:
-    """What only the end of a run knows: test metrics (robustness ones included)."""
-    return {k: v for k, v in metrics.items() if k.startswith("test_") or k == "train_time_s"}
+    """What only the end of a run knows: test metrics (robustness and calibrated
+    ones included), the fitted temperature and the training time."""
+    return {k: v for k, v in metrics.items() if k.startswith("test_") or k in _FINAL_KEYS}
+
+
+def load_resume_point(store: ArtifactStore, checkpoint_key: str | None) -> ResumePoint | None:
+    """The resume point an earlier attempt left beside its last recorded checkpoint."""
+    if checkpoint_key is None:
+        return None
+    key = resume_key_beside(checkpoint_key)
+    if not store.exists(key):
+        log.warning("no resume point at %s; the run starts over", key)
+        return None
+    return resume_from_bytes(store.get(key))
 
 
 def execute_run(run_id: uuid.UUID) -> str:
@@ -36,19 +53,25 @@ def execute_run(run_id: uuid.UUID) -> str:
             "name": experiment.name, "dataset_id": experiment.dataset_id,
             "task": experiment.task, **experiment.spec})
         dataset = experiment.dataset
+        attempt, previous_checkpoint = run.attempt, run.checkpoint_key
 
     store = get_store()
     reporter = RunReporter(run_id, store, spec.training.epochs,
-                           period_s=get_settings().control_poll_s)
+                           period_s=get_settings().control_poll_s, attempt=attempt)
+    reporter.start()  # heartbeat while the dataset loads
     try:
         data = dataset_service.load_prepared(store, dataset)
+        resume = load_resume_point(store, previous_checkpoint) if attempt > 1 else None
+        if resume is not None:
+            log.info("run %s attempt %d resumes after epoch %d", run_id, attempt, resume.epoch)
         result = train(data, spec.model.to_ml(), spec.augmentation.to_mix_spec(),
-                       spec.training.to_ml(), reporter)
+                       spec.training.to_ml(), reporter, task=spec.task, resume=resume)
     except Exception as exc:
         log.error("run %s failed:\n%s", run_id, traceback.format_exc())
         reporter.close()
         with session_scope() as session:
-            run_service.finish(session, run_id, "failed", f"{type(exc).__name__}: {exc}")
+            run_service.finish(session, run_id, "failed", f"{type(exc).__name__}: {exc}",
+                               attempt=attempt)
         return "failed"
 
     final = final_metrics(result.metrics)
@@ -57,5 +80,9 @@ def execute_run(run_id: uuid.UUID) -> str:
     reporter.close(final if result.status == "completed" else None, step=result.steps)
     status = "succeeded" if result.status == "completed" else "cancelled"
     with session_scope() as session:
-        run_service.finish(session, run_id, status)
+        if not run_service.finish(session, run_id, status, attempt=attempt):
+            # the reaper gave the run to another attempt while this one was cut off
+            log.warning("run %s attempt %d no longer owns the run; result dropped",
+                        run_id, attempt)
+            return "superseded"
     return status

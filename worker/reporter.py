@@ -15,19 +15,26 @@ import torch
 from safetensors.torch import save as st_save
 
 from app.db.session import session_scope
+from app.ml.resume import ResumePoint
+from app.ml.resume import to_bytes as resume_bytes
 from app.ml.train import Progress, TrainHooks
 from app.services import runs as run_service
-from app.storage import ArtifactStore, checkpoint_key
+from app.storage import ArtifactStore, checkpoint_key, resume_key
 
 log = logging.getLogger(__name__)
 
-Checkpoint = tuple[dict[str, torch.Tensor], dict[str, str]]
+Checkpoint = tuple[dict[str, torch.Tensor], dict[str, str], ResumePoint | None]
 
 
 class RunReporter(TrainHooks):
+    wants_resume_points = True
+
     def __init__(self, run_id: uuid.UUID, store: ArtifactStore, epochs: int,
-                 period_s: float = 0.5) -> None:
+                 period_s: float = 0.5, attempt: int | None = None) -> None:
         self.run_id = run_id
+        # the fencing token: every write names the attempt, so once a reaper has
+        # given the run to another worker, this one writes nothing and stops
+        self.attempt = attempt
         self.store = store
         self.epochs = epochs
         self.period_s = period_s
@@ -41,10 +48,17 @@ class RunReporter(TrainHooks):
                                         daemon=True)
 
     # --- hooks, on the training thread ---------------------------------------
+    def start(self) -> None:
+        """Start heartbeating now (called right after the claim, so that loading a
+        large dataset does not look like a dead worker); idempotent."""
+        if not self._thread.is_alive() and not self._closing.is_set():
+            self._thread.start()
+
     def on_start(self, device: str, total_steps: int) -> None:
         with session_scope() as session:
-            run_service.record_start(session, self.run_id, device, total_steps)
-        self._thread.start()
+            run_service.record_start(session, self.run_id, device, total_steps,
+                                     attempt=self.attempt)
+        self.start()
 
     def on_progress(self, progress: Progress) -> None:
         self._progress = progress
@@ -54,11 +68,12 @@ class RunReporter(TrainHooks):
             self._pending_metrics.append((epoch, step, metrics))
 
     def on_checkpoint(self, epoch: int, tensors: dict[str, torch.Tensor],
-                      metadata: dict[str, str]) -> None:
+                      metadata: dict[str, str],
+                      resume: ResumePoint | None = None) -> None:
         # the tensors are a copy (train() snapshots them), so the thread may write
         # them later; a newer epoch's checkpoint replaces one not yet written
         with self._lock:
-            self._checkpoint = (tensors, {**metadata, "run_id": str(self.run_id)})
+            self._checkpoint = (tensors, {**metadata, "run_id": str(self.run_id)}, resume)
 
     def should_stop(self) -> bool:
         return self._cancel.is_set()
@@ -71,12 +86,19 @@ class RunReporter(TrainHooks):
         try:
             key = None
             if checkpoint is not None:
-                key = checkpoint_key(self.run_id)
-                self.store.put(key, st_save(checkpoint[0], metadata=checkpoint[1]))
+                tensors, metadata, point = checkpoint
+                # the resume point first: the key recorded below says both are there
+                if point is not None:
+                    self.store.put(resume_key(self.run_id, self.attempt), resume_bytes(point))
+                key = checkpoint_key(self.run_id, self.attempt)
+                self.store.put(key, st_save(tensors, metadata=metadata))
             with session_scope() as session:
+                # metrics, progress and the checkpoint's key in one transaction
                 if metrics:
-                    run_service.record_metrics(session, self.run_id, metrics)
-                if run_service.record_progress(session, self.run_id, self._progress, key):
+                    run_service.record_metrics(session, self.run_id, metrics,
+                                               attempt=self.attempt, commit=False)
+                if run_service.record_progress(session, self.run_id, self._progress, key,
+                                               attempt=self.attempt):
                     self._cancel.set()
         except BaseException:
             # keep what was not recorded for the next flush (metric writes are

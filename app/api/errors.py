@@ -5,8 +5,11 @@ Body problems use FastAPI's 422 shape (``detail`` is a list of ``loc``/``msg``/
 """
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from app.ml.data import DataValidationError
 from app.services.errors import ConflictError, FieldError, NotFoundError
@@ -16,7 +19,27 @@ def field_error_body(loc: tuple[str | int, ...], message: str) -> dict[str, obje
     return {"detail": [{"loc": list(loc), "msg": message, "type": "value_error"}]}
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path. Starlette's own 405 names only
+    the first route whose path matched (GET and POST on one path are two routes)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    # HEAD is implied by GET and not part of the documented contract
+    return sorted(methods - {"HEAD"})
+
+
 def install(app: FastAPI) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 405:
+            headers = {**(exc.headers or {}), "Allow": ", ".join(allowed_methods(request))}
+            return JSONResponse(status_code=405, content={"detail": exc.detail},
+                                headers=headers)
+        return await http_exception_handler(request, exc)
+
     @app.exception_handler(NotFoundError)
     async def _not_found(_: Request, exc: NotFoundError) -> JSONResponse:
         return JSONResponse(status_code=404, content={"detail": str(exc)})

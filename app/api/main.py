@@ -4,8 +4,8 @@ from fastapi import APIRouter, FastAPI
 
 from app import __version__
 from app.api import errors
+from app.api.openapi import add_common_errors, add_dataset_create
 from app.api.routes import datasets, experiments, health, runs
-from app.schemas.datasets import DatasetCreate
 
 DESCRIPTION = """
 mixlab trains models with mixup-style augmentation. Register a dataset, preview
@@ -28,14 +28,10 @@ def create_app() -> FastAPI:
     original_openapi = app.openapi
 
     def openapi() -> dict:  # type: ignore[type-arg]
-        # The dataset route reads its body by content type, so FastAPI does not
-        # see DatasetCreate; add it (and what it references) to the components.
         if app.openapi_schema is None:
             schema = original_openapi()
-            defs = DatasetCreate.model_json_schema(ref_template="#/components/schemas/{model}")
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            components.update(defs.pop("$defs", {}))
-            components["DatasetCreate"] = defs
+            add_dataset_create(schema)
+            add_common_errors(schema)
         return app.openapi_schema  # type: ignore[return-value]
 
     app.openapi = openapi  # type: ignore[method-assign]

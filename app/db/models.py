@@ -5,6 +5,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Float,
     ForeignKey,
@@ -18,21 +19,38 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db.base import Base, JSONType, UTCDateTime, utcnow
 
+DATASET_STATUSES = ("preparing", "ready", "failed")
 RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 
 
 class Dataset(Base):
+    """A dataset and its preparation job: ``preparing`` → ``ready`` | ``failed``.
+
+    ``summary``, ``artifact_key`` and ``size_bytes`` exist once it is ready;
+    ``errors`` (a capped list of {field, message}) once it failed. ``attempt``
+    counts claims by workers, ``heartbeat_at`` shows the claiming worker lives.
+    """
+
     __tablename__ = "datasets"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     name: Mapped[str] = mapped_column(String(200))
-    status: Mapped[str] = mapped_column(String(20), default="ready")
+    status: Mapped[str] = mapped_column(String(20), default="preparing")
     source: Mapped[dict[str, Any]] = mapped_column(JSONType)
-    summary: Mapped[dict[str, Any]] = mapped_column(JSONType)
-    artifact_key: Mapped[str] = mapped_column(String(500))
-    size_bytes: Mapped[int] = mapped_column(Integer)
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    artifact_key: Mapped[str | None] = mapped_column(String(500))
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    stage: Mapped[str | None] = mapped_column(String(40))
+    errors: Mapped[list[dict[str, str]] | None] = mapped_column(JSONType)
+    error_count: Mapped[int] = mapped_column(Integer, default=0)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     experiments: Mapped[list["Experiment"]] = relationship(back_populates="dataset")
 

@@ -5,7 +5,9 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     ValidationInfo,
     ValidatorFunctionWrapHandler,
@@ -15,6 +17,7 @@ from pydantic import (
 
 from app.schemas.augmentation import AugmentationSpec
 from app.schemas.common import StrictModel
+from app.schemas.ingest import IngestSpecIn
 
 SyntheticModality = Literal["image", "text", "audio", "tabular"]
 
@@ -41,6 +44,15 @@ class SyntheticOptions(StrictModel):
     audio_bins: int = Field(32, ge=8, le=128, description="Spectrogram frequency bins.")
     audio_frames: int = Field(32, ge=8, le=256, description="Spectrogram time frames.")
     tabular_features: int = Field(8, ge=1, le=512)
+    labels_per_sample: int = Field(
+        1, ge=1, le=4,
+        description="1: one class per sample. k > 1: multi-label — each sample has 1 to k "
+                    "distinct classes (labels are multi-hot rows; train it with task "
+                    "multilabel).")
+    missing_rate: float = Field(
+        0.0, ge=0, le=1,
+        description="Share of samples that lack one of their modalities (drawn uniformly; "
+                    "never all of them). Needs two modalities or more.")
 
     @field_validator("modalities")
     @classmethod
@@ -71,6 +83,21 @@ class SyntheticOptions(StrictModel):
                              f"{classes} classes (keywords plus filler words)")
         return value
 
+
+    @field_validator("labels_per_sample")
+    @classmethod
+    def _at_most_the_classes(cls, value: int, info: ValidationInfo) -> int:
+        classes = info.data.get("num_classes")
+        if classes is not None and value > classes:
+            raise ValueError(f"must be at most num_classes ({classes})")
+        return value
+
+    @field_validator("missing_rate")
+    @classmethod
+    def _two_modalities(cls, value: float, info: ValidationInfo) -> float:
+        if value > 0 and len(info.data.get("modalities", ())) < 2:
+            raise ValueError("needs at least two modalities (a sample never lacks all of them)")
+        return value
 
     @model_validator(mode="after")
     def _size(self) -> "SyntheticOptions":
@@ -146,13 +173,40 @@ _BUILTIN_NAMES = {get_args(source.model_fields["name"].annotation)[0]
                   for source in get_args(get_args(BuiltinSource)[0])}
 
 
+class UriSource(StrictModel):
+    kind: Literal["uri"] = "uri"
+    uri: str = Field(
+        min_length=1, max_length=2000,
+        description="file:///path (only under the server's MIXLAB_IMPORT_ROOTS) or "
+                    "s3://bucket/key (needs s3fs on the server); the format comes from the "
+                    "name: .npz, .parquet, .zip, .tar.gz or .tgz.")
+    spec: IngestSpecIn | None = Field(
+        None, description="Parquet and archives: which column is which modality; omit to "
+                          "infer.")
+
+
+def _source_tag(value: Any) -> str:
+    """uri for ``{"uri": ...}`` (kind may be left out), else builtin."""
+    if isinstance(value, dict):
+        kind = value.get("kind")
+        return "uri" if kind == "uri" or (kind is None and "uri" in value) else "builtin"
+    return "uri" if isinstance(value, UriSource) else "builtin"
+
+
+Source = Annotated[Annotated[BuiltinSource, Tag("builtin")] | Annotated[UriSource, Tag("uri")],
+                   Discriminator(_source_tag)]
+
+
 def _untagged(exc: ValidationError) -> ValidationError:
-    """The union's errors without its tag in ``loc``: ``source.options.x`` rather
-    than ``source.digits.options.x``; a bad or missing tag is ``source.name``."""
+    """The unions' errors without their tags in ``loc``: ``source.options.x`` rather
+    than ``source.builtin.digits.options.x``; a bad or missing built-in name is
+    ``source.name``."""
     tags = _BUILTIN_NAMES
     details: list[Any] = []
     for error in exc.errors(include_url=False):
         loc = tuple(error["loc"])
+        if loc and loc[0] in ("builtin", "uri"):
+            loc = loc[1:]
         if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
             loc = ("name", *loc)
         elif loc and loc[0] in tags:
@@ -174,10 +228,15 @@ class DatasetCreate(StrictModel):
         "source": {"kind": "builtin", "name": "synthetic",
                    "options": {"num_samples": 1200, "num_classes": 4, "seed": 0,
                                "signal": {"image": 0.5}}},
+    }, {
+        "name": "zoo",
+        "source": {"uri": "s3://my-bucket/zoo.parquet",
+                   "spec": {"label": "species", "modalities": {
+                       "photo": {"kind": "image", "column": "img", "size": [32, 32]}}}},
     }]})
 
     name: str = Field(min_length=1, max_length=200)
-    source: BuiltinSource
+    source: Source
 
     @field_validator("source", mode="wrap")
     @classmethod
@@ -193,6 +252,12 @@ class ModalityOut(BaseModel):
     kind: str
     shape: list[int]
     dtype: str
+    # listed only for datasets where some samples lack a modality, so the others
+    # show the fields they always had
+    missing: int | None = Field(None, exclude_if=lambda v: v is None,
+                                description="Samples that lack this modality.")
+    missing_split_counts: dict[str, int] | None = Field(
+        None, exclude_if=lambda v: v is None, description="The missing samples per split.")
 
 
 class ClassOut(BaseModel):
@@ -202,18 +267,36 @@ class ClassOut(BaseModel):
     split_counts: dict[str, int]
 
 
+class DatasetError(BaseModel):
+    field: str = Field(description="The column, array, member or option at fault ('file' "
+                                   "for the file as a whole).")
+    message: str
+
+
 class DatasetOut(BaseModel):
     id: uuid.UUID
     name: str
-    status: str
+    status: Literal["preparing", "ready", "failed"] = Field(
+        description="preparing (queued or in a worker) → ready | failed.")
     source: dict[str, Any]
-    num_samples: int
-    modalities: list[ModalityOut]
-    classes: list[ClassOut]
-    split_sizes: dict[str, int]
-    noisy_train_labels: int
-    size_bytes: int
+    progress: float = Field(description="Share of the preparation done, 0..1.")
+    stage: str | None = Field(description="What the preparation is doing: queued, starting, "
+                                          "fetching, loading (a built-in), unpacking, "
+                                          "reading, finishing, writing; null once it is over.")
+    errors: list[DatasetError] | None = Field(
+        description="Why the preparation failed: the first problems found, each naming its "
+                    "field (rows listed per problem, capped); null unless failed.")
+    error_count: int = Field(description="How many problems were found, listed or not.")
+    num_samples: int | None = Field(description="Null until ready, as are the fields below.")
+    multilabel: bool | None = Field(description="Labels are sets of classes (multi-hot).")
+    modalities: list[ModalityOut] | None
+    classes: list[ClassOut] | None
+    split_sizes: dict[str, int] | None
+    noisy_train_labels: int | None
+    size_bytes: int | None
     created_at: datetime
+    started_at: datetime | None = Field(description="When a worker began preparing it.")
+    finished_at: datetime | None
 
 
 class PreviewRequest(AugmentationSpec):

@@ -63,7 +63,11 @@ class IngestSpecIn(StrictModel):
     label: Column = "label"
     split: Column | None = Field(None, description="Default: a column named 'split' if any, "
                                                    "else a stratified 70/15/15 split.")
-    multilabel: bool = False
+    multilabel: bool = Field(
+        False, description="Each sample has a set of classes (multi-hot labels). A label "
+                           "column of lists (Parquet list column, JSON lists in "
+                           "manifest.jsonl) turns this on by itself; set it for text labels "
+                           "separated by '|' (manifest.csv: cat|dog).")
     modalities: dict[Annotated[str, Field(min_length=1, max_length=64,
                                           pattern=r"^[A-Za-z0-9_.-]+$")],
                      ModalityIngest] = Field(
@@ -74,14 +78,6 @@ class IngestSpecIn(StrictModel):
             "image": {"kind": "image", "column": "img", "size": [32, 32], "channels": 3},
             "text": {"kind": "text", "column": "caption", "max_length": 32},
             "tabular": {"kind": "tabular", "columns": ["age"], "categorical": ["city"]}}}]})
-
-    @field_validator("multilabel")
-    @classmethod
-    def _no_multilabel(cls, value: bool) -> bool:
-        if value:
-            raise ValueError("multilabel datasets arrive with the multilabel task "
-                             "(issue 4, not yet)")
-        return value
 
     @field_validator("modalities")
     @classmethod

@@ -56,13 +56,24 @@ class ClassScores(BaseModel):
     precision: float
     recall: float
     f1: float
-    support: int
+    support: int = Field(description="Test samples of the class (multilabel: that have it).")
+    ap: float | None = Field(None, description="multilabel: the class's average precision; "
+                                               "null when no test sample has the class "
+                                               "(and for classification).")
 
 
 class EvaluationOut(BaseModel):
     run_id: uuid.UUID
     split: Literal["test"] = "test"
+    task: str = Field("classification", description="The run's task.")
     class_names: list[str]
-    confusion_matrix: list[list[int]] = Field(
-        description="Counts; row = true class, column = predicted class.")
+    confusion_matrix: list[list[int]] | None = Field(
+        None, description="classification: counts; row = true class, column = predicted "
+                          "class. null for multilabel.")
+    threshold: float | None = Field(
+        None, description="multilabel: a class is predicted when its probability is at "
+                          "least this.")
+    class_confusion: list[list[list[int]]] | None = Field(
+        None, description="multilabel: per class, counts [[tn, fp], [fn, tp]] at the "
+                          "threshold.")
     per_class: list[ClassScores]

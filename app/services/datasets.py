@@ -1,66 +1,143 @@
-"""Register, describe and remove datasets; load their prepared form."""
+"""Register, describe and remove datasets; load their prepared form.
 
+Registering is a job, like a run: the API checks what it can at once (the
+request, the spec, the file's size, name and headers), stores the submitted
+file under the dataset's prefix, commits the row as ``preparing`` and only then
+publishes "prepare dataset X" on the ingest queue. A worker claims the row with
+a guarded UPDATE, prepares it, and moves it to ``ready`` (summary, prepared
+blob) or ``failed`` (a capped list of errors, nothing stored). Built-ins take
+the same path, so every dataset a user registers is followed the same way.
+"""
+
+import logging
 import uuid
 from collections import OrderedDict
 from dataclasses import asdict
+from datetime import timedelta
 from pathlib import Path
 from threading import Lock
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
+from app.db.base import utcnow
 from app.db.models import Dataset, Experiment
-from app.ml.data import PreparedDataset, from_bytes, load_builtin, to_bytes
+from app.ml.data import DataValidationError, PreparedDataset, from_bytes
+from app.ml.data.fashion_mnist import FILES as FASHION_MNIST_FILES
+from app.ml.data.fashion_mnist import missing_message
 from app.ml.data.ingest_spec import IngestSpec
-from app.schemas.datasets import DatasetCreate
-from app.services import ingest
-from app.services.errors import ConflictError, NotFoundError
-from app.settings import Settings, get_settings
-from app.storage import ArtifactStore, dataset_prefix, prepared_key
+from app.queue import enqueue_preparation
+from app.schemas.datasets import DatasetCreate, UriSource
+from app.services import ingest, sources
+from app.services.errors import ConflictError, FieldError, NotFoundError
+from app.settings import Settings
+from app.storage import ArtifactStore, dataset_prefix, upload_key
+
+log = logging.getLogger(__name__)
+MAX_LISTED_ERRORS = 20
 
 
-def _store_new(session: Session, store: ArtifactStore, name: str, source: dict[str, Any],
-               prepared: PreparedDataset) -> Dataset:
-    """Write the prepared blob, then the row; on any failure remove the blob."""
-    dataset_id = uuid.uuid4()
-    blob = to_bytes(prepared)
-    key = prepared_key(dataset_id)
-    store.put(key, blob)
+# --- submission (the API's side) --------------------------------------------------
+
+def _queue(session: Session, dataset: Dataset, store: ArtifactStore | None = None) -> Dataset:
+    """Commit the new row (removing its stored file if that fails), then publish."""
+    session.add(dataset)
     try:
-        dataset = Dataset(id=dataset_id, name=name, status="ready", source=source,
-                          summary=prepared.summary(), artifact_key=key, size_bytes=len(blob))
-        session.add(dataset)
         session.commit()
     except BaseException:
         session.rollback()
-        store.delete_prefix(dataset_prefix(dataset_id))
+        if store is not None:
+            store.delete_prefix(dataset_prefix(dataset.id))
         raise
+    try:
+        enqueue_preparation(str(dataset.id))
+    except Exception as exc:  # the row is committed: say why nothing will prepare it
+        log.exception("publishing the preparation of dataset %s failed", dataset.id)
+        _fail_unclaimed(session, dataset.id, f"could not queue the preparation "
+                                             f"({type(exc).__name__}: {exc}); delete the "
+                                             "dataset and submit it again")
+        if store is not None:
+            store.delete_prefix(dataset_prefix(dataset.id))
+        session.refresh(dataset)
     return dataset
 
 
-def create_builtin(session: Session, store: ArtifactStore, request: DatasetCreate) -> Dataset:
-    source = request.source.model_dump()
-    roots = {"fashion-mnist": Path(get_settings().fashion_mnist_dir)}
-    prepared = load_builtin(request.source.name, request.source.options.model_dump(), roots)
-    return _store_new(session, store, request.name, source, prepared)
+def _fail_unclaimed(session: Session, dataset_id: uuid.UUID, message: str) -> None:
+    session.execute(update(Dataset).where(Dataset.id == dataset_id,
+                                          Dataset.status == "preparing",
+                                          Dataset.attempt == 0)
+                    .values(status="failed", errors=[{"field": "queue", "message": message}],
+                            error_count=1, finished_at=utcnow()))
+    session.commit()
 
 
-def create_from_upload(session: Session, store: ArtifactStore, settings: Settings, name: str,
-                       path: Path, filename: str, spec: IngestSpec | None) -> Dataset:
+def submit_builtin(session: Session, settings: Settings, request: DatasetCreate) -> Dataset:
+    source = request.source
+    assert not isinstance(source, UriSource)
+    if source.name == "fashion-mnist":
+        root = Path(settings.fashion_mnist_dir)
+        if not all((root / name).is_file() for name in FASHION_MNIST_FILES.values()):
+            raise DataValidationError("source.name", missing_message(root))
+    return _queue(session, Dataset(name=request.name, status="preparing",
+                                   source=source.model_dump(mode="json")))
+
+
+def submit_upload(session: Session, store: ArtifactStore, settings: Settings, name: str,
+                  path: Path, filename: str, spec: IngestSpec | None) -> Dataset:
     """Any upload format (.npz, .parquet, .zip, .tar.gz/.tgz), chosen by the file name."""
-    fmt, prepared = ingest.prepare_upload(settings, path, filename, spec)
+    fmt = ingest.upload_format(filename)
+    ingest.check_file(settings, path, fmt, spec)
     source: dict[str, Any] = {"kind": "upload", "format": fmt, "filename": filename}
     if spec is not None:
         source["spec"] = asdict(spec)
-    return _store_new(session, store, name, source, prepared)
+    dataset = Dataset(id=uuid.uuid4(), name=name, status="preparing", source=source)
+    store.put_file(upload_key(dataset.id, ingest.FORMAT_SUFFIX[fmt]), path)
+    return _queue(session, dataset, store)
 
+
+def submit_uri(session: Session, settings: Settings, request: DatasetCreate) -> Dataset:
+    """A file:// (under the import roots) or s3:// URI, read by the worker."""
+    source = request.source
+    assert isinstance(source, UriSource)
+    resolved = sources.resolve(settings, source.uri)
+    fmt = sources.uri_format(resolved)
+    spec = source.spec.to_spec() if source.spec is not None else None
+    if resolved.path is not None:  # a local file: its headers can be checked now
+        try:
+            ingest.check_file(settings, resolved.path, fmt, spec, ("body", "source", "spec"))
+        except DataValidationError as exc:
+            loc = sources.URI_LOC + (() if exc.field == "file" else (exc.field,))
+            raise FieldError(loc, str(exc)) from None
+    elif fmt == "npz" and spec is not None:
+        raise FieldError(("body", "source", "spec"), "spec applies to .parquet, .zip and "
+                                                     ".tar.gz files, not .npz")
+    stored: dict[str, Any] = {"kind": "uri", "uri": source.uri, "format": fmt}
+    if spec is not None:
+        stored["spec"] = asdict(spec)
+    return _queue(session, Dataset(name=request.name, status="preparing", source=stored))
+
+
+# --- reading and removing ------------------------------------------------------------
 
 def get(session: Session, dataset_id: uuid.UUID) -> Dataset:
     dataset = session.get(Dataset, dataset_id)
     if dataset is None:
         raise NotFoundError("dataset", dataset_id)
     return dataset
+
+
+def require_ready(dataset: Dataset) -> Dataset:
+    """The dataset if it is ready; a ConflictError (409) saying why not otherwise."""
+    if dataset.status == "ready":
+        return dataset
+    if dataset.status == "preparing":
+        where = f"{dataset.stage}, {dataset.progress:.0%}" if dataset.stage else "queued"
+        raise ConflictError(f"dataset {dataset.id} is still preparing ({where}); poll GET "
+                            f"/v1/datasets/{dataset.id} until its status is ready")
+    raise ConflictError(f"dataset {dataset.id} is {dataset.status}: its preparation failed "
+                        f"({dataset.error_count} problem(s), listed in its errors); fix the "
+                        "data and register it again")
 
 
 def list_page(session: Session, limit: int, offset: int) -> tuple[list[Dataset], int]:
@@ -71,16 +148,21 @@ def list_page(session: Session, limit: int, offset: int) -> tuple[list[Dataset],
 
 
 def delete(session: Session, store: ArtifactStore, dataset_id: uuid.UUID) -> None:
+    """Remove a dataset and everything stored for it. One still preparing is
+    cancelled: its worker sees the row gone at its next progress write, stops, and
+    removes whatever it wrote after this."""
     dataset = get(session, dataset_id)
     used = session.scalar(select(func.count()).select_from(Experiment)
                           .where(Experiment.dataset_id == dataset_id)) or 0
     if used:
         raise ConflictError(f"dataset {dataset_id} is used by {used} experiment(s); "
                             "delete them first")
+    key = dataset.artifact_key
     session.delete(dataset)
     session.commit()
     store.delete_prefix(dataset_prefix(dataset_id))
-    _cache.forget(dataset.artifact_key)
+    if key:
+        _cache.forget(key)
 
 
 class _PreparedCache:
@@ -112,4 +194,68 @@ _cache = _PreparedCache()
 
 
 def load_prepared(store: ArtifactStore, dataset: Dataset) -> PreparedDataset:
-    return _cache.get(dataset.artifact_key, lambda: from_bytes(store.get(dataset.artifact_key)))
+    key = require_ready(dataset).artifact_key
+    assert key is not None
+    return _cache.get(key, lambda: from_bytes(store.get(key)))
+
+
+# --- the preparation job (the worker's side) -------------------------------------------
+# Every write names the attempt that claimed the row: a worker that lost its
+# claim (the row was deleted, or a stale claim was taken over) writes nothing.
+
+def claim(session: Session, dataset_id: uuid.UUID, stale_after_s: float) -> Dataset | None:
+    """Take a preparing dataset for this worker: one nobody claimed, or one whose
+    claimer stopped beating ``stale_after_s`` ago (a redelivered message after its
+    worker died). None if it is gone, finished, or live in another worker."""
+    now = utcnow()
+    result = session.execute(
+        update(Dataset)
+        .where(Dataset.id == dataset_id, Dataset.status == "preparing",
+               or_(Dataset.heartbeat_at.is_(None),
+                   Dataset.heartbeat_at < now - timedelta(seconds=stale_after_s)))
+        .values(attempt=Dataset.attempt + 1, started_at=now, heartbeat_at=now,
+                stage="starting", progress=0.0))
+    session.commit()
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    return session.get(Dataset, dataset_id)
+
+
+def _mine(dataset_id: uuid.UUID, attempt: int) -> Any:
+    return update(Dataset).where(Dataset.id == dataset_id, Dataset.status == "preparing",
+                                 Dataset.attempt == attempt)
+
+
+def record_progress(session: Session, dataset_id: uuid.UUID, attempt: int, stage: str,
+                    progress: float) -> bool:
+    """Write progress and a heartbeat; False when the job is no longer this attempt's
+    (the dataset was deleted: stop)."""
+    result = session.execute(_mine(dataset_id, attempt).values(
+        stage=stage, progress=progress, heartbeat_at=utcnow()))
+    session.commit()
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+def mark_ready(session: Session, dataset_id: uuid.UUID, attempt: int, summary: dict[str, Any],
+               artifact_key: str, size_bytes: int) -> bool:
+    result = session.execute(_mine(dataset_id, attempt).values(
+        status="ready", summary=summary, artifact_key=artifact_key, size_bytes=size_bytes,
+        progress=1.0, stage=None, errors=None, error_count=0, finished_at=utcnow(),
+        heartbeat_at=utcnow()))
+    session.commit()
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+def mark_failed(session: Session, dataset_id: uuid.UUID, attempt: int,
+                errors: list[tuple[str, str]], total: int) -> bool:
+    """``failed`` with the first ``MAX_LISTED_ERRORS`` problems and how many there were."""
+    listed = [{"field": f, "message": m} for f, m in errors[:MAX_LISTED_ERRORS]]
+    result = session.execute(_mine(dataset_id, attempt).values(
+        status="failed", errors=listed, error_count=max(total, len(errors)),
+        finished_at=utcnow(), heartbeat_at=utcnow()))
+    session.commit()
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+def exists(session: Session, dataset_id: uuid.UUID) -> bool:
+    return session.get(Dataset, dataset_id) is not None

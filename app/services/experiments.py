@@ -2,6 +2,7 @@
 
 import logging
 import uuid
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
@@ -9,16 +10,27 @@ from sqlalchemy.orm import Session, selectinload
 from app.db.models import Dataset, Experiment, Run
 from app.ml.models import torchvision_available
 from app.ml.models.multimodal import MIXING_LAYERS as MULTIMODAL_MIXING_LAYERS
+from app.ml.tasks import TASKS
 from app.queue import enqueue_run
 from app.schemas.experiments import ExperimentCreate
-from app.services import augmentation
+from app.services import augmentation, datasets
 from app.services.errors import ConflictError, FieldError, NotFoundError
 from app.storage import ArtifactStore, run_prefix
 
 log = logging.getLogger(__name__)
 
 
+def _check_task(request: ExperimentCreate, summary: dict[str, Any]) -> None:
+    task = TASKS.get(request.task)
+    if task is None:  # a task with its own loop (retrieval) checks the dataset itself
+        return
+    problem = task.mismatch(bool(summary.get("multilabel", False)))
+    if problem is not None:
+        raise FieldError(("body", "task"), problem)
+
+
 def _validate_against_dataset(request: ExperimentCreate, dataset: Dataset) -> None:
+    _check_task(request, dataset.summary)
     train_size = dataset.summary["split_sizes"]["train"]
     if request.training.batch_size > train_size:
         raise FieldError(("body", "training", "batch_size"),
@@ -29,6 +41,12 @@ def _validate_against_dataset(request: ExperimentCreate, dataset: Dataset) -> No
     if model.kind == "cnn":
         if "image" not in kinds.values():
             raise FieldError(("body", "model", "kind"), "the cnn model needs an image modality")
+        image = next(m for m in dataset.summary["modalities"] if m["kind"] == "image")
+        if image.get("missing"):
+            raise FieldError(("body", "model", "kind"),
+                             f"the cnn model needs every sample's image, but {image['missing']} "
+                             "samples have none; use the multimodal model, which handles "
+                             "missing modalities")
         mixing_layers = model.depth
     else:
         if model.image_encoder == "resnet18" and not torchvision_available():
@@ -50,8 +68,7 @@ def create(session: Session, request: ExperimentCreate) -> Experiment:
     dataset = session.get(Dataset, request.dataset_id)
     if dataset is None:
         raise FieldError(("body", "dataset_id"), f"dataset {request.dataset_id} does not exist")
-    if dataset.status != "ready":
-        raise FieldError(("body", "dataset_id"), f"dataset is {dataset.status}, not ready")
+    datasets.require_ready(dataset)
     _validate_against_dataset(request, dataset)
     spec = request.model_dump(mode="json", include={"model", "augmentation", "training"})
     experiment = Experiment(name=request.name, dataset_id=dataset.id, task=request.task,

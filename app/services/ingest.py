@@ -1,15 +1,23 @@
-"""Dispatch an uploaded file to the preparer for its format."""
+"""Dataset files by format: quick checks at submission, the preparation in the job.
+
+``check_file`` runs in the API before a preparation is queued and reads only
+what is fast to read (an .npz's array headers, a Parquet footer and a few
+cells, a zip's directory and manifest); ``prepare_file`` is the full, streaming
+preparation the worker runs; ``write_prepared`` writes its canonical form.
+"""
 
 from pathlib import Path
 
-from app.ml.data import NpzLimits, PreparedDataset, prepare_npz
-from app.ml.data.archive import prepare_archive
-from app.ml.data.ingest_spec import IngestLimits, IngestSpec
-from app.ml.data.parquet import prepare_parquet
+from app.ml.data import NpzLimits, PreparedDataset, prepare_npz, to_bytes
+from app.ml.data.archive import prepare_archive, probe_archive
+from app.ml.data.ingest_spec import IngestLimits, IngestSpec, ProgressFn
+from app.ml.data.npz_header import probe_npz
+from app.ml.data.parquet import prepare_parquet, probe_parquet
 from app.services.errors import FieldError
 from app.settings import Settings
 
 TABLE_FORMATS = {".parquet": "parquet", ".zip": "zip", ".tar.gz": "tar.gz", ".tgz": "tar.gz"}
+FORMAT_SUFFIX = {"npz": ".npz", "parquet": ".parquet", "zip": ".zip", "tar.gz": ".tar.gz"}
 
 
 def upload_suffix(filename: str) -> str:
@@ -28,17 +36,42 @@ def limits(settings: Settings) -> IngestLimits:
                         max_total_bytes=settings.max_upload_bytes * 8)
 
 
-def prepare_upload(settings: Settings, path: Path, filename: str,
-                   spec: IngestSpec | None) -> tuple[str, PreparedDataset]:
-    fmt = upload_format(filename)
+def npz_limits(settings: Settings) -> NpzLimits:
+    return NpzLimits(max_samples=settings.max_dataset_samples, max_side=settings.max_image_side,
+                     max_uncompressed_bytes=settings.max_upload_bytes * 8)
+
+
+def check_file(settings: Settings, path: Path, fmt: str, spec: IngestSpec | None,
+               spec_loc: tuple[str, ...] = ("body", "spec")) -> None:
+    """Refuse what can be known without preparing (``DataValidationError`` /
+    ``FieldError``); what needs every row is found by ``prepare_file``."""
     if fmt == "npz":
         if spec is not None:
-            raise FieldError(("body", "spec"), "spec applies to .parquet, .zip and .tar.gz "
-                                               "uploads, not .npz")
-        npz_limits = NpzLimits(max_samples=settings.max_dataset_samples,
-                               max_side=settings.max_image_side,
-                               max_uncompressed_bytes=settings.max_upload_bytes * 8)
-        return fmt, prepare_npz(path, npz_limits, original_name=filename)
+            raise FieldError(spec_loc, "spec applies to .parquet, .zip and .tar.gz "
+                                       "files, not .npz")
+        probe_npz(path, npz_limits(settings))
+    elif fmt == "parquet":
+        probe_parquet(path, spec, limits(settings))
+    else:
+        probe_archive(path, spec, limits(settings))
+
+
+def prepare_file(settings: Settings, path: Path, fmt: str, spec: IngestSpec | None,
+                 original_name: str, progress: ProgressFn | None = None) -> PreparedDataset:
+    if fmt == "npz":
+        return prepare_npz(path, npz_limits(settings), original_name=original_name)
     if fmt == "parquet":
-        return fmt, prepare_parquet(path, spec, limits(settings), original_name=filename)
-    return fmt, prepare_archive(path, spec, limits(settings), original_name=filename)
+        return prepare_parquet(path, spec, limits(settings), original_name=original_name,
+                               progress=progress)
+    return prepare_archive(path, spec, limits(settings), original_name=original_name,
+                           progress=progress)
+
+
+def write_prepared(ds: PreparedDataset, path: Path) -> int:
+    """The canonical blob, written once to a file; returns its size.
+
+    ``to_bytes`` serialises in memory, so this step peaks at about twice the
+    prepared size; everything before it stays near one prepared size."""
+    blob = to_bytes(ds)
+    path.write_bytes(blob)
+    return len(blob)

@@ -163,7 +163,7 @@ def describe(dataset_id: uuid.UUID, data: PreparedDataset, request: PreviewReque
                       for m, mm in batch.modalities.items()}
         samples.append(PreviewSample(
             index_a=a, index_b=b, lam=batch.lam[i],
-            label_a=names[int(data.labels[a])], label_b=names[int(data.labels[b])],
+            label_a=data.label_name(a), label_b=data.label_name(b),
             label_mixture=mixture,
             box=batch.boxes[i] if batch.boxes is not None else None,
             image_url=png + png_query(request, sample=i),

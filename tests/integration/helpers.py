@@ -2,6 +2,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import httpx
+
 from app.client import MixlabClient
 
 
@@ -24,3 +26,25 @@ def experiment(client: MixlabClient, dataset_id: str, **overrides: Any) -> str:
     for key, value in overrides.items():
         spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
     return str(client.create_experiment(spec)["run_ids"][0])
+
+
+def wait_for_dataset(http: httpx.Client, dataset_id: str, timeout: float = 90) -> dict:
+    """GET the dataset until its preparation is over (ready or failed)."""
+    def done() -> dict | None:
+        ds = http.get(f"/v1/datasets/{dataset_id}").json()
+        return ds if ds["status"] != "preparing" else None
+
+    return wait_until(done, timeout=timeout, interval=0.1,
+                      what=f"dataset {dataset_id} to finish preparing")
+
+
+def prepared(http: httpx.Client, response: httpx.Response, status: str = "ready") -> dict:
+    """The outcome of a POST /v1/datasets: accepted (202, preparing), then ``status``.
+    Needs a worker (the ``worker`` or ``stack`` fixture)."""
+    assert response.status_code == 202, response.text
+    accepted = response.json()
+    assert accepted["status"] == "preparing", accepted
+    assert response.headers["location"] == f"/v1/datasets/{accepted['id']}"
+    ds = wait_for_dataset(http, accepted["id"])
+    assert ds["status"] == status, ds
+    return ds

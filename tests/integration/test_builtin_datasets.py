@@ -1,5 +1,6 @@
-"""The fashion-mnist and avmnist built-ins over the API (in-process, real Postgres):
-registration, the missing-files 422, and an audio-visual cross-modal preview."""
+"""The fashion-mnist and avmnist built-ins over the API (in-process, real Postgres, the
+worker prepares them): registration, the missing-files 422, and an audio-visual
+cross-modal preview."""
 
 import io
 from pathlib import Path
@@ -9,8 +10,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.ml.data.fashion_mnist import CLASS_NAMES, FILES
+from tests.integration.helpers import prepared, wait_for_dataset
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("worker")]
 
 
 def _fashion_dir() -> Path:
@@ -24,8 +26,7 @@ def avmnist(api_client: TestClient) -> dict:
     response = api_client.post("/v1/datasets", json={
         "name": "avmnist", "source": {"kind": "builtin", "name": "avmnist",
                                       "options": {"label_noise": 0.2, "seed": 3}}})
-    assert response.status_code == 201, response.text
-    return response.json()
+    return prepared(api_client, response)
 
 
 def test_register_avmnist(avmnist: dict) -> None:
@@ -77,8 +78,9 @@ def test_register_fashion_mnist_subset(api_client: TestClient) -> None:
     response = api_client.post("/v1/datasets", json={
         "name": "fashion", "source": {"kind": "builtin", "name": "fashion-mnist",
                                       "options": {"subset": 2000, "label_noise": 0.1}}})
-    assert response.status_code == 201, response.text
-    body = response.json()
+    assert response.status_code == 202, response.text
+    body = wait_for_dataset(api_client, response.json()["id"], timeout=180)
+    assert body["status"] == "ready", body
     assert body["num_samples"] == 12_000
     assert body["split_sizes"] == {"train": 1833, "val": 167, "test": 10_000}
     assert [c["name"] for c in body["classes"]] == CLASS_NAMES

@@ -98,6 +98,49 @@ def test_upload_good_and_bad_npz_then_delete(stack: Stack, tmp_path: Path) -> No
     assert gone.returncode == 1 and "error: 404" in gone.stderr
 
 
+def test_create_waits_and_lists_why_a_preparation_failed(stack: Stack, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.unit.test_parquet import png
+
+    bad = tmp_path / "bad.parquet"
+    labels = ["a", "b"] * 15
+    labels[3] = None  # type: ignore[call-overload]
+    pq.write_table(pa.table({"img": [b"junk" if i % 2 else png(i) for i in range(30)],
+                             "label": labels}), bad)
+    done = mixlab(stack.base_url, "datasets", "create", "--file", str(bad), "--name", "cli-bad")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert re.search(rf"error: dataset {UUID} \(cli-bad\) failed to prepare: 16 problem",
+                     done.stderr), done.stderr
+    assert "  label: missing at row 3" in done.stderr
+    assert "  img: unreadable image in 15 rows: 1, 3, 5" in done.stderr
+    failed_id = re.search(rf"dataset ({UUID})", done.stderr).group(1)  # type: ignore[union-attr]
+    shown = mixlab(stack.base_url, "datasets", "show", failed_id)
+    assert "failed (16 problem(s))" in shown.stdout and "img: unreadable image" in shown.stderr
+    listing = ok(stack.base_url, "datasets", "list")
+    assert any(failed_id in line and "failed" in line for line in listing.splitlines())
+
+
+def test_create_without_waiting_then_show(stack: Stack) -> None:
+    out = ok(stack.base_url, "datasets", "create", "--builtin", "digits", "-o",
+             "label_noise=0.1", "--name", "cli-nowait", "--no-wait")
+    match = re.search(rf"registered ({UUID})\s+cli-nowait: preparing \((queued|\w+), \d+%\)",
+                      out)
+    assert match, out
+    from app.client import MixlabClient
+
+    with MixlabClient(stack.base_url) as mx:
+        assert mx.wait_for_dataset(match.group(1), timeout=120)["status"] == "ready"
+    shown = ok(stack.base_url, "datasets", "show", match.group(1))
+    assert "ready" in shown and "126" in shown  # 10 % of 1,259 training labels flipped
+    usage = mixlab(stack.base_url, "datasets", "create", "--builtin", "digits", "--uri",
+                   "s3://b/k.parquet")
+    assert usage.returncode == 2 and "exactly one of" in usage.stderr
+    refused = mixlab(stack.base_url, "datasets", "create", "--uri", "file:///etc/passwd.npz")
+    assert refused.returncode == 1 and "body.source.uri:" in refused.stderr
+
+
 def test_preview_writes_png_and_table(stack: Stack, digits_id: str, tmp_path: Path) -> None:
     png = tmp_path / "out" / "preview.png"
     out = ok(stack.base_url, "preview", digits_id, "--method", "cutmix", "--alpha", "1.0",
@@ -117,6 +160,7 @@ def test_preview_of_a_multimodal_dataset(stack: Stack, tmp_path: Path) -> None:
 
     with MixlabClient(stack.base_url) as mx:
         synth = mx.create_builtin_dataset("synthetic", name="mm", num_samples=200)["id"]
+        assert mx.wait_for_dataset(synth, timeout=120)["status"] == "ready"
     png = tmp_path / "audio.png"
     ok(stack.base_url, "preview", synth, "--method", "cross_modal", "--modality", "audio",
        "--spec", '{"ops": {"audio": "specmix", "text": "token_cutmix"}}', "-n", "3",

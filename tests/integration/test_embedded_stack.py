@@ -27,6 +27,10 @@ def test_embedded_stack_trains_a_run(tmp_path: Path) -> None:
         wait_http(f"http://127.0.0.1:{port}", proc, log, timeout=90)
         with MixlabClient(f"http://127.0.0.1:{port}") as mx:
             ds = mx.create_builtin_dataset("digits", label_noise=0.1)
+            assert ds["status"] == "preparing"
+            # prepared through the ingest queue of the filesystem broker, by the same worker
+            ds = mx.wait_for_dataset(ds["id"], timeout=120)
+            assert ds["status"] == "ready" and ds["num_samples"] == 1797, ds
             run_id = experiment(mx, ds["id"], training={"epochs": 2})
             run = mx.wait_for_run(run_id, timeout=180)
             assert run["status"] == "succeeded", run["error"]
@@ -34,7 +38,8 @@ def test_embedded_stack_trains_a_run(tmp_path: Path) -> None:
             assert mx.download_checkpoint(run_id)[:8]
         state = tmp_path / "state"
         assert (state / "mixlab.db").exists()
-        assert list((state / "artifacts" / "runs").glob("*/checkpoint.safetensors"))
+        assert list((state / "artifacts" / "runs").glob("*/attempt-1/checkpoint.safetensors"))
+        assert (state / "artifacts" / "datasets" / ds["id"] / "prepared.safetensors").exists()
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)

@@ -10,7 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-pytestmark = pytest.mark.integration
+from tests.integration.helpers import prepared
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("worker")]
 
 CROSS_MODAL = {"method": "cross_modal", "lam_mode": "sample", "seed": 4, "n": 6,
                "ops": {"image": "cutmix", "audio": "specmix", "text": "token_cutmix"}}
@@ -40,8 +42,7 @@ def synthetic(api_client: TestClient) -> dict:
         "name": "synthetic", "source": {"kind": "builtin", "name": "synthetic",
                                         "options": {"num_samples": 400, "seed": 1,
                                                     "signal": {"image": 0.8}}}})
-    assert response.status_code == 201, response.text
-    return response.json()
+    return prepared(api_client, response)
 
 
 def test_register_synthetic(synthetic: dict) -> None:
@@ -189,8 +190,7 @@ def text_tabular(api_client: TestClient) -> dict:
     tabular = rng.normal(size=(n, 5)) + labels[:, None]
     response = api_client.post("/v1/datasets", files={"file": ("notes.npz", _npz(
         text=text, vocab=vocab, tabular=tabular, label=labels))})
-    assert response.status_code == 201, response.text
-    return response.json()
+    return prepared(api_client, response)
 
 
 def test_upload_text_and_tabular_without_image(api_client: TestClient,
@@ -222,8 +222,7 @@ def test_upload_waveform_audio_preview(api_client: TestClient) -> None:
         size=(60, 2000))
     response = api_client.post("/v1/datasets", files={"file": ("waves.npz", _npz(
         audio=audio.astype(np.float32), label=labels))})
-    assert response.status_code == 201, response.text
-    ds = response.json()
+    ds = prepared(api_client, response)
     url = f"/v1/datasets/{ds['id']}/preview"
     body = api_client.post(url, json={"method": "mixup", "n": 3}).json()
     assert body["ops"] == {"audio": "mixup"}
@@ -233,8 +232,6 @@ def test_upload_waveform_audio_preview(api_client: TestClient) -> None:
 
 
 @pytest.mark.parametrize(("arrays", "field", "words"), [
-    ({"text": -np.ones((60, 4), int), "label": np.arange(60) % 3}, "text", "negative"),
-    ({"tabular": np.full((60, 2), np.nan), "label": np.arange(60) % 3}, "tabular", "NaN"),
     ({"tabular": np.ones((60, 2)), "audio": np.ones((59, 8)), "label": np.arange(60) % 3},
      "tabular", "60 samples but audio has 59"),
     ({"label": np.arange(60) % 3}, "image", "missing"),
@@ -246,3 +243,14 @@ def test_multimodal_upload_rejections(api_client: TestClient, arrays: dict, fiel
     error = response.json()["detail"][0]
     assert error["loc"] == ["body", "file", field]
     assert error["msg"].startswith(f"{field}:") and words in error["msg"]
+
+
+@pytest.mark.parametrize(("arrays", "field", "words"), [
+    ({"text": -np.ones((60, 4), int), "label": np.arange(60) % 3}, "text", "negative"),
+    ({"tabular": np.full((60, 2), np.nan), "label": np.arange(60) % 3}, "tabular", "NaN"),
+])
+def test_multimodal_value_problems_fail_the_preparation(api_client: TestClient, arrays: dict,
+                                                        field: str, words: str) -> None:
+    response = api_client.post("/v1/datasets", files={"file": ("bad.npz", _npz(**arrays))})
+    ds = prepared(api_client, response, status="failed")
+    assert ds["errors"][0]["field"] == field and words in ds["errors"][0]["message"]

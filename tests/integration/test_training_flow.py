@@ -15,7 +15,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def digits(stack) -> dict:  # type: ignore[no-untyped-def]
     with MixlabClient(stack.base_url) as mx:
-        return mx.create_builtin_dataset("digits", name="digits", label_noise=0.2, seed=1)
+        created = mx.create_builtin_dataset("digits", name="digits", label_noise=0.2, seed=1)
+        return mx.wait_for_dataset(created["id"], timeout=120)
 
 
 def test_register_preview_train_metrics_checkpoint(client: MixlabClient, digits: dict) -> None:
@@ -142,7 +143,8 @@ def test_dataset_in_use_cannot_be_deleted(client: MixlabClient, digits: dict) ->
 
 
 def test_experiment_delete_frees_its_dataset(client: MixlabClient) -> None:
-    ds = client.create_builtin_dataset("digits", name="short-lived")
+    ds = client.wait_for_dataset(client.create_builtin_dataset("digits", name="short-lived")
+                                 ["id"], timeout=120)
     created = client.create_experiment({"dataset_id": ds["id"], "training": {"epochs": 300}})
     run_id = created["run_ids"][0]
     live = client.http.delete(f"/v1/experiments/{created['experiment_id']}")
@@ -167,6 +169,7 @@ def test_multimodal_experiment_end_to_end(client: MixlabClient) -> None:
     ds = client.create_builtin_dataset("synthetic", name="mm", num_samples=300, image_size=8,
                                        text_length=8, audio_bins=8, audio_frames=8,
                                        tabular_features=4)
+    ds = client.wait_for_dataset(ds["id"], timeout=120)
     created = client.create_experiment({
         "dataset_id": ds["id"],
         "model": {"kind": "multimodal", "fusion": "attention", "dim": 16, "width": 8,

@@ -9,16 +9,16 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.settings import get_settings
+from tests.integration.helpers import prepared
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("worker")]
 
 
 @pytest.fixture(scope="module")
 def dataset_id(api_client: TestClient) -> str:
     response = api_client.post("/v1/datasets", json={
         "name": "digits", "source": {"kind": "builtin", "name": "digits"}})
-    assert response.status_code == 201, response.text
-    return str(response.json()["id"])
+    return str(prepared(api_client, response)["id"])
 
 
 def _counts(api_client: TestClient) -> tuple[int, int]:
@@ -127,12 +127,9 @@ def _artifact_datasets() -> set[str]:
     (_npz(image=_images()), "label", "missing"),
     (_npz(image=_images(), label=_labels(59)), "label", "59 entries"),
     (_npz(image=_images(), label=np.array([{"a": 1}] * 60, dtype=object)), "label", "object"),
-    (_npz(image=np.full((60, 4, 4), np.nan, dtype=np.float32), label=_labels()), "image", "NaN"),
     (_npz(image=np.zeros((60, 9, 4, 4), np.uint8), label=_labels()), "image", "channels"),
     (_npz(image=np.zeros((60, 4), np.uint8), label=_labels()), "image", "shape"),
-    (_npz(image=_images(), label=np.zeros(60, int)), "label", "2 classes"),
     (_npz(image=_images(), label=_labels(), extra=np.zeros(3)), "extra", "unexpected"),
-    (_npz(image=_images(), label=_labels(), split=np.full(60, 5)), "split", "0 (train)"),
 ])
 def test_upload_rejections(api_client: TestClient, content: bytes, field: str,
                            words: str) -> None:
@@ -144,6 +141,22 @@ def test_upload_rejections(api_client: TestClient, content: bytes, field: str,
     assert error["loc"][:2] == ["body", "file"]
     assert error["msg"].startswith(f"{field}:") and words in error["msg"]
     assert _counts(api_client) == before and _artifact_datasets() == stored
+
+
+@pytest.mark.parametrize(("content", "field", "words"), [
+    (_npz(image=np.full((60, 4, 4), np.nan, dtype=np.float32), label=_labels()), "image", "NaN"),
+    (_npz(image=_images(), label=np.zeros(60, int)), "label", "2 classes"),
+    (_npz(image=_images(), label=_labels(), split=np.full(60, 5)), "split", "0 (train)"),
+])
+def test_value_problems_fail_the_preparation(api_client: TestClient, content: bytes,
+                                             field: str, words: str) -> None:
+    """Only reading the arrays shows these: accepted, then failed, nothing stored."""
+    stored = _artifact_datasets()
+    response = api_client.post("/v1/datasets", files={"file": ("d.npz", content)},
+                               data={"name": "bad"})
+    ds = prepared(api_client, response, status="failed")
+    assert ds["errors"][0]["field"] == field and words in ds["errors"][0]["message"]
+    assert _artifact_datasets() == stored
 
 
 def test_upload_too_large(api_client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -161,8 +174,7 @@ def test_upload_happy_path_and_preview(api_client: TestClient) -> None:
     response = api_client.post("/v1/datasets", files={"file": ("pets.npz",
                                                                 _npz(image=images,
                                                                      label=labels))})
-    assert response.status_code == 201, response.text
-    ds = response.json()
+    ds = prepared(api_client, response)
     assert ds["name"] == "pets" and ds["num_samples"] == 90
     assert ds["modalities"][0] == {"name": "image", "kind": "image", "shape": [3, 10, 12],
                                    "dtype": "float32"}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from app.ml.data import DataValidationError
-from app.ml.data.archive import prepare_archive
+from app.ml.data.archive import prepare_archive, probe_archive
 from app.ml.data.ingest_spec import IngestLimits, IngestSpec, ModalitySpec
 from tests.unit.test_parquet import png, wav
 
@@ -174,3 +174,65 @@ def test_zip_bomb_and_caps(tmp_path: Path) -> None:
     not_archive.write_bytes(b"hello")
     with pytest.raises(DataValidationError, match=r"not a \.zip or \.tar\.gz"):
         prepare_archive(not_archive)
+
+
+def test_multilabel_manifests(tmp_path: Path) -> None:
+    tags = [["cat"], ["cat", "dog"], [], ["dog"]]
+    rows = [{"image": f"imgs/{i}.png", "labels": tags[i % 4]} for i in range(N)]
+    zipped = make_zip(tmp_path / "j.zip", {"manifest.jsonl": as_jsonl(rows), **media()})
+    ds = prepare_archive(zipped, IngestSpec(label="labels"))  # JSON lists: multi-label
+    assert ds.class_names == ["cat", "dog"] and ds.labels.shape == (N, 2)
+    assert ds.labels[:4].tolist() == [[1, 0], [1, 1], [0, 0], [0, 1]]
+    csv_rows = [{"image": r["image"], "labels": "|".join(r["labels"]) or "cat"}
+                for r in rows]
+    path = make_zip(tmp_path / "c.zip", {"manifest.csv": as_csv(csv_rows), **media()})
+    ds = prepare_archive(path, IngestSpec(label="labels", multilabel=True))
+    assert ds.labels[:4].tolist() == [[1, 0], [1, 1], [1, 0], [0, 1]]
+    plain = prepare_archive(path, IngestSpec(label="labels"))  # "cat|dog" is one class
+    assert plain.class_names == ["cat", "cat|dog", "dog"]
+
+
+def test_probe_reads_the_directory_and_manifest_only(tmp_path: Path) -> None:
+    rows = manifest_rows()
+    files = media()
+    files["imgs/3.png"] = b"broken"  # found only when the image is decoded
+    path = make_zip(tmp_path / "d.zip", {"manifest.csv": as_csv(rows), **files})
+    spec = probe_archive(path)
+    assert spec is not None and spec.modalities["image"].column == "image"
+    with pytest.raises(DataValidationError, match="unreadable image at manifest row 4"):
+        prepare_archive(path)
+    rows[2]["image"] = "imgs/a.png"
+    rows[4]["audio"] = "../../x.wav"
+    path = make_zip(tmp_path / "e.zip", {"manifest.csv": as_csv(rows), **media()})
+    with pytest.raises(DataValidationError) as info:
+        probe_archive(path)
+    assert "missing file imgs/a.png at manifest row 3" in str(info.value)
+    assert "audio: path leaves the archive at manifest row 5" in str(info.value)
+    for bad, words in (({"../x.png": b"1"}, "traversal"), ({"loose.png": png(0)}, "layout"),
+                       ({"manifest.csv": b"image,y\na.png,1\n", "a.png": png(0)},
+                        "no label column")):
+        with pytest.raises(DataValidationError, match=words):
+            probe_archive(make_zip(tmp_path / "bad.zip", bad))
+
+
+def test_probe_of_a_tar_checks_its_header_only(tmp_path: Path) -> None:
+    tar = make_tar(tmp_path / "t.tar.gz", {"loose.png": png(0)})  # a bad layout...
+    assert probe_archive(tar) is None  # ...that only the full read finds
+    with pytest.raises(DataValidationError, match="layout"):
+        prepare_archive(tar)
+    garbage = tmp_path / "g.tgz"
+    garbage.write_bytes(b"\x1f\x8b nope")
+    with pytest.raises(DataValidationError, match=r"not a \.zip or \.tar\.gz"):
+        probe_archive(garbage)
+
+
+def test_progress_reports_unpacking_and_reading(tmp_path: Path) -> None:
+    path = make_tar(tmp_path / "d.tar.gz", {"manifest.jsonl": as_jsonl(manifest_rows()),
+                                            **media()})
+    seen: list[tuple[str, float]] = []
+    prepare_archive(path, limits=IngestLimits(batch_size=5),
+                    progress=lambda stage, done: seen.append((stage, done)))
+    stages = [s for s, _ in seen]
+    assert stages[0] == "unpacking" and stages[-1] == "finishing"
+    reading = [d for s, d in seen if s == "reading"]
+    assert len(reading) == 5 and reading == sorted(reading) and reading[-1] == 1.0

@@ -194,3 +194,102 @@ def test_brier_is_zero_for_certain_correct_predictions_and_two_for_certain_wrong
     wrong = F.one_hot((labels + 1) % 3, 3).float() * 100
     assert classification_metrics(right, labels)["brier"].item() == pytest.approx(0.0, abs=1e-6)
     assert classification_metrics(wrong, labels)["brier"].item() == pytest.approx(2.0, abs=1e-6)
+
+
+# ---------------------------------------------------------------------- multilabel
+
+
+def _multilabel_case(seed: int, n: int = 120, k: int = 5, ties: bool = False):
+    g = torch.Generator().manual_seed(seed)
+    targets = (torch.rand(n, k, generator=g) < 0.35).to(torch.uint8)
+    targets[:, -1] = 0  # one class with no positive sample
+    logits = torch.randn(n, k, generator=g) + 1.5 * (2.0 * targets.float() - 1.0)
+    if ties:  # a coarse grid makes many equal scores
+        logits = logits.round()
+    return logits, targets
+
+
+@pytest.mark.parametrize(("seed", "ties"), [(0, False), (1, True), (2, True), (3, False)])
+def test_average_precision_matches_scikit_learn_ties_included(seed, ties):
+    from sklearn.metrics import average_precision_score
+
+    from app.ml.metrics import average_precision
+
+    logits, targets = _multilabel_case(seed, ties=ties)
+    ap = average_precision(logits, targets)
+    for c in range(targets.shape[1] - 1):
+        expected = average_precision_score(targets[:, c].numpy(), logits[:, c].numpy())
+        assert ap[c].item() == pytest.approx(expected, abs=1e-6), c
+    assert ap[-1].isnan()  # no positive: no AP
+
+
+def test_average_precision_hand_computed():
+    from app.ml.metrics import average_precision
+
+    # ranked: pos, neg, pos, neg -> precision at the positives 1 and 2/3 -> AP = 5/6
+    scores = torch.tensor([[0.9], [0.8], [0.7], [0.1]])
+    targets = torch.tensor([[1], [0], [1], [0]])
+    assert average_precision(scores, targets).item() == pytest.approx(5 / 6)
+    # a tie between a positive and a negative at the top counts as one threshold: P = 1/2
+    tied = torch.tensor([[0.9], [0.9], [0.1]])
+    assert average_precision(tied, torch.tensor([[1], [0], [0]])).item() == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_multilabel_metrics_agree_with_scikit_learn(seed):
+    from sklearn.metrics import average_precision_score, f1_score, multilabel_confusion_matrix
+
+    from app.ml.metrics import multilabel_counts, multilabel_metrics
+
+    logits, targets = _multilabel_case(seed)
+    m = multilabel_metrics(logits, targets)
+    assert set(m) == {"loss", "map", "f1_micro", "f1_macro", "subset_acc", "ece", "brier"}
+    assert all(v.dim() == 0 for v in m.values())
+    y, predicted = targets.numpy(), (logits.sigmoid() >= 0.5).numpy().astype(int)
+    for average in ("micro", "macro"):
+        expected = f1_score(y, predicted, average=average, zero_division=0)
+        assert m[f"f1_{average}"].item() == pytest.approx(expected, abs=1e-6)
+    assert multilabel_counts(logits, targets).tolist() == \
+        multilabel_confusion_matrix(y, predicted).tolist()
+    # mAP: the mean over the classes that have a positive sample
+    aps = [average_precision_score(y[:, c], logits[:, c].numpy()) for c in range(y.shape[1] - 1)]
+    assert m["map"].item() == pytest.approx(np.mean(aps), abs=1e-6)
+    expected_nll = F.binary_cross_entropy_with_logits(logits, targets.float(),
+                                                      reduction="sum") / len(y)
+    assert m["loss"].item() == pytest.approx(expected_nll.item(), rel=1e-5)
+    probs = logits.sigmoid().numpy()
+    assert m["brier"].item() == pytest.approx(((probs - y) ** 2).sum(1).mean(), abs=1e-6)
+    assert m["subset_acc"].item() == pytest.approx((predicted == y).all(1).mean())
+    binary = np.stack([1 - probs.reshape(-1), probs.reshape(-1)], axis=1)
+    assert m["ece"].item() == pytest.approx(ece_reference(binary, y.reshape(-1)), abs=1e-5)
+
+
+def test_multilabel_map_without_any_positive_is_zero_and_perfect_scores_are_one():
+    from app.ml.metrics import multilabel_metrics
+
+    targets = torch.tensor([[1, 0], [0, 1], [1, 1], [0, 0]], dtype=torch.uint8)
+    perfect = multilabel_metrics(20.0 * (2 * targets.float() - 1), targets)
+    assert perfect["map"].item() == 1.0 and perfect["f1_micro"].item() == 1.0
+    assert perfect["subset_acc"].item() == 1.0 and perfect["loss"].item() < 1e-6
+    none = multilabel_metrics(torch.randn(4, 2), torch.zeros(4, 2, dtype=torch.uint8))
+    assert none["map"].item() == 0.0
+
+
+def test_multilabel_report_per_class_matches_the_metrics():
+    from app.ml.metrics import multilabel_metrics, multilabel_report
+
+    logits, targets = _multilabel_case(4)
+    names = [f"tag{i}" for i in range(targets.shape[1])]
+    report = multilabel_report(logits, targets, names)
+    assert report["task"] == "multilabel" and report["class_names"] == names
+    assert report["confusion_matrix"] is None and report["threshold"] == 0.5
+    rows = report["per_class"]
+    assert [r["class"] for r in rows] == names
+    assert [r["support"] for r in rows] == targets.sum(0).tolist()
+    assert rows[-1]["ap"] is None  # no positive
+    m = multilabel_metrics(logits, targets)
+    assert np.mean([r["ap"] for r in rows[:-1]]) == pytest.approx(m["map"].item(), abs=1e-6)
+    assert np.mean([r["f1"] for r in rows]) == pytest.approx(m["f1_macro"].item(), abs=1e-6)
+    for row, counts in zip(rows, report["class_confusion"], strict=True):
+        (tn, fp), (fn, tp) = counts
+        assert tn + fp + fn + tp == len(targets) and tp + fn == row["support"]

@@ -256,3 +256,100 @@ def test_model_spec_rejects_bad_values():
         ModelSpec(kind="multimodal", modality_dropout=1.0)
     with pytest.raises(ValueError, match="kind"):
         ModelSpec(kind="rnn")
+
+
+# ------------------------------------------- missing modalities under mixing
+
+
+def _pair_mixed(lam: float, ops: dict[str, str] | None = None,
+                layer: int | None = None) -> Mixed:
+    """Samples 0 and 1 swapped with each other, the rest unmixed."""
+    index = torch.arange(N)
+    index[0], index[1] = 1, 0
+    lam_t = torch.ones(N)
+    lam_t[:2] = lam
+    return Mixed(inputs={}, targets=torch.zeros(N, K), lam=lam_t, index=index,
+                 ops=dict(ops or {}), layer=layer)
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_inputs_mixed_with_a_partner_that_has_the_modality_count_as_having_it(fusion):
+    torch.manual_seed(0)
+    model = _model(fusion).eval()
+    x = _inputs()
+    present = {"image": torch.tensor([False] + [True] * (N - 1))}  # sample 0 lacks image
+    x["image"][0] = 0.0  # as the trainer zeroes it
+    mixed_image = dict(x, image=x["image"] + 3.0 * torch.randn_like(x["image"]))
+    ops = {m: "mixup" for m in x}
+    # sample 0 was mixed with 1, who has an image: the mixed image reaches sample 0
+    a = model(x, _pair_mixed(0.6, ops), present)
+    b = model(mixed_image, _pair_mixed(0.6, ops), present)
+    assert not torch.allclose(a[0], b[0])
+    # unless images were not mixed (left out of ops), or sample 0 kept all of itself
+    no_image = {m: op for m, op in ops.items() if m != "image"}
+    torch.testing.assert_close(model(x, _pair_mixed(0.6, no_image), present)[0],
+                               model(mixed_image, _pair_mixed(0.6, no_image), present)[0])
+    torch.testing.assert_close(model(x, _pair_mixed(1.0, ops), present)[0],
+                               model(mixed_image, _pair_mixed(1.0, ops), present)[0])
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_manifold_layer_0_never_mixes_an_absent_input_into_its_partner(fusion):
+    torch.manual_seed(0)
+    model = _model(fusion).eval()
+    x = _inputs()
+    present = {"audio": torch.tensor([False] + [True] * (N - 1))}  # sample 0 lacks audio
+    other = dict(x, audio=x["audio"].clone())
+    other["audio"][0] = 1e3 * torch.randn_like(other["audio"][0])  # whatever it stores
+    mixed = _pair_mixed(0.5, layer=0)
+    torch.testing.assert_close(model(x, mixed, present), model(other, mixed, present))
+
+
+def test_tabular_encoder_mixes_category_embeddings():
+    torch.manual_seed(0)
+    enc = TabularEncoder(4, DIM, categorical=[1, 3], cardinalities=[5, 3],
+                         name="tab").eval()
+    x = torch.tensor([[0.5, 1.0, -1.0, 2.0], [1.5, 4.0, 0.3, 0.0],
+                      [0.1, 2.0, 0.2, 1.0], [-0.4, 3.0, 1.1, 2.0]])
+    mixed = _pair_mixed(0.3, ops={"tab": "mixup"})
+    mixed.lam, mixed.index = mixed.lam[:4], mixed.index[:4]
+    lam = mixed.lam[:, None]
+
+    def embedded(rows: torch.Tensor) -> list[torch.Tensor]:
+        return [enc.embeds[0](rows[:, 1].long()), enc.embeds[1](rows[:, 3].long())]
+
+    own, partner = embedded(x), embedded(x[mixed.index])
+    parts = [x[:, [0, 2]]] + [lam * a + (1 - lam) * b for a, b in zip(own, partner,
+                                                                        strict=True)]
+    torch.testing.assert_close(enc(x, mixed), enc.mlp(torch.cat(parts, dim=1)))
+    # a mix that did not touch this modality leaves its codes alone
+    elsewhere = _pair_mixed(0.3, ops={"image": "mixup"})
+    elsewhere.lam, elsewhere.index = mixed.lam, mixed.index
+    torch.testing.assert_close(enc(x, elsewhere), enc(x))
+    # manifold layer 0 mixes the numbers here too
+    at_inputs = _pair_mixed(0.3, layer=0)
+    at_inputs.lam, at_inputs.index = mixed.lam, mixed.index
+    numbers = lam * x[:, [0, 2]] + (1 - lam) * x[mixed.index][:, [0, 2]]
+    torch.testing.assert_close(enc(x, at_inputs),
+                               enc.mlp(torch.cat([numbers, *parts[1:]], dim=1)))
+
+
+def test_tabular_encoder_rejects_bad_columns():
+    with pytest.raises(ValueError, match="distinct indices"):
+        TabularEncoder(3, DIM, categorical=[3], cardinalities=[2])
+    with pytest.raises(ValueError, match="same length"):
+        TabularEncoder(3, DIM, categorical=[1], cardinalities=[])
+
+
+def test_multilabel_late_fusion_averages_logits():
+    torch.manual_seed(0)
+    head = build_fusion("late", ["a", "b"], DIM, K, multilabel=True).eval()
+    feats, present = _feats(["a", "b"]), torch.ones(N, 2, dtype=torch.bool)
+    present[0, 1] = False
+    h = head.represent(feats, present)
+    per_head = torch.stack([hd(h[:, i]) for i, hd in enumerate(head.heads)], dim=1)
+    w = head.weights(present)
+    torch.testing.assert_close(head.classify(h, present), (w[..., None] * per_head).sum(1))
+    torch.testing.assert_close(head.classify(h, present)[0], per_head[0, 0])
+    single = build_fusion("late", ["a", "b"], DIM, K).eval()
+    assert (single(feats, present) <= 0).all()  # log-probabilities: never above 0

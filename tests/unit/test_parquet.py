@@ -1,4 +1,4 @@
-"""Parquet ingestion: modalities by spec or inferred, streaming, precise errors."""
+"""Parquet ingestion: modalities by spec or inferred, multi-label, streaming, precise errors."""
 
 import io
 import wave
@@ -9,11 +9,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image
 
 from app.ml.data import DataValidationError
 from app.ml.data.ingest_spec import IngestLimits, IngestSpec, ModalitySpec
-from app.ml.data.parquet import prepare_parquet
+from app.ml.data.parquet import (
+    BATCH_BYTES,
+    batch_rows,
+    open_parquet,
+    prepare_parquet,
+    probe_parquet,
+)
 from app.ml.data.prepared import from_bytes, to_bytes
 from app.schemas.ingest import IngestSpecIn
 
@@ -164,7 +171,10 @@ def test_error_list_is_capped(tmp_path: Path) -> None:
     (lambda c: c.update(split=["train"] * (N - 1) + ["holdout"]), "split", "unknown split"),
     (lambda c: c.update(label=list(range(N))), "label", "too many classes: 30"),
     (lambda c: c.update(label=[0] * N), "label", "at least 2 classes"),
-    (lambda c: c.update(label=[[i % 3] for i in range(N)]), "label", "multi-label"),
+    (lambda c: c.update(label=[[i % 3] for i in range(N - 1)] + [None]), "label",
+     "missing at row 29"),
+    (lambda c: c.update(label=[float(i % 3) + 0.5 for i in range(N)]), "label",
+     "0.5 at row 0 is not a class"),
     (lambda c: c.update(age=[None, *c["age"][1:]]), "age", "missing or non-finite value at "
                                                            "row 0"),
     (lambda c: c.update(img=["a/b.png"] * N), "img", "holds text"),
@@ -184,7 +194,9 @@ def test_spec_and_file_mismatches(tmp_path: Path) -> None:
     cols = columns()
     del cols["label"]
     assert "no label column" in _fails(tmp_path, cols).reason
-    assert "multi" in _fails(tmp_path, columns(), IngestSpec(multilabel=True)).reason
+    cols = columns()
+    cols["label"] = [[0.5, 1.5]] * N
+    assert "lists of integers or strings" in _fails(tmp_path, cols).reason
 
 
 def test_row_cap_and_not_parquet(tmp_path: Path) -> None:
@@ -218,10 +230,10 @@ def test_pydantic_spec_builds_the_dataclass() -> None:
     out = spec.to_spec()
     assert out.modalities["photo"].size == (8, 6)
     assert out.modalities["tabular"].categorical == ("city",)
+    assert IngestSpecIn.model_validate({"multilabel": True}).to_spec().multilabel
     for bad in ({"modalities": {"label": {"kind": "text", "column": "c"}}},
                 {"modalities": {"x": {"kind": "video", "column": "c"}}},
-                {"modalities": {"x": {"kind": "tabular"}}},
-                {"multilabel": True}, {"extra": 1}):
+                {"modalities": {"x": {"kind": "tabular"}}}, {"extra": 1}):
         with pytest.raises(ValueError):
             IngestSpecIn.model_validate(bad)
 
@@ -235,3 +247,129 @@ def test_flac_audio_via_soundfile(tmp_path: Path) -> None:
     assert ds.modality_kinds == {"a": "audio"}
     audio = ds.inputs["a"]
     assert audio.shape == (N, 8000) and abs(float(audio[0, 0]) - 0.25) < 1e-3
+
+
+def _same(a: Any, b: Any) -> None:
+    assert a.class_names == b.class_names and a.modality_kinds == b.modality_kinds
+    assert a.inputs.keys() == b.inputs.keys()
+    for k in a.inputs:
+        assert torch.equal(a.inputs[k], b.inputs[k]), k
+    assert torch.equal(a.labels, b.labels) and torch.equal(a.split, b.split)
+    assert a.provenance["vocab"] == b.provenance["vocab"]
+    assert a.provenance["tabular"] == b.provenance["tabular"]
+
+
+@pytest.mark.parametrize("spec", [SPEC, None])
+def test_row_groups_and_batches_do_not_change_the_result(tmp_path: Path,
+                                                         spec: IngestSpec | None) -> None:
+    cols = columns(60)
+    one = prepare_parquet(write(tmp_path, cols, "one.parquet"), spec)
+    many = prepare_parquet(write(tmp_path, cols, "many.parquet", row_group_size=7), spec,
+                           IngestLimits(batch_size=5))
+    assert pq.ParquetFile(tmp_path / "many.parquet").num_row_groups == 9
+    _same(one, many)
+
+
+def test_multilabel_list_column(tmp_path: Path) -> None:
+    tags = [["cat"], ["dog", "cat"], [], ["bird", "dog"]]
+    cols = {"img": [png(i) for i in range(N)],
+            "label": [tags[i % 4] for i in range(N)]}
+    ds = prepare_parquet(write(tmp_path, cols))
+    assert ds.class_names == ["bird", "cat", "dog"]
+    assert ds.labels.dtype == torch.uint8 and ds.labels.shape == (N, 3)
+    expected = torch.tensor([[0, 1, 0], [0, 1, 1], [0, 0, 0], [1, 0, 1]], dtype=torch.uint8)
+    assert torch.equal(ds.labels, expected.repeat(N // 4 + 1, 1)[:N])
+    assert torch.equal(ds.clean_labels, ds.labels)
+    assert all((ds.split == s).any() for s in range(3))  # stratified by rarest label
+    assert ds.provenance["multilabel"] is True
+
+
+def test_multilabel_text_with_separator_and_integer_lists(tmp_path: Path) -> None:
+    cols = {"img": [png(i) for i in range(N)],
+            "label": [["a|b", "b", "c|a"][i % 3] for i in range(N)]}
+    path = write(tmp_path, cols)
+    single = prepare_parquet(path)  # without multilabel, "a|b" is one class
+    assert single.class_names == ["a|b", "b", "c|a"] and single.labels.dim() == 1
+    ds = prepare_parquet(path, IngestSpec(multilabel=True))
+    assert ds.class_names == ["a", "b", "c"]
+    assert ds.labels[:3].tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 1]]
+    ints = prepare_parquet(write(tmp_path, {"img": cols["img"],
+                                            "label": [[10, 9], [2]] * (N // 2)}, "i.parquet"))
+    assert ints.class_names == ["2", "9", "10"]  # integers sort as numbers
+    assert ints.labels[:2].tolist() == [[0, 1, 1], [1, 0, 0]]
+
+
+def test_integer_strings_are_classes_in_numeric_order(tmp_path: Path) -> None:
+    cols = {"img": [png(i) for i in range(N)], "label": [["10", "9", "2"][i % 3]
+                                                          for i in range(N)]}
+    ds = prepare_parquet(write(tmp_path, cols))
+    assert ds.class_names == ["2", "9", "10"]
+    assert ds.labels[:3].tolist() == [2, 1, 0]
+
+
+def test_probe_reads_the_footer_not_the_data(tmp_path: Path) -> None:
+    cols = columns()
+    cols["img"] = [b"not an image"] * N  # found only when the images are decoded
+    path = write(tmp_path, cols)
+    assert probe_parquet(path, SPEC).modalities["photo"].column == "img"
+    with pytest.raises(DataValidationError, match="unreadable image"):
+        prepare_parquet(path, SPEC)
+    inferred = probe_parquet(write(tmp_path, columns(), "ok.parquet"))
+    assert {m.kind for m in inferred.modalities.values()} == {"image", "text", "audio",
+                                                               "tabular"}
+    assert inferred.split == "split"
+    with pytest.raises(DataValidationError, match="no such column"):
+        probe_parquet(path, IngestSpec(modalities={"x": ModalitySpec(kind="text",
+                                                                     column="nope")}))
+    big = IngestSpec(modalities={"x": ModalitySpec(kind="image", column="img",
+                                                   size=(600, 600))})
+    with pytest.raises(DataValidationError, match="each side must be 1 to 512"):
+        probe_parquet(path, big)
+
+
+def test_large_rows_make_smaller_batches(tmp_path: Path) -> None:
+    limits = IngestLimits(batch_size=1024)
+    small = open_parquet(write(tmp_path, {"x": list(range(100)), "label": [0] * 100},
+                               "s.parquet"), limits)
+    assert batch_rows(small, ["x", "label"], limits) == 1024
+    blob = b"\x01" * (BATCH_BYTES // 8)
+    big = open_parquet(write(tmp_path, {"x": [blob] * 20, "label": [0] * 20}, "b.parquet",
+                             use_dictionary=False), limits)
+    assert 4 <= batch_rows(big, ["x", "label"], limits) <= 8
+
+
+_MEMORY_PROBE = """
+import sys
+import pyarrow as pa
+from pathlib import Path
+from app.ml.data.ingest_spec import IngestLimits
+from app.ml.data.parquet import prepare_parquet
+ds = prepare_parquet(Path(sys.argv[1]), limits=IngestLimits(batch_size=32))
+print(pa.default_memory_pool().max_memory(), ds.inputs["img"].shape[0])
+"""
+
+
+def test_reading_streams_within_a_row_group(tmp_path: Path) -> None:
+    """One row group of ~10 MB of images read 32 rows at a time: Arrow holds a few
+    pages and a batch, never the whole column chunk."""
+    import subprocess
+    import sys
+
+    n = 800
+    rng = np.random.default_rng(0)
+    images = []
+    for _ in range(n):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "PNG")
+        images.append(buf.getvalue())
+    path = write(tmp_path, {"img": images, "label": [i % 2 for i in range(n)]},
+                 row_group_size=n, use_dictionary=False, data_page_size=256 * 1024,
+                 write_batch_size=16)
+    size = path.stat().st_size
+    assert pq.ParquetFile(path).num_row_groups == 1 and size > 8 * 1024**2
+    done = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(path)], check=True,
+                          capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[2])
+    peak, rows = (int(x) for x in done.stdout.split())
+    assert rows == n
+    assert peak < size / 3, f"Arrow peaked at {peak} bytes for a {size}-byte file"

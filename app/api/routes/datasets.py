@@ -14,7 +14,13 @@ from app.api.deps import BaseUrlDep, SessionDep, SettingsDep, StoreDep
 from app.db.models import Dataset
 from app.ml.data.ingest_spec import IngestSpec
 from app.schemas.common import Page
-from app.schemas.datasets import DatasetCreate, DatasetOut, PreviewOut, PreviewRequest
+from app.schemas.datasets import (
+    DatasetCreate,
+    DatasetOut,
+    PreviewOut,
+    PreviewRequest,
+    UriSource,
+)
 from app.schemas.ingest import IngestSpecIn
 from app.services import datasets as service
 from app.services import previews
@@ -42,12 +48,24 @@ _UPLOAD_SCHEMA = {
 
 
 def to_out(dataset: Dataset) -> DatasetOut:
-    s = dataset.summary
-    return DatasetOut(id=dataset.id, name=dataset.name, status=dataset.status,
-                      source=dataset.source, num_samples=s["num_samples"],
-                      modalities=s["modalities"], classes=s["classes"],
-                      split_sizes=s["split_sizes"], noisy_train_labels=s["noisy_train_labels"],
-                      size_bytes=dataset.size_bytes, created_at=dataset.created_at)
+    """The reply; what only a prepared dataset has (its summary) is null until ready."""
+    s = dataset.summary or {}
+    stage = (dataset.stage or "queued") if dataset.status == "preparing" else None
+    return DatasetOut.model_validate({
+        "id": dataset.id, "name": dataset.name, "status": dataset.status,
+        "source": dataset.source, "progress": dataset.progress, "stage": stage,
+        "errors": dataset.errors, "error_count": dataset.error_count,
+        "num_samples": s.get("num_samples"),
+        "multilabel": bool(s.get("multilabel")) if s else None,
+        "modalities": s.get("modalities"), "classes": s.get("classes"),
+        "split_sizes": s.get("split_sizes"), "noisy_train_labels": s.get("noisy_train_labels"),
+        "size_bytes": dataset.size_bytes, "created_at": dataset.created_at,
+        "started_at": dataset.started_at, "finished_at": dataset.finished_at})
+
+
+def _accepted(dataset: Dataset, response: Response) -> DatasetOut:
+    response.headers["Location"] = f"/v1/datasets/{dataset.id}"
+    return to_out(dataset)
 
 
 def _body_errors(exc: ValidationError, prefix: tuple[str, ...] = ("body",)) -> list[Any]:
@@ -81,17 +99,21 @@ async def _save_upload(upload: UploadFile, limit: int, folder: Path,
 
 
 @router.post(
-    "", status_code=201, response_model=DatasetOut,
-    summary="Register a dataset: a built-in (JSON) or a file upload (multipart)",
+    "", status_code=202, response_model=DatasetOut,
+    summary="Register a dataset: a built-in or a URI (JSON), or a file upload (multipart); "
+            "it is prepared by a worker: poll it until ready",
     openapi_extra={"requestBody": {"required": True, "content": {
         "application/json": {"schema": {"$ref": "#/components/schemas/DatasetCreate"},
                              "example": DatasetCreate.model_config["json_schema_extra"]
                              ["examples"][0]},  # type: ignore[index]
         "multipart/form-data": {"schema": _UPLOAD_SCHEMA}}}},
-    responses={422: {"description": "Invalid spec or data; `loc` names the field"}},
+    responses={202: {"description": "Queued for preparation (status preparing); "
+                                    "`Location` is the dataset to poll"},
+               422: {"description": "Invalid request, spec or file (what can be known "
+                                    "before preparing it); `loc` names the field"}},
 )
-async def create_dataset(request: Request, session: SessionDep, store: StoreDep,
-                         settings: SettingsDep) -> DatasetOut:
+async def create_dataset(request: Request, response: Response, session: SessionDep,
+                         store: StoreDep, settings: SettingsDep) -> DatasetOut:
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         declared = int(request.headers.get("content-length") or 0)
@@ -111,20 +133,23 @@ async def create_dataset(request: Request, session: SessionDep, store: StoreDep,
         folder = Path(tempfile.mkdtemp(prefix="mixlab-upload-"))
         try:
             path = await _save_upload(upload, settings.max_upload_bytes, folder, filename)
-            dataset = await run_in_threadpool(service.create_from_upload, session, store,
+            dataset = await run_in_threadpool(service.submit_upload, session, store,
                                               settings, name, path, filename, spec)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-        return to_out(dataset)
+        return _accepted(dataset, response)
     if not content_type.startswith("application/json"):
         raise FieldError(("header", "content-type"),
-                         "use application/json (built-in) or multipart/form-data (upload)")
+                         "use application/json (built-in or URI) or multipart/form-data "
+                         "(upload)")
     try:
-        spec = DatasetCreate.model_validate_json(await request.body())
+        body = DatasetCreate.model_validate_json(await request.body())
     except ValidationError as exc:
         raise RequestValidationError(_body_errors(exc)) from exc
-    dataset = await run_in_threadpool(service.create_builtin, session, store, spec)
-    return to_out(dataset)
+    submit = service.submit_uri if isinstance(body.source, UriSource) else \
+        service.submit_builtin
+    dataset = await run_in_threadpool(submit, session, settings, body)
+    return _accepted(dataset, response)
 
 
 @router.get("", response_model=Page[DatasetOut], summary="List datasets, newest first")
@@ -140,6 +165,7 @@ def get_dataset(dataset_id: uuid.UUID, session: SessionDep) -> DatasetOut:
 
 
 @router.delete("/{dataset_id}", status_code=204,
+               summary="Remove a dataset and its files; one still preparing is cancelled",
                responses={409: {"description": "An experiment uses the dataset"}})
 def delete_dataset(dataset_id: uuid.UUID, session: SessionDep, store: StoreDep) -> Response:
     service.delete(session, store, dataset_id)
@@ -148,10 +174,11 @@ def delete_dataset(dataset_id: uuid.UUID, session: SessionDep, store: StoreDep) 
 
 @router.post("/{dataset_id}/preview", response_model=PreviewOut,
              summary="Mix samples of every modality under an augmentation spec "
-                     "(seeded, reproducible)")
+                     "(seeded, reproducible)",
+             responses={409: {"description": "The dataset is not ready"}})
 def create_preview(dataset_id: uuid.UUID, spec: PreviewRequest, session: SessionDep,
                    store: StoreDep, base: BaseUrlDep) -> PreviewOut:
-    data = service.load_prepared(store, service.get(session, dataset_id))
+    data = service.load_prepared(store, service.require_ready(service.get(session, dataset_id)))
     batch = previews.compute(data, spec)
     return previews.describe(dataset_id, data, spec, batch, base)
 
@@ -160,7 +187,8 @@ def create_preview(dataset_id: uuid.UUID, spec: PreviewRequest, session: Session
             summary="PNG of a preview, one modality: images A | B | mixed (cutmix box "
                     "outlined), audio spectrograms, text tokens coloured by source, tabular "
                     "values",
-            responses={200: {"content": {"image/png": {}}}})
+            responses={200: {"content": {"image/png": {}}},
+                       409: {"description": "The dataset is not ready"}})
 def preview_png(dataset_id: uuid.UUID, request: Request, session: SessionDep,
                 store: StoreDep,
                 sample: Annotated[int | None, Query(ge=0, le=63)] = None,
@@ -175,7 +203,7 @@ def preview_png(dataset_id: uuid.UUID, request: Request, session: SessionDep,
         raise RequestValidationError(_body_errors(exc, ("query",))) from exc
     if sample is not None and sample >= spec.n:
         raise FieldError(("query", "sample"), f"sample must be below n ({spec.n})")
-    data = service.load_prepared(store, service.get(session, dataset_id))
+    data = service.load_prepared(store, service.require_ready(service.get(session, dataset_id)))
     chosen = previews.check_modality(data, modality)
     batch = previews.compute(data, spec, where="query")
     return Response(previews.render(data, batch, sample, chosen), media_type="image/png")

@@ -86,7 +86,8 @@ def run_checkpoint(run_id: uuid.UUID, session: SessionDep, store: StoreDep) -> R
 
 
 @router.get("/{run_id}/evaluation", response_model=EvaluationOut, response_model_by_alias=True,
-            summary="The test split's confusion matrix and per-class scores",
+            summary="The test split's per-class scores, with the confusion matrix "
+                    "(classification) or per-class AP and counts (multilabel)",
             responses={404: {"description": "Unknown run, or it has not succeeded"}})
 def run_evaluation(run_id: uuid.UUID, session: SessionDep, store: StoreDep) -> EvaluationOut:
     run = service.get(session, run_id)

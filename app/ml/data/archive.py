@@ -9,6 +9,14 @@ Two layouts, optionally under one top-level folder:
 - an image folder: ``<class>/<file>``, or ``<split>/<class>/<file>`` with split
   folders train/val/test.
 
+Multi-label manifests: a JSON list in ``manifest.jsonl`` (``"labels": ["cat",
+"dog"]``) makes the dataset multi-label by itself; in ``manifest.csv`` set
+``multilabel`` in the spec and separate labels with ``|`` (``cat|dog``).
+
+Streaming: members are read one at a time, as the manifest rows (or folder
+files) come, in chunks of ``batch_size`` rows, into a ``TableBuilder``; only the
+manifest's text rows are held whole.
+
 Every member is checked before anything is read: no absolute paths, no ``..``,
 only regular files and folders (no symlinks, hard links or devices), at most
 ``max_files`` files, ``max_member_bytes`` per member and ``max_total_bytes``
@@ -33,11 +41,20 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from app.ml.data.columns import is_list
 from app.ml.data.errors import DataValidationError
-from app.ml.data.ingest_spec import IngestLimits, IngestSpec, ModalitySpec
+from app.ml.data.ingest_spec import IngestLimits, IngestSpec, ModalitySpec, ProgressFn
+from app.ml.data.issues import Issues
 from app.ml.data.media import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS
-from app.ml.data.parquet import SKIP, TableBuilder, check_columns, modality_name
 from app.ml.data.prepared import PreparedDataset
+from app.ml.data.table import (
+    SKIP,
+    TableBuilder,
+    check_columns,
+    check_spec,
+    modality_name,
+    needed_columns,
+)
 
 MANIFESTS = ("manifest.csv", "manifest.jsonl")
 _SPLIT_DIRS = {"train", "training", "val", "valid", "validation", "test", "testing"}
@@ -86,10 +103,18 @@ class _Caps:
                         f"(limit {lim.max_ratio:.0f}x): zip bomb?")
 
 
+def _is_tar(path: Path) -> bool:
+    try:
+        return tarfile.is_tarfile(path)
+    except (tarfile.TarError, EOFError, OSError):  # e.g. a truncated gzip stream
+        return False
+
+
 @contextmanager
-def _open_archive(path: Path, limits: IngestLimits) -> Iterator[
-        tuple[list[str], Callable[[str], bytes]]]:
-    """Validated file names and a reader for them."""
+def _open_archive(path: Path, limits: IngestLimits, progress: ProgressFn | None = None,
+                  ) -> Iterator[tuple[list[str], Callable[[str], bytes]]]:
+    """Validated file names and a reader for them. A tar.gz is unpacked first (it
+    cannot be read out of order), to a temporary folder on disk."""
     caps = _Caps(limits)
     if zipfile.is_zipfile(path):
         try:
@@ -116,14 +141,17 @@ def _open_archive(path: Path, limits: IngestLimits) -> Iterator[
 
             yield list(files), read_zip
         return
-    if not tarfile.is_tarfile(path):
+    if not _is_tar(path):
         raise _fail("not a .zip or .tar.gz archive")
     folder = Path(tempfile.mkdtemp(prefix="mixlab-archive-"))
     try:
         names: list[str] = []
+        packed = path.stat().st_size
         try:
-            with tarfile.open(path, "r:*") as tf:
+            with path.open("rb") as raw, tarfile.open(fileobj=raw, mode="r:*") as tf:
                 for member in tf:
+                    if progress is not None:
+                        progress("unpacking", raw.tell() / max(packed, 1))
                     rel = check_member_name(member.name)
                     if member.issym() or member.islnk():
                         raise _fail(f"archive member {member.name!r}: links are not allowed")
@@ -140,7 +168,6 @@ def _open_archive(path: Path, limits: IngestLimits) -> Iterator[
                     with target.open("wb") as out:
                         shutil.copyfileobj(src, out)
                     names.append(rel)
-                    packed = path.stat().st_size
                     if caps.total >= limits.ratio_min_bytes \
                             and caps.total > limits.max_ratio * packed:
                         raise _fail(f"archive expands more than {limits.max_ratio:.0f}x "
@@ -243,80 +270,130 @@ def _infer_manifest(spec: IngestSpec, columns: list[str],
     return replace(spec, modalities=modalities, split=split)
 
 
-def _build(spec: IngestSpec, rows: list[dict[str, Any]], base: str, files: set[str],
-           read: Callable[[str], bytes], limits: IngestLimits, row_name: str,
-           row_base: int, row_names: list[str] | None = None) -> TableBuilder:
-    builder = TableBuilder(spec, len(rows), limits, row_name=row_name, row_base=row_base,
-                           row_names=row_names)
-    file_cols = {m.column for m in spec.modalities.values() if m.kind in ("image", "audio")}
-    needed = list(dict.fromkeys([spec.label, *([spec.split] if spec.split else []),
-                                 *(c for m in spec.modalities.values()
-                                   for c in m.source_columns())]))
+def _resolve(column: str, values: list[Any], start: int, base: str, files: set[str],
+             issues: Issues) -> list[Any]:
+    """Manifest paths → archive names (None: empty cell; SKIP: reported here)."""
+    out: list[Any] = []
+    for i, rel in enumerate(values):
+        if rel in (None, ""):
+            out.append(None)  # the builder reports "missing image"
+            continue
+        target = posixpath.normpath(posixpath.join(base, str(rel)))
+        if target.startswith("../") or target == ".." or str(rel).startswith("/"):
+            issues.add(column, "path leaves the archive", start + i, str(rel))
+            out.append(SKIP)
+        elif target not in files:
+            issues.add(column, f"missing file {rel}", start + i)
+            out.append(SKIP)
+        else:
+            out.append(target)
+    return out
+
+
+class _Plan:
+    """How an archive is read: the spec, the rows, and how rows are named in errors."""
+
+    def __init__(self, spec: IngestSpec, rows: list[dict[str, Any]], base: str,
+                 row_name: str, row_base: int, layout: str,
+                 row_names: list[str] | None = None) -> None:
+        self.spec, self.rows, self.base, self.layout = spec, rows, base, layout
+        self.row_name, self.row_base, self.row_names = row_name, row_base, row_names
+
+    def file_columns(self) -> list[str]:
+        return list(dict.fromkeys(m.column for m in self.spec.modalities.values()
+                                  if m.kind in ("image", "audio") and m.column))
+
+    def check_files(self, files: set[str], limits: IngestLimits) -> None:
+        """Every referenced member exists and stays inside the archive (names only)."""
+        issues = Issues(limits.max_errors, self.row_name, self.row_base, self.row_names)
+        for col in self.file_columns():
+            _resolve(col, [r.get(col) for r in self.rows], 0, self.base, files, issues)
+        issues.raise_if_any()
+
+
+def _plan(files: list[str], read: Callable[[str], bytes], spec: IngestSpec,
+          limits: IngestLimits) -> _Plan:
+    manifests = [f for f in files if posixpath.basename(f) in MANIFESTS and f.count("/") <= 1]
+    if len(manifests) > 1:
+        raise _fail("archive has more than one manifest: " + ", ".join(manifests))
+    if not manifests:
+        spec, rows = _folder_layout(files, spec)
+        check_spec(spec, limits)
+        return _Plan(spec, rows, "", "file", 1, "folders", [r["file"] for r in rows])
+    manifest = manifests[0]
+    mname = posixpath.basename(manifest)
+    columns, rows = _read_manifest(mname, read(manifest), limits)
+    if spec.label not in columns:
+        raise DataValidationError(spec.label, f"{mname} has no label column "
+                                  f"(columns: {', '.join(columns)})")
+    if any(is_list(r.get(spec.label)) for r in rows):
+        spec = replace(spec, multilabel=True)
+    if not spec.modalities:
+        spec = _infer_manifest(spec, columns, rows)
+    elif spec.split is None and "split" in columns:
+        spec = replace(spec, split="split")
+    check_columns(spec, columns)
+    check_spec(spec, limits)
+    return _Plan(spec, rows, posixpath.dirname(manifest), "manifest row", 1, mname)
+
+
+def _build(plan: _Plan, files: set[str], read: Callable[[str], bytes], limits: IngestLimits,
+           progress: ProgressFn | None) -> TableBuilder:
+    rows = plan.rows
+    builder = TableBuilder(plan.spec, len(rows), limits, row_name=plan.row_name,
+                           row_base=plan.row_base, row_names=plan.row_names,
+                           progress=progress)
+    file_cols = set(plan.file_columns())
+    needed = needed_columns(plan.spec)
     for start in range(0, len(rows), limits.batch_size):
         chunk = rows[start:start + limits.batch_size]
         columns: dict[str, list[Any]] = {}
         for col in needed:
             values = [r.get(col) for r in chunk]
             if col in file_cols:
-                resolved: list[Any] = []
-                for i, rel in enumerate(values):
-                    if rel in (None, ""):
-                        resolved.append(None)  # the builder reports "missing image"
-                        continue
-                    target = posixpath.normpath(posixpath.join(base, str(rel)))
-                    if target.startswith("../") or target == ".." or str(rel).startswith("/"):
-                        builder.issues.add(col, "path leaves the archive", start + i, str(rel))
-                        resolved.append(SKIP)
-                    elif target not in files:
-                        builder.issues.add(col, f"missing file {rel}", start + i)
-                        resolved.append(SKIP)
-                    else:
-                        resolved.append(read(target))
-                values = resolved
+                values = [read(v) if isinstance(v, str) else v for v in
+                          _resolve(col, values, start, plan.base, files, builder.issues)]
             columns[col] = values
         builder.add(start, columns)
     return builder
 
 
-def prepare_archive(path: Path, spec: IngestSpec | None = None,
-                    limits: IngestLimits | None = None,
-                    original_name: str = "") -> PreparedDataset:
+def probe_archive(path: Path, spec: IngestSpec | None = None,
+                  limits: IngestLimits | None = None) -> IngestSpec | None:
+    """Refuse what a zip's directory and manifest show is wrong (unsafe members,
+    caps, layout, columns, missing files) without reading a member's data; the spec
+    it would use. A tar.gz has no directory: only its header is checked (None)."""
     limits = limits or IngestLimits()
     spec = spec or IngestSpec()
-    fmt = "zip" if zipfile.is_zipfile(path) else "tar"
+    if not zipfile.is_zipfile(path):
+        if not _is_tar(path):
+            raise _fail("not a .zip or .tar.gz archive")
+        return None
     with _open_archive(path, limits) as (all_files, read):
         files = [f for f in all_files if not _hidden(f)]
         if not files:
             raise _fail("archive has no files")
-        manifests = [f for f in files if posixpath.basename(f) in MANIFESTS
-                     and f.count("/") <= 1]
-        provenance: dict[str, Any] = {"upload": original_name or path.name,
-                                      "format": fmt}
-        if len(manifests) > 1:
-            raise _fail("archive has more than one manifest: " + ", ".join(manifests))
-        if manifests:
-            manifest = manifests[0]
-            base = posixpath.dirname(manifest)
-            mname = posixpath.basename(manifest)
-            columns, rows = _read_manifest(mname, read(manifest), limits)
-            if spec.label not in columns:
-                raise DataValidationError(spec.label, f"{mname} has no label column "
-                                          f"(columns: {', '.join(columns)})")
-            if not spec.modalities:
-                spec = _infer_manifest(spec, columns, rows)
-            elif spec.split is None and "split" in columns:
-                spec = replace(spec, split="split")
-            check_columns(spec, columns)
-            builder = _build(spec, rows, base, set(files), read, limits,
-                             "manifest row", 1)
-            provenance["layout"] = mname
-        else:
-            spec, rows = _folder_layout(files, spec)
-            builder = _build(spec, rows, "", set(files), read, limits, "file", 1,
-                             [r["file"] for r in rows])
-            provenance["layout"] = "folders"
-        provenance["modalities"] = {k: {"kind": m.kind, "columns": list(m.source_columns())}
-                                    for k, m in spec.modalities.items()}
+        plan = _plan(files, read, spec, limits)
+        plan.check_files(set(files), limits)
+        return plan.spec
+
+
+def prepare_archive(path: Path, spec: IngestSpec | None = None,
+                    limits: IngestLimits | None = None, original_name: str = "",
+                    progress: ProgressFn | None = None) -> PreparedDataset:
+    limits = limits or IngestLimits()
+    spec = spec or IngestSpec()
+    fmt = "zip" if zipfile.is_zipfile(path) else "tar"
+    with _open_archive(path, limits, progress) as (all_files, read):
+        files = [f for f in all_files if not _hidden(f)]
+        if not files:
+            raise _fail("archive has no files")
+        plan = _plan(files, read, spec, limits)
+        builder = _build(plan, set(files), read, limits, progress)
+        provenance: dict[str, Any] = {
+            "upload": original_name or path.name, "format": fmt, "layout": plan.layout,
+            "modalities": {k: {"kind": m.kind, "columns": list(m.source_columns())}
+                           for k, m in plan.spec.modalities.items()}}
         return builder.finish(provenance)
 
 

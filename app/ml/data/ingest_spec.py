@@ -3,13 +3,26 @@
 Framework-free dataclasses: ``app.schemas.ingest`` validates what a user posts
 and builds these; a notebook can build them directly. ``IngestLimits`` caps
 what one upload may unpack to.
+
+A preparer reports how far it got through an optional ``ProgressFn``: it is
+called with a stage (``unpacking``, ``reading``, ``finishing``) and the share of
+that stage done, between chunks, never per sample. The callback may raise
+``PreparationStopped`` to stop the preparation (a cancelled job).
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 ModalityKind = Literal["image", "text", "audio", "tabular"]
 RESERVED_NAMES = ("label", "label_clean", "split")
+MULTILABEL_SEPARATOR = "|"  # multi-label cells given as text: "cat|dog"
+
+ProgressFn = Callable[[str, float], None]
+
+
+class PreparationStopped(Exception):
+    """Raised by a ``ProgressFn`` to stop a preparation (its job was cancelled)."""
 
 
 @dataclass(frozen=True)
@@ -41,7 +54,22 @@ class IngestSpec:
     modalities: dict[str, ModalitySpec] = field(default_factory=dict)  # empty = infer
     label: str = "label"
     split: str | None = None  # None = use a "split" column if present, else stratify
+    # labels are lists (a Parquet list column, a JSON list) or "a|b" text; list
+    # columns and JSON lists turn it on by themselves
     multilabel: bool = False
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "IngestSpec":
+        """The inverse of ``dataclasses.asdict`` (how a job's spec is stored as JSON)."""
+        mods = {}
+        for name, m in data.get("modalities", {}).items():
+            m = dict(m)
+            for key in ("size", "columns", "categorical"):
+                if key in m:
+                    m[key] = tuple(m[key])
+            mods[name] = ModalitySpec(**m)
+        return cls(modalities=mods, label=data.get("label", "label"), split=data.get("split"),
+                   multilabel=bool(data.get("multilabel", False)))
 
 
 @dataclass(frozen=True)

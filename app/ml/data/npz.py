@@ -12,6 +12,12 @@ Then ``label`` (N,) integers or strings; optional ``split`` (N,) of 0/1/2 or
 train/val/test; optional ``class_names`` (K,) strings, in which case ``label``
 holds indices into it. Loaded with ``allow_pickle=False``; every problem is a
 ``DataValidationError`` naming the array.
+
+A 2-D ``label`` (N, K) of 0/1 (bool, integer or float) makes the dataset
+multi-label: row i marks the classes sample i has; ``class_names`` (K,) names
+the columns (default "0" … "K-1"). A row of zeros is allowed — the sample has
+none of the classes, which multi-label data (tags) legitimately contains.
+Without a ``split`` array the split is stratified by each sample's rarest class.
 """
 
 import zipfile
@@ -210,14 +216,50 @@ def _image(arr: np.ndarray, limits: NpzLimits) -> torch.Tensor:
     return torch.from_numpy(arr.astype(np.uint8))
 
 
+def _multilabel(arrays: dict[str, np.ndarray],
+                limits: NpzLimits) -> tuple[np.ndarray, list[str]]:
+    """Multi-hot (N, K) uint8 from a 2-D 0/1 ``label`` array, and the class names."""
+    label = arrays["label"]
+    k = label.shape[1]
+    if label.dtype.kind not in "biuf":
+        raise DataValidationError("label", f"dtype {label.dtype} is not 0/1 (multi-label "
+                                  "rows are bool, integer or float 0/1)")
+    bad = (label != 0) & (label != 1)  # NaN is neither
+    if bad.any():
+        row, col = (int(x) for x in np.argwhere(bad)[0])
+        raise DataValidationError("label", f"multi-label rows must hold only 0 and 1; "
+                                  f"sample {row}, class {col} is {label[row, col].item()!r}")
+    if "class_names" in arrays:
+        names = arrays["class_names"]
+        if names.ndim != 1 or names.dtype.kind != "U":
+            raise DataValidationError("class_names", "expected a 1-D array of strings")
+        if len(names) != k:
+            raise DataValidationError("class_names", f"has {len(names)} names but label has "
+                                      f"{k} columns")
+        if len(set(names.tolist())) != k:
+            raise DataValidationError("class_names", "names must be distinct")
+        class_names = [str(x) for x in names]
+    else:
+        class_names = [str(i) for i in range(k)]
+    if k < 2:
+        raise DataValidationError("label", "needs at least 2 classes (columns)")
+    if k > limits.max_classes:
+        raise DataValidationError("label", f"{k} classes is over the limit of "
+                                  f"{limits.max_classes}")
+    return label.astype(np.uint8), class_names
+
+
 def _labels(arrays: dict[str, np.ndarray], n: int, limits: NpzLimits,
             reference: str = "image") -> tuple[np.ndarray, list[str]]:
     label = arrays["label"]
-    if label.ndim != 1:
-        raise DataValidationError("label", f"expected shape (N,), got {label.shape}")
+    if label.ndim not in (1, 2):
+        raise DataValidationError("label", f"expected shape (N,) of classes or (N, K) of "
+                                  f"0/1 for multi-label data, got {label.shape}")
     if len(label) != n:
         raise DataValidationError("label", f"has {len(label)} entries but {reference} has "
                                   f"{n} samples")
+    if label.ndim == 2:
+        return _multilabel(arrays, limits)
     if "class_names" in arrays:
         names = arrays["class_names"]
         if names.ndim != 1 or names.dtype.kind != "U":
@@ -240,9 +282,21 @@ def _labels(arrays: dict[str, np.ndarray], n: int, limits: NpzLimits,
     return codes.astype(np.int64), class_names
 
 
+def rarest_class(multi_hot: np.ndarray) -> np.ndarray:
+    """Per sample, its rarest class over the dataset (K for an empty row): the
+    stratum that keeps rare classes in every split of multi-label data."""
+    k = multi_hot.shape[1]
+    frequency = multi_hot.sum(axis=0).astype(np.float64)
+    # absent classes rank after every present one; ties go to the lower index
+    cost = np.where(multi_hot > 0, frequency[None], np.inf)
+    rarest = cost.argmin(axis=1)
+    return np.where(multi_hot.any(axis=1), rarest, k)
+
+
 def _split(arrays: dict[str, np.ndarray], labels: np.ndarray) -> np.ndarray:
     if "split" not in arrays:
-        split = stratified_split(labels, seed=0)
+        strata = rarest_class(labels) if labels.ndim == 2 else labels
+        split = stratified_split(strata, seed=0)
         field, hint = "label", "too few samples per class to make train/val/test splits"
     else:
         raw = arrays["split"]

@@ -4,6 +4,12 @@ One safetensors blob: a tensor per modality (first dim = sample), ``label``
 (as trained on, possibly noisy), ``label_clean`` and ``split`` (0 train, 1 val,
 2 test); class names and provenance travel in the safetensors metadata as JSON.
 Workers only ever read this form, never a user's original file.
+
+Labels are class indices (N,) int64 for single-label data, or multi-hot rows
+(N, K) uint8, K = len(class_names), for multi-label data (``multilabel``).
+A modality that some samples lack has ``present.<modality>``, an (N,) bool mask;
+no mask means every sample has it (blobs written before masks existed load so).
+The values stored for a missing sample are zeros and carry no meaning.
 """
 
 import json
@@ -17,6 +23,7 @@ from safetensors.torch import save as st_save
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 _RESERVED = {"label", "label_clean", "split"}
+PRESENT_PREFIX = "present."
 
 
 @dataclass
@@ -28,16 +35,24 @@ class PreparedDataset:
     class_names: list[str]
     modality_kinds: dict[str, str]
     provenance: dict[str, Any] = field(default_factory=dict)
+    # modality -> (N,) bool, True where the sample has it; absent key: all present
+    present: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @classmethod
     def from_arrays(cls, inputs: dict[str, torch.Tensor], labels: np.ndarray,
                     split: np.ndarray, class_names: list[str],
-                    provenance: dict[str, Any]) -> "PreparedDataset":
+                    provenance: dict[str, Any],
+                    present: dict[str, torch.Tensor] | None = None) -> "PreparedDataset":
         """A dataset whose labels are clean, modalities named after their kind."""
         return cls(inputs=inputs, labels=torch.from_numpy(labels),
                    clean_labels=torch.from_numpy(labels.copy()),
                    split=torch.from_numpy(split), class_names=class_names,
-                   modality_kinds={name: name for name in inputs}, provenance=provenance)
+                   modality_kinds={name: name for name in inputs}, provenance=provenance,
+                   present=dict(present or {}))
+
+    @property
+    def multilabel(self) -> bool:
+        return self.labels.dim() == 2
 
     @property
     def num_classes(self) -> int:
@@ -50,6 +65,21 @@ class PreparedDataset:
     def split_indices(self, name: str) -> torch.Tensor:
         return torch.nonzero(self.split == SPLITS.index(name), as_tuple=False).squeeze(1)
 
+    def presence(self, modality: str) -> torch.Tensor:
+        """(N,) bool: which samples have ``modality``."""
+        mask = self.present.get(modality)
+        if mask is None:
+            return torch.ones(self.num_samples, dtype=torch.bool)
+        return mask.bool()
+
+    def label_name(self, index: int) -> str:
+        """The class name of sample ``index``; for multi-label data its classes
+        joined with "+" ("(none)" for an empty set)."""
+        if not self.multilabel:
+            return self.class_names[int(self.labels[index])]
+        chosen = torch.nonzero(self.labels[index], as_tuple=False).flatten().tolist()
+        return "+".join(self.class_names[k] for k in chosen) or "(none)"
+
     def value_range(self, modality: str) -> tuple[float, float]:
         t = self.inputs[modality]
         if t.dtype == torch.uint8:
@@ -57,14 +87,13 @@ class PreparedDataset:
         return float(t.min()), float(t.max())
 
     def summary(self) -> dict[str, Any]:
-        """JSON-ready description: modalities, classes with counts, split sizes."""
-        counts = {
-            s: torch.bincount(self.labels[self.split_indices(s)],
-                              minlength=self.num_classes).tolist()
-            for s in SPLITS
-        }
+        """JSON-ready description: modalities (with missing counts where some
+        samples lack one), classes with counts (multi-label: positives per
+        class), split sizes."""
+        counts = {s: self._class_counts(self.split_indices(s)) for s in SPLITS}
         train = self.split_indices("train")
-        noisy = int((self.labels[train] != self.clean_labels[train]).sum())
+        wrong = self.labels[train] != self.clean_labels[train]
+        noisy = int(wrong.any(dim=1).sum() if self.multilabel else wrong.sum())
         # a text vocabulary can be long: the summary gives its size, not its words
         provenance = {k: v for k, v in self.provenance.items() if k != "vocab"}
         vocab = self.provenance.get("vocab")
@@ -77,6 +106,11 @@ class PreparedDataset:
                                      "dtype": str(v.dtype).removeprefix("torch.")}
             if self.modality_kinds[k] == "text" and isinstance(vocab, list):
                 entry["vocab_size"] = len(vocab)
+            if k in self.present:
+                absent = ~self.present[k].bool()
+                entry["missing"] = int(absent.sum())
+                entry["missing_split_counts"] = {
+                    s: int(absent[self.split_indices(s)].sum()) for s in SPLITS}
             modalities.append(entry)
         return {
             "num_samples": self.num_samples,
@@ -88,14 +122,25 @@ class PreparedDataset:
             ],
             "split_sizes": {s: int((self.split == i).sum()) for i, s in enumerate(SPLITS)},
             "noisy_train_labels": noisy,
+            "multilabel": self.multilabel,
             "provenance": provenance,
         }
+
+    def _class_counts(self, rows: torch.Tensor) -> list[int]:
+        labels = self.labels[rows]
+        if self.multilabel:
+            return labels.long().sum(dim=0).tolist()
+        return torch.bincount(labels, minlength=self.num_classes).tolist()
 
 
 def to_bytes(ds: PreparedDataset) -> bytes:
     tensors = {k: v.contiguous() for k, v in ds.inputs.items()}
     tensors.update(label=ds.labels.contiguous(), label_clean=ds.clean_labels.contiguous(),
                    split=ds.split.contiguous())
+    for name, mask in ds.present.items():
+        if name not in ds.inputs:
+            raise ValueError(f"presence mask for {name!r}, which is not a modality")
+        tensors[PRESENT_PREFIX + name] = mask.bool().contiguous()
     meta = {"class_names": ds.class_names, "modality_kinds": ds.modality_kinds,
             "provenance": ds.provenance, "format": "mixlab.prepared/1"}
     return st_save(tensors, metadata={"mixlab": json.dumps(meta)})
@@ -111,12 +156,16 @@ def from_bytes(blob: bytes) -> PreparedDataset:
     tensors = st_load(blob)
     meta = json.loads(_header_metadata(blob)["mixlab"])
     kinds = dict(meta["modality_kinds"])
+    masks = {k for k in tensors
+             if k.startswith(PRESENT_PREFIX) and k.removeprefix(PRESENT_PREFIX) in kinds}
     # safetensors sorts tensors by name: restore the modalities' own order
     names = [k for k in kinds if k in tensors] + sorted(
-        k for k in tensors if k not in _RESERVED and k not in kinds)
+        k for k in tensors if k not in _RESERVED and k not in kinds and k not in masks)
     inputs = {k: tensors[k] for k in names}
+    present = {k.removeprefix(PRESENT_PREFIX): tensors[k] for k in sorted(masks)}
     return PreparedDataset(inputs=inputs, labels=tensors["label"],
                            clean_labels=tensors["label_clean"], split=tensors["split"],
                            class_names=list(meta["class_names"]),
                            modality_kinds=kinds,
-                           provenance=dict(meta.get("provenance", {})))
+                           provenance=dict(meta.get("provenance", {})),
+                           present=present)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from app.ml.mixing import Mixed, embedding_mixup
+from app.ml.mixing.ops import interpolate
 from app.ml.mixing.text import PAD_ID
 from app.ml.models.cnn import conv_blocks
 
@@ -216,13 +217,26 @@ class AudioEncoder(nn.Module):
 class TabularEncoder(nn.Module):
     """Features (N, D) → (N, dim): an MLP. Columns listed in ``categorical``
     hold integer codes (0 … cardinality-1) and get an embedding each (codes out
-    of range are clamped); the rest are used as numbers."""
+    of range are clamped); the rest are used as numbers.
+
+    Mixing: a code cannot be interpolated, its embedding can. Mixing one-hot
+    codes and then embedding them is λ·E[a] + (1−λ)·E[b], so that is what
+    ``forward(x, mixed)`` does for the categorical columns when ``name`` was
+    mixed at the input (``name in mixed.ops``; the columns must then hold each
+    sample's *own* codes, which the trainer restores after ``mix``) or at
+    manifold layer 0 (where the numeric columns are interpolated here too).
+    """
 
     def __init__(self, num_features: int, dim: int, hidden: int | None = None,
                  categorical: list[int] | None = None, cardinalities: list[int] | None = None,
-                 embed_dim: int = 8, dropout: float = 0.0) -> None:
+                 embed_dim: int = 8, dropout: float = 0.0, name: str = "tabular") -> None:
         super().__init__()
+        self.name = name
         self.categorical = list(categorical or [])
+        if any(not 0 <= c < num_features for c in self.categorical) \
+                or len(set(self.categorical)) != len(self.categorical):
+            raise ValueError(f"categorical columns must be distinct indices in "
+                             f"0..{num_features - 1}")
         if len(self.categorical) != len(cardinalities or []):
             raise ValueError("categorical columns and cardinalities must have the same length")
         self.cardinalities = list(cardinalities or [])
@@ -235,8 +249,19 @@ class TabularEncoder(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(dropout),
                                  nn.Linear(hidden, dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        parts = [x.index_select(1, self.numeric_idx).float()] if self.numeric else []
+    def forward(self, x: torch.Tensor, mixed: Mixed | None = None) -> torch.Tensor:
+        at_inputs = mixed is not None and mixed.layer == 0
+        mix_codes = mixed is not None and (at_inputs or self.name in mixed.ops)
+        lam, index = (mixed.lam, mixed.index) if mixed is not None else (None, None)
+        parts = []
+        if self.numeric:
+            numeric = x.index_select(1, self.numeric_idx).float()
+            if at_inputs:
+                numeric = interpolate(numeric, numeric[index], lam)
+            parts.append(numeric)
         for col, card, emb in zip(self.categorical, self.cardinalities, self.embeds, strict=True):
-            parts.append(emb(x[:, col].round().long().clamp(0, card - 1)))
+            e = emb(x[:, col].round().long().clamp(0, card - 1))
+            if mix_codes:
+                e = interpolate(e, e[index], lam)
+            parts.append(e)
         return self.mlp(torch.cat(parts, dim=1))

@@ -58,11 +58,17 @@ class EarlyFusion(Fusion):
 class LateFusion(Fusion):
     """A classifier per modality; the output is a learnable softmax-weighted
     average of the per-modality log-probabilities over the present modalities.
-    The representation is the per-modality hidden layer, (N, M, dim)."""
+    The representation is the per-modality hidden layer, (N, M, dim).
+
+    ``multilabel``: each class is its own yes/no question, so the heads' logits
+    (log-odds) are averaged instead — the normalised geometric pooling of the
+    per-modality Bernoulli distributions, as averaging log-probabilities is for
+    one categorical distribution."""
 
     def __init__(self, modalities: list[str], dim: int, num_classes: int,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, multilabel: bool = False) -> None:
         super().__init__(modalities)
+        self.multilabel = multilabel
         self.hidden = nn.ModuleList(nn.Sequential(nn.Linear(dim, dim), nn.ReLU(),
                                                   nn.Dropout(dropout)) for _ in modalities)
         self.heads = nn.ModuleList(nn.Linear(dim, num_classes) for _ in modalities)
@@ -79,7 +85,10 @@ class LateFusion(Fusion):
         return scores.softmax(dim=1)
 
     def classify(self, h, present):
-        logp = torch.stack([F.log_softmax(head(h[:, i]), dim=-1)
+        def score(z: torch.Tensor) -> torch.Tensor:
+            return z if self.multilabel else F.log_softmax(z, dim=-1)
+
+        logp = torch.stack([score(head(h[:, i]))
                             for i, head in enumerate(self.heads)], dim=1)  # (N, M, K)
         w = self.weights(present).to(logp.dtype)
         return (w.unsqueeze(-1) * logp).sum(dim=1)
@@ -172,11 +181,13 @@ class GatedFusion(Fusion):
 
 def build_fusion(kind: str, modalities: list[str], dim: int, num_classes: int, *,
                  heads: int = 4, layers: int = 1, rank: int = 4,
-                 dropout: float = 0.0) -> Fusion:
+                 dropout: float = 0.0, multilabel: bool = False) -> Fusion:
+    """The fusion head ``kind``; ``multilabel`` heads output independent
+    per-class logits (only ``late`` fusion, which pools probabilities, differs)."""
     if kind == "early":
         return EarlyFusion(modalities, dim, num_classes, dropout)
     if kind == "late":
-        return LateFusion(modalities, dim, num_classes, dropout)
+        return LateFusion(modalities, dim, num_classes, dropout, multilabel)
     if kind == "attention":
         return AttentionFusion(modalities, dim, num_classes, heads, layers, dropout)
     if kind == "tensor":

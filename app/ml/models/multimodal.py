@@ -22,9 +22,22 @@ from app.ml.models.spec import ModelSpec
 MIXING_LAYERS = 2
 
 
-def _union(present: torch.Tensor, mixed: Mixed) -> torch.Tensor:
-    """Presence after mixing features: a mixed sample has what either partner has."""
-    return present | (present[mixed.index] & (mixed.lam < 1.0)[:, None])
+def _union(present: torch.Tensor, mixed: Mixed,
+           columns: list[bool] | None = None) -> torch.Tensor:
+    """Presence after mixing: a mixed sample has what either partner has (of the
+    modalities ``columns`` marks, when given: those that were mixed)."""
+    if columns is not None and not any(columns):
+        return present
+    gained = present[mixed.index] & (mixed.lam < 1.0)[:, None]
+    for i, was_mixed in enumerate(columns or ()):
+        if not was_mixed:  # plain column writes: no index tensor to copy to the device
+            gained[:, i] = False
+    return present | gained
+
+
+def _zero_absent(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``x`` with absent samples' values set to 0 (padding, for token ids)."""
+    return x * keep.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
 
 
 class MultimodalModel(nn.Module):
@@ -38,9 +51,18 @@ class MultimodalModel(nn.Module):
     probability, never all of them.
 
     Manifold mixup layers (``mixed.layer``): 0 = the inputs (float inputs
-    interpolated, text mixed at its embeddings), 1 = the encoders' features,
-    2 = the fused representation before the classifier. Text listed in
-    ``mixed.deferred`` is mixed by its encoder (embedding mixup).
+    interpolated, text and categorical tabular columns mixed at their
+    embeddings), 1 = the encoders' features, 2 = the fused representation
+    before the classifier. Text listed in ``mixed.deferred`` is mixed by its
+    encoder (embedding mixup), and so are the categorical columns of a tabular
+    modality that ``mix`` mixed.
+
+    Missing modalities under mixing: a mixed sample has a modality when either
+    partner has it (and the partner's weight is > 0). At manifold layers the
+    absent side enters as zeros (inputs zeroed, features zeroed); for inputs
+    mixed by ``mix`` the caller must have zeroed absent samples' (normalised)
+    values before mixing, as ``app.ml.train`` does, so that what a missing
+    modality stores never reaches a partner.
     """
 
     def __init__(self, encoders: Mapping[str, nn.Module], kinds: Mapping[str, str],
@@ -88,6 +110,11 @@ class MultimodalModel(nn.Module):
         rescue = torch.zeros_like(present).scatter_(1, pick[:, None], True)
         return torch.where(lost_all[:, None], rescue & present, kept)
 
+    def mixed_columns(self, mixed: Mixed) -> list[bool]:
+        """Per modality: did ``mix`` mix it at the input?"""
+        done = set(mixed.ops) | set(mixed.deferred)
+        return [m in done for m in self.modalities]
+
     def encode(self, inputs: Mapping[str, torch.Tensor], mixed: Mixed | None,
                n: int, device: torch.device) -> dict[str, torch.Tensor]:
         layer = mixed.layer if mixed is not None else None
@@ -97,7 +124,7 @@ class MultimodalModel(nn.Module):
             if m not in inputs:
                 continue
             x = inputs[m]
-            if isinstance(encoder, TextEncoder):
+            if isinstance(encoder, TextEncoder | TabularEncoder):
                 feats[m] = encoder(x, mixed)
             else:
                 if layer == 0 and x.is_floating_point():
@@ -119,8 +146,14 @@ class MultimodalModel(nn.Module):
             raise ValueError(f"inputs have none of the model's modalities {self.modalities}")
         n, device = given[0].shape[0], given[0].device
         mask = self.presence(inputs, present, n, device)
+        if mixed is not None and layer is None:
+            mask = _union(mask, mixed, self.mixed_columns(mixed))
         if self.training and self.modality_dropout > 0:
             mask = self.drop_modalities(mask)
+        if layer == 0:
+            inputs = {m: _zero_absent(x, mask[:, self.modalities.index(m)])
+                      if m in self.encoders else x for m, x in inputs.items()}
+            mask = _union(mask, mixed)  # type: ignore[arg-type]
         feats = self.encode(inputs, mixed, n, device)
         feats = {m: feats[m] * mask[:, i:i + 1].to(feats[m].dtype)
                  for i, m in enumerate(self.modalities)}
@@ -145,7 +178,10 @@ def _kind(name: str, kinds: Mapping[str, str] | None) -> str:
 
 
 def build_encoder(spec: ModelSpec, name: str, kind: str, shape: tuple[int, ...],
-                  vocab_size: int | None = None) -> nn.Module:
+                  vocab_size: int | None = None,
+                  categorical: Mapping[int, int] | None = None) -> nn.Module:
+    """The encoder of modality ``name``; ``categorical`` (tabular) maps column
+    index to its number of codes."""
     if kind == "image":
         return ImageEncoder(shape[0], spec.dim, (shape[1], shape[2]), spec.image_encoder,
                             spec.width, spec.depth)
@@ -161,21 +197,28 @@ def build_encoder(spec: ModelSpec, name: str, kind: str, shape: tuple[int, ...],
     if kind == "audio":
         return AudioEncoder(shape, spec.dim, spec.width, spec.depth)
     if kind == "tabular":
-        return TabularEncoder(shape[0], spec.dim, dropout=spec.dropout)
+        columns = dict(categorical or {})
+        return TabularEncoder(shape[0], spec.dim, categorical=list(columns),
+                              cardinalities=list(columns.values()), dropout=spec.dropout,
+                              name=name)
     raise ValueError(f"unknown modality kind {kind!r} for {name!r}")
 
 
 def build_model(spec: ModelSpec,
                 input_shape: tuple[int, ...] | Mapping[str, tuple[int, ...]],
                 num_classes: int, *, kinds: Mapping[str, str] | None = None,
-                vocab_sizes: Mapping[str, int] | None = None) -> nn.Module:
+                vocab_sizes: Mapping[str, int] | None = None,
+                categorical: Mapping[str, Mapping[int, int]] | None = None,
+                multilabel: bool = False) -> nn.Module:
     """The model ``spec`` describes.
 
     ``cnn``: ``input_shape`` is the image's per-sample (C, H, W) (or a mapping of
     modality to shape, from which the image modality is taken).
     ``multimodal``: ``input_shape`` maps modality name to its per-sample shape;
     ``kinds`` maps it to its kind (default: from the name); text modalities
-    need ``vocab_sizes`` (largest id + 1).
+    need ``vocab_sizes`` (largest id + 1); ``categorical`` maps a tabular
+    modality to {column: number of codes} for the columns holding category
+    codes; ``multilabel`` asks for independent per-class logits.
     """
     if spec.kind == "cnn":
         if isinstance(input_shape, Mapping):
@@ -190,10 +233,10 @@ def build_model(spec: ModelSpec,
     if not isinstance(input_shape, Mapping) or not input_shape:
         raise ValueError("a multimodal model needs a mapping of modality to input shape")
     encoders = {m: build_encoder(spec, m, _kind(m, kinds), tuple(shape),
-                                 (vocab_sizes or {}).get(m))
+                                 (vocab_sizes or {}).get(m), (categorical or {}).get(m))
                 for m, shape in input_shape.items()}
     fusion = build_fusion(spec.fusion, list(encoders), spec.dim, num_classes,
                           heads=spec.heads, layers=spec.layers, rank=spec.rank,
-                          dropout=spec.dropout)
+                          dropout=spec.dropout, multilabel=multilabel)
     return MultimodalModel(encoders, {m: _kind(m, kinds) for m in encoders}, fusion, spec.dim,
                            spec.modality_dropout)

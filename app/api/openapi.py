@@ -1,0 +1,40 @@
+"""Finishing touches on the generated OpenAPI schema, which is the API's contract.
+
+FastAPI documents what each route declares; the errors every route can give
+(an unknown id, the database being down) come from the exception handlers in
+``app.api.errors``, so they are added here once instead of on every route.
+"""
+
+from typing import Any
+
+from app.schemas.datasets import DatasetCreate
+
+_ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
+_ERROR_SCHEMA = {"title": "ErrorOut", "type": "object", "required": ["detail"],
+                 "properties": {"detail": {"title": "Detail", "type": "string"}}}
+
+
+def add_dataset_create(schema: dict[str, Any]) -> None:
+    """The dataset route reads its body by content type, so FastAPI does not see
+    DatasetCreate; add it (and what it references) to the components."""
+    defs = DatasetCreate.model_json_schema(ref_template="#/components/schemas/{model}")
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components.update(defs.pop("$defs", {}))
+    components["DatasetCreate"] = defs
+
+
+def add_common_errors(schema: dict[str, Any]) -> None:
+    """404 on every operation that names an object by id, 503 on every /v1
+    operation (the database or broker is unavailable), one error body shape."""
+    schema.setdefault("components", {}).setdefault("schemas", {})["ErrorOut"] = _ERROR_SCHEMA
+    for path, operations in schema.get("paths", {}).items():
+        if not path.startswith("/v1/"):
+            continue
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            if "{" in path:
+                responses.setdefault("404", {"description": "No such object",
+                                             "content": _ERROR})
+            responses.setdefault("503", {"description": "Database or broker unavailable; "
+                                                        "retry after `Retry-After` seconds",
+                                         "content": _ERROR})

@@ -1,0 +1,396 @@
+"""The retrieval task: CLIP-style contrastive training of two towers, recall@K.
+
+Pairs are the dataset's samples that have both modalities: sample i's
+``query`` modality is matched with its own ``target`` modality, every other
+sample of the batch is a negative.
+Labels play no part in the loss (a retrieval dataset's classes, when it has
+any, say nothing about which caption belongs to which image; same-class pairs
+stay negatives, as in CLIP); the clean labels only feed the ``class_p1_*``
+diagnostics.
+
+Mixing (``mix_spec.method``):
+
+- ``none``: symmetric InfoNCE on the batch.
+- ``mixgen`` (Hao et al. 2022): the registry's ``mixgen`` op (image interpolated
+  with the fixed ``mixgen_lam``, texts concatenated) builds mixed pairs, which
+  **replace** the first quarter (``MIXGEN_SHARE``) of the shuffled batch, as the
+  authors' code overwrites its first M rows, so a step costs what an unmixed
+  one does; each is mixed with a partner drawn from the whole unmixed batch
+  (theirs: row i with row i + M). ``prob`` < 1 skips whole batches (``lam_mode`` ``batch``) or
+  single samples. Needs an image and a text modality.
+- ``m3mix`` (m³-mix, Oh, So et al. NeurIPS 2023): after encoding, each pair's
+  normalised query and target embeddings are mixed along the great circle
+  (``app.ml.mixing.geodesic.slerp``, λ ~ Beta(α, α) by ``lam_mode``) and the
+  mixes m_j serve as hard negatives in a second InfoNCE term, as in the
+  authors' code: query i (and target i) against its own positive and every
+  m_j, j ≠ i (m_i comes from the row's own pair), added to the plain loss
+  times ``m3mix_weight``; gradients flow through the mixes. Samples that
+  ``prob`` leaves unmixed (λ = 1) contribute no mix. From scratch the term
+  slows the start (it pushes still-collapsed towers apart before they align):
+  on AV-MNIST image→audio it trails ``none`` for ~15 epochs and matches it by 25.
+
+Metrics (0-d device tensors until the one host sync per epoch), over the whole
+split as the gallery, ``q2t`` = query→target, ``t2q`` = target→query:
+``r{1,5,10}_{q2t,t2q}`` (share of queries whose own pair ranks in the top K;
+ties count against it, so a collapsed model scores chance, not 1),
+``mean_recall`` (mean of the six, the headline), ``loss`` (symmetric InfoNCE over
+the split), ``class_p1_{q2t,t2q}`` (share of queries whose top-1 item has the
+query's class; for multi-label data, a class in common). Epochs report
+``train_loss``, ``temperature`` and ``val_*``; the end adds ``test_*``,
+``test_mean_recall_{query,target}_noise`` (Gaussian noise of 0.1 train-std on
+that side's float inputs; absent for text) and ``train_time_s``.
+"""
+
+import json
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
+
+import torch
+import torch.nn.functional as F
+
+from app.ml.data.prepared import PreparedDataset
+from app.ml.device import autocast_dtype, describe, resolve_device
+from app.ml.mixing import MixSpec, draw_lam, mix
+from app.ml.mixing.geodesic import slerp
+from app.ml.models import ModelSpec
+from app.ml.models.towers import DualEncoder, build_dual_encoder
+from app.ml.train import (
+    Progress,
+    TrainHooks,
+    TrainResult,
+    TrainSpec,
+    _data_device,
+    _normalizer_for,
+    _state_to_cpu,
+    _vocab_sizes,
+    categorical_columns,
+)
+
+RETRIEVAL_METHODS = ("none", "mixgen", "m3mix")
+KS = (1, 5, 10)
+MIXGEN_SHARE = 0.25
+M3MIX_WEIGHT = 1.0
+NOISE_STD = 0.1
+DIRECTIONS = ("q2t", "t2q")
+
+
+def info_nce(query: torch.Tensor, target: torch.Tensor, scale: torch.Tensor | float,
+             hard: torch.Tensor | None = None, hard_valid: torch.Tensor | None = None,
+             hard_weight: float = 1.0) -> torch.Tensor:
+    """Symmetric InfoNCE of (N, D) unit embeddings whose row i are a pair: the mean
+    of the cross-entropies of ``scale · query @ targetᵀ`` (rows) and of its
+    transpose, the positive on the diagonal.
+
+    With ``hard`` (N, D), m³-mix's term is added, times ``hard_weight``: the same
+    two cross-entropies with the positive kept and every negative of row i
+    replaced by ``hard[j]``, j ≠ i (``hard[i]`` is built from the row's own
+    pair); ``hard_valid`` (N,) bool drops the ``hard`` rows that are False.
+    """
+    q, t = query.float(), target.float()
+    n = q.shape[0]
+    labels = torch.arange(n, device=q.device)
+    logits = scale * q @ t.T
+    loss = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+    if hard is None:
+        return loss
+    h = hard.float()
+    diagonal = torch.eye(n, dtype=torch.bool, device=q.device)
+    dropped = ~diagonal
+    if hard_valid is not None:
+        dropped = dropped & ~hard_valid.bool()[None, :]
+    positive = logits.diagonal()[:, None]
+    hard_terms = []
+    for side in (q, t):
+        against = torch.where(diagonal, positive, scale * side @ h.T)
+        hard_terms.append(F.cross_entropy(against.masked_fill(dropped, float("-inf")), labels))
+    return loss + hard_weight * 0.5 * (hard_terms[0] + hard_terms[1])
+
+
+def positive_ranks(sim: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    """0-based rank of each row's positive (column ``offset + row``) among the
+    row's columns; columns scoring equal to the positive rank ahead of it."""
+    r = torch.arange(sim.shape[0], device=sim.device)
+    pos = sim[r, offset + r]
+    return (sim >= pos[:, None]).sum(dim=1) - 1
+
+
+def recall_at_k(sim: torch.Tensor, ks: tuple[int, ...] = KS) -> dict[int, torch.Tensor]:
+    """Recall@K of a square similarity matrix whose positives are on the diagonal."""
+    ranks = positive_ranks(sim)
+    return {k: (ranks < k).float().mean() for k in ks}
+
+
+def retrieval_metrics(query: torch.Tensor, target: torch.Tensor, *,
+                      scale: torch.Tensor | float | None = None,
+                      labels: torch.Tensor | None = None, ks: tuple[int, ...] = KS,
+                      chunk: int = 1024) -> dict[str, torch.Tensor]:
+    """Both directions' recall@K over (N, D) unit embeddings whose row i are a
+    pair, the similarity matrix built ``chunk`` rows at a time; with ``scale``
+    also the split's InfoNCE ``loss``, with ``labels`` (class indices or multi-hot
+    rows) the ``class_p1_*`` scores."""
+    n = query.shape[0]
+    if n == 0:
+        raise ValueError("retrieval metrics need at least one pair")
+    out: dict[str, torch.Tensor] = {}
+    losses = []
+    for direction, rows_emb, cols_emb in (("q2t", query, target), ("t2q", target, query)):
+        ranks, class_hits, nll = [], [], []
+        for start in range(0, n, chunk):
+            sim = rows_emb[start:start + chunk].float() @ cols_emb.float().T
+            ranks.append(positive_ranks(sim, start))
+            if labels is not None:
+                class_hits.append(_same_class(labels[sim.argmax(dim=1)],
+                                              labels[start:start + chunk]))
+            if scale is not None:
+                r = torch.arange(sim.shape[0], device=sim.device)
+                logits = scale * sim
+                nll.append(torch.logsumexp(logits, dim=1) - logits[r, start + r])
+        rank = torch.cat(ranks)
+        for k in ks:
+            out[f"r{k}_{direction}"] = (rank < k).float().mean()
+        if labels is not None:
+            out[f"class_p1_{direction}"] = torch.cat(class_hits).float().mean()
+        if scale is not None:
+            losses.append(torch.cat(nll).mean())
+    out["mean_recall"] = torch.stack([out[f"r{k}_{d}"] for k in ks for d in DIRECTIONS]).mean()
+    if scale is not None:
+        out["loss"] = 0.5 * (losses[0] + losses[1])
+    return out
+
+
+def mixgen_batch(batch: dict[str, torch.Tensor], labels: torch.Tensor, spec: MixSpec,
+                 generator: torch.Generator, num_classes: int, kinds: dict[str, str],
+                 rows: int) -> dict[str, torch.Tensor]:
+    """The batch with its first ``rows`` pairs replaced by MixGen pairs (the
+    registry's ``mixgen``: each mixed with a partner drawn from the whole,
+    unmixed batch); the other rows are the batch's own."""
+    mixed = mix(batch, labels, spec, generator, num_classes, kinds=kinds)
+    return {m: torch.cat([mixed.inputs[m][:rows], x[rows:]]) for m, x in batch.items()}
+
+
+def _same_class(found: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
+    """Per row: the same class (class indices), or any class in common (multi-hot rows)."""
+    if found.dim() == 2:
+        return (found.bool() & wanted.bool()).any(dim=1)
+    return found == wanted
+
+
+Normalize = Mapping[str, Callable[[torch.Tensor], torch.Tensor]]
+
+
+def _gather(inputs: Mapping[str, torch.Tensor], normalize: Normalize,
+            idx: torch.Tensor | slice, device: torch.device) -> dict[str, torch.Tensor]:
+    """Rows ``idx`` of each modality, on ``device``, normalised."""
+    return {m: normalize[m](x[idx].to(device, non_blocking=True)) for m, x in inputs.items()}
+
+
+@torch.inference_mode()
+def embed_split(model: DualEncoder, inputs: Mapping[str, torch.Tensor], normalize: Normalize,
+                device: torch.device, batch_size: int, amp: torch.dtype | None, *,
+                noise: Mapping[str, float] | None = None,
+                generator: torch.Generator | None = None,
+                codes: Mapping[str, list[int]] | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit embeddings (float32, on ``device``) of a whole split's queries and
+    targets, ``batch_size`` samples at a time; ``noise`` adds Gaussian noise of
+    that std to a modality's normalised float inputs (not to the tabular
+    category-code columns listed in ``codes``)."""
+    model.eval()
+    queries, targets = [], []
+    total = next(iter(inputs.values())).shape[0]
+    for start in range(0, total, batch_size):
+        x = _gather(inputs, normalize, slice(start, start + batch_size), device)
+        for m, std in (noise or {}).items():
+            if std > 0 and x[m].is_floating_point():
+                eps = std * torch.randn(x[m].shape, generator=generator, device=x[m].device,
+                                        dtype=x[m].dtype)
+                if (codes or {}).get(m):
+                    eps[:, codes[m]] = 0.0  # type: ignore[index]
+                x[m] = x[m] + eps
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            q, t = model(x)
+        queries.append(q.float())
+        targets.append(t.float())
+    return torch.cat(queries), torch.cat(targets)
+
+
+def _check(data: PreparedDataset, method: str, spec: TrainSpec, query: str,
+           target: str) -> dict[str, str]:
+    """The two modalities' kinds, after checking the request fits the dataset."""
+    if spec.batch_size < 2:
+        raise ValueError("training.batch_size: retrieval needs at least 2 pairs per batch "
+                         "(the other pairs are the negatives)")
+    available = ", ".join(data.inputs)
+    for field, name in (("query", query), ("target", target)):
+        if name not in data.inputs:
+            raise ValueError(f"retrieval.{field}: {name!r} is not a modality of the dataset "
+                             f"(it has {available})")
+    if query == target:
+        raise ValueError("retrieval.target: must differ from retrieval.query")
+    if method not in RETRIEVAL_METHODS:
+        raise ValueError(f"augmentation.method: the retrieval task supports "
+                         f"{', '.join(RETRIEVAL_METHODS)}, not {method!r}")
+    kinds = {m: data.modality_kinds.get(m, m) for m in (query, target)}
+    if method == "mixgen" and sorted(kinds.values()) != ["image", "text"]:
+        raise ValueError("augmentation.method: mixgen needs an image and a text modality as "
+                         f"query and target (got {kinds[query]} and {kinds[target]})")
+    for split in ("train", "val", "test"):
+        need = 2 if split == "train" else 1
+        if paired_rows(data, split, query, target).numel() < need:
+            raise ValueError(f"dataset: the {split} split needs at least {need} sample(s) "
+                             f"with both {query} and {target} for retrieval")
+    return kinds
+
+
+def paired_rows(data: PreparedDataset, split: str, query: str, target: str) -> torch.Tensor:
+    """Indices of the split's samples that have both modalities: a sample lacking
+    one has no pair to retrieve (its stored values are placeholders)."""
+    rows = data.split_indices(split)
+    both = data.presence(query) & data.presence(target)
+    return rows[both[rows]]
+
+
+def train_retrieval(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixSpec,
+                    spec: TrainSpec, hooks: TrainHooks | None = None, *, query: str,
+                    target: str, m3mix_weight: float = M3MIX_WEIGHT) -> TrainResult:
+    """Train a two-tower retrieval model from ``query`` to ``target`` on ``data``
+    with ``mix_spec.method`` none, mixgen or m3mix (see the module docstring);
+    ``m3mix_weight`` scales m³-mix's hard-negative term.
+
+    Seeded like ``app.ml.train.train``: the global RNG is seeded from
+    ``spec.seed`` inside a forked RNG state.
+    """
+    if not (math.isfinite(m3mix_weight) and m3mix_weight >= 0):
+        raise ValueError("retrieval.m3mix_weight: must be a finite number >= 0")
+    kinds = _check(data, mix_spec.method, spec, query, target)
+    device = resolve_device(spec.device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(spec.seed)
+        return _train(data, model_spec, mix_spec, spec, hooks or TrainHooks(), device,
+                      query, target, kinds, m3mix_weight)
+
+
+def _train(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixSpec, spec: TrainSpec,
+           hooks: TrainHooks, device: torch.device, query: str, target: str,
+           kinds: dict[str, str], m3mix_weight: float) -> TrainResult:
+    amp = autocast_dtype(device)
+    modalities = [query, target]
+    inputs_all = {m: data.inputs[m] for m in modalities}
+    home = _data_device([*inputs_all.values(), data.labels], device)
+    inputs = {m: x.to(home) for m, x in inputs_all.items()}
+    labels, clean = data.labels.to(home), data.clean_labels.to(device)
+    train_rows, val_rows, test_rows = (paired_rows(data, s, query, target).to(home)
+                                       for s in ("train", "val", "test"))
+    train_inputs = {m: x[train_rows] for m, x in inputs.items()}
+    train_labels = labels[train_rows]
+    categorical = categorical_columns(data, modalities)
+    codes = {m: sorted(columns) for m, columns in categorical.items()}
+    normalize = {m: _normalizer_for(kinds[m], x, device, codes=codes.get(m))
+                 for m, x in train_inputs.items()}
+
+    n_train = train_labels.shape[0]
+    steps_per_epoch = -(-n_train // spec.batch_size)
+    if n_train % spec.batch_size == 1:
+        # a last batch of one has no negatives and breaks BatchNorm: dropped
+        # (a different sample each epoch, since the order is reshuffled)
+        steps_per_epoch -= 1
+    samples_per_epoch = min(steps_per_epoch * spec.batch_size, n_train)
+    total_steps = steps_per_epoch * spec.epochs
+
+    shapes = {m: tuple(x.shape[1:]) for m, x in inputs_all.items()}
+    vocab_sizes = _vocab_sizes(data, modalities)
+    model = build_dual_encoder(model_spec, query, target, shapes, kinds, vocab_sizes,
+                               categorical).to(device)
+    meta = {"task": "retrieval", "query": query, "target": target,
+            "retrieval_mix": mix_spec.method,
+            "model_spec": json.dumps(asdict(model_spec)),
+            "input_shapes": json.dumps({m: list(s) for m, s in shapes.items()}),
+            "modality_kinds": json.dumps(kinds), "vocab_sizes": json.dumps(vocab_sizes),
+            "categorical": json.dumps({m: {"columns": list(c), "cardinalities": list(c.values())}
+                                       for m, c in categorical.items()})}
+
+    # CLIP leaves the temperature out of weight decay (it would pull 1/τ towards 1)
+    others = [p for name, p in model.named_parameters() if name != "logit_scale"]
+    optimizer = torch.optim.AdamW([{"params": others},
+                                   {"params": [model.logit_scale], "weight_decay": 0.0}],
+                                  lr=spec.lr, weight_decay=spec.weight_decay)
+    order_gen = torch.Generator(device=home).manual_seed(spec.seed)
+    mix_gen = torch.Generator(device=device).manual_seed(spec.seed + 1)
+    method = mix_spec.method
+
+    def split(rows: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        return {m: x[rows] for m, x in inputs.items()}, clean[rows.to(device)]
+
+    def evaluate(split_data: tuple[dict[str, torch.Tensor], torch.Tensor],
+                 noise: Mapping[str, float] | None = None,
+                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        q, t = embed_split(model, split_data[0], normalize, device, spec.eval_batch_size, amp,
+                           noise=noise, generator=generator, codes=codes)
+        return retrieval_metrics(q, t, scale=model.scale().detach(), labels=split_data[1],
+                                 chunk=spec.eval_batch_size)
+
+    val_split = split(val_rows)
+    device_name = describe(device)
+    hooks.on_start(device_name, total_steps)
+    step, epochs_done, started = 0, 0, time.perf_counter()
+    last_metrics: dict[str, float] = {}
+    for epoch in range(1, spec.epochs + 1):
+        model.train()
+        active = mix_spec.active_at(epoch, spec.epochs)
+        order = torch.randperm(n_train, generator=order_gen, device=home)
+        loss_sum = torch.zeros((), device=device)
+        epoch_started = time.perf_counter()
+        for b in range(steps_per_epoch):
+            if hooks.should_stop():
+                return TrainResult("stopped", device_name, epochs_done, step, last_metrics)
+            idx = order[b * spec.batch_size:(b + 1) * spec.batch_size]
+            batch = _gather(train_inputs, normalize, idx, device)
+            if active and method == "mixgen":
+                y = train_labels[idx].to(device, non_blocking=True)
+                batch = mixgen_batch(batch, y, mix_spec, mix_gen, data.num_classes, kinds,
+                                     math.ceil(MIXGEN_SHARE * idx.shape[0]))
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                q, t = model(batch)
+            hard = hard_valid = None
+            if active and method == "m3mix":
+                lam = draw_lam(mix_spec, q.shape[0], mix_gen, device)
+                hard, hard_valid = slerp(q, t, lam), lam < 1.0
+            loss = info_nce(q, t, model.scale(), hard, hard_valid, m3mix_weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            model.clamp_scale_()
+            loss_sum += loss.detach() * idx.shape[0]
+            step += 1
+            elapsed = time.perf_counter() - epoch_started
+            done_in_epoch = min((b + 1) * spec.batch_size, n_train)
+            rate = done_in_epoch / elapsed if elapsed > 0 else 0.0
+            per_step = (time.perf_counter() - started) / step
+            hooks.on_progress(Progress(epoch, step, total_steps, rate,
+                                       per_step * (total_steps - step)))
+
+        val = evaluate(val_split)
+        names = ["train_loss", "temperature", *(f"val_{k}" for k in val)]
+        values = torch.stack([loss_sum / samples_per_epoch, 1.0 / model.scale().detach(),
+                              *val.values()])
+        last_metrics = dict(zip(names, values.tolist(), strict=True))  # the epoch's one sync
+        epochs_done = epoch
+        hooks.on_epoch_end(epoch, step, last_metrics)
+        hooks.on_checkpoint(epoch, _state_to_cpu(model),
+                            {"epoch": str(epoch), "step": str(step), **meta})
+
+    test_split = split(test_rows)
+    test = evaluate(test_split)
+    final = {**last_metrics,
+             **dict(zip((f"test_{k}" for k in test), torch.stack(list(test.values())).tolist(),
+                        strict=True))}
+    noise_gen = torch.Generator(device=device).manual_seed(spec.seed + 3)
+    for side, m in (("query", query), ("target", target)):
+        if inputs[m].is_floating_point() or kinds[m] in ("image", "video"):
+            # inputs are standardised with train statistics, so this is 0.1 · std
+            noisy = evaluate(test_split, {m: NOISE_STD}, noise_gen)
+            final[f"test_mean_recall_{side}_noise"] = noisy["mean_recall"].item()
+    final["train_time_s"] = time.perf_counter() - started
+    return TrainResult("completed", device_name, epochs_done, step, final)

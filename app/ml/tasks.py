@@ -1,0 +1,98 @@
+"""What a training task is: the labels it needs, its loss on mixed targets, its
+metrics and its evaluation report. ``train`` and the service look tasks up here,
+so a task that trains a classifier head is one more ``Task`` in ``TASKS``.
+
+- ``classification``: one class per sample (labels (N,) class indices);
+  soft-target cross-entropy; accuracy is the headline metric.
+- ``multilabel``: any set of classes per sample (labels (N, K) multi-hot uint8);
+  binary cross-entropy with logits on the mixed targets (mixup of multi-hot rows
+  is λ·y + (1−λ)·y′, a per-class probability); mAP is the headline metric.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from app.ml.data.prepared import PreparedDataset
+from app.ml.metrics import (
+    classification_metrics,
+    evaluation_report,
+    multilabel_metrics,
+    multilabel_nll,
+    multilabel_report,
+    soft_cross_entropy,
+)
+from app.ml.mixing import MixSpec
+
+Metrics = Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
+Report = Callable[[torch.Tensor, torch.Tensor, list[str]], dict[str, Any]]
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _smooth_binary(targets: torch.Tensor, smoothing: float) -> torch.Tensor:
+    # each class is its own two-way problem: smoothing pulls it towards 1/2, not 1/K
+    return targets * (1.0 - smoothing) + smoothing / 2.0
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    multilabel: bool  # labels (N, K) multi-hot and independent per-class logits
+    headline: str  # the metric robustness checks report (``test_<headline>_without_<m>``)
+    loss: Loss  # logits, dense (N, K) mixed targets → mean loss
+    nll: Loss  # logits, labels as stored → mean NLL (what temperature scaling fits)
+    metrics: Metrics  # logits, labels as stored → 0-d tensors
+    report: Report  # logits, labels, class names → JSON-ready report
+    # multi-label targets are smoothed per class after mixing; None: mix() does it
+    smooth: Callable[[torch.Tensor, float], torch.Tensor] | None = None
+
+    def mix_spec(self, spec: MixSpec) -> tuple[MixSpec, float]:
+        """The spec ``mix`` gets and the smoothing this task applies itself."""
+        if self.smooth is None or spec.label_smoothing == 0:
+            return spec, 0.0
+        return replace(spec, label_smoothing=0.0), spec.label_smoothing
+
+    def targets(self, mixed_targets: torch.Tensor, smoothing: float) -> torch.Tensor:
+        if self.smooth is None or smoothing == 0:
+            return mixed_targets
+        return self.smooth(mixed_targets, smoothing)
+
+    def mismatch(self, multilabel_data: bool) -> str | None:
+        """Why a dataset with (or without) multi-label targets cannot train this
+        task; None when it can."""
+        if self.multilabel and not multilabel_data:
+            return (f"task {self.name!r} needs multi-label targets (a set of classes per "
+                    "sample); this dataset has one class per sample: use 'classification'")
+        if not self.multilabel and multilabel_data:
+            return (f"task {self.name!r} needs one class per sample; this dataset has "
+                    "multi-label targets: use 'multilabel'")
+        return None
+
+    def check(self, data: PreparedDataset) -> None:
+        problem = self.mismatch(data.multilabel)
+        if problem is not None:
+            raise ValueError(problem)
+
+
+CLASSIFICATION = Task(
+    name="classification", multilabel=False, headline="acc",
+    loss=soft_cross_entropy, nll=lambda logits, y: F.cross_entropy(logits.float(), y.long()),
+    metrics=classification_metrics, report=evaluation_report)
+
+MULTILABEL = Task(
+    name="multilabel", multilabel=True, headline="map",
+    loss=multilabel_nll, nll=multilabel_nll,
+    metrics=multilabel_metrics, report=multilabel_report, smooth=_smooth_binary)
+
+TASKS: dict[str, Task] = {t.name: t for t in (CLASSIFICATION, MULTILABEL)}
+
+
+def get_task(name: str | Task) -> Task:
+    if isinstance(name, Task):
+        return name
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
+    return TASKS[name]
