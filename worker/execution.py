@@ -7,9 +7,11 @@ import uuid
 
 from app.db.models import Experiment
 from app.db.session import session_scope
+from app.ml.data import PreparedDataset
 from app.ml.resume import ResumePoint
 from app.ml.resume import from_bytes as resume_from_bytes
-from app.ml.train import train
+from app.ml.retrieval import train_retrieval
+from app.ml.train import TrainResult, train
 from app.schemas.experiments import ExperimentCreate
 from app.services import datasets as dataset_service
 from app.services import runs as run_service
@@ -40,6 +42,20 @@ def load_resume_point(store: ArtifactStore, checkpoint_key: str | None) -> Resum
     return resume_from_bytes(store.get(key))
 
 
+def _train(data: PreparedDataset, spec: ExperimentCreate, reporter: RunReporter,
+           resume: ResumePoint | None) -> TrainResult:
+    model, mixing, training = (spec.model.to_ml(), spec.augmentation.to_mix_spec(),
+                               spec.training.to_ml())
+    if spec.task == "retrieval":
+        assert spec.retrieval is not None
+        if resume is not None:
+            log.warning("retrieval runs do not resume yet; attempt starts over")
+        return train_retrieval(data, model, mixing, training, reporter,
+                               query=spec.retrieval.query, target=spec.retrieval.target,
+                               m3mix_weight=spec.retrieval.m3mix_weight)
+    return train(data, model, mixing, training, reporter, task=spec.task, resume=resume)
+
+
 def execute_run(run_id: uuid.UUID) -> str:
     """Train ``run_id`` if this worker can claim it; returns what happened."""
     with session_scope() as session:
@@ -64,8 +80,7 @@ def execute_run(run_id: uuid.UUID) -> str:
         resume = load_resume_point(store, previous_checkpoint) if attempt > 1 else None
         if resume is not None:
             log.info("run %s attempt %d resumes after epoch %d", run_id, attempt, resume.epoch)
-        result = train(data, spec.model.to_ml(), spec.augmentation.to_mix_spec(),
-                       spec.training.to_ml(), reporter, task=spec.task, resume=resume)
+        result = _train(data, spec, reporter, resume)
     except Exception as exc:
         log.error("run %s failed:\n%s", run_id, traceback.format_exc())
         reporter.close()

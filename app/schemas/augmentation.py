@@ -8,7 +8,7 @@ from app.ml.mixing import MixSpec
 from app.schemas.common import StrictModel
 
 MethodName = Literal["none", "mixup", "cutmix", "mixup_cutmix", "cross_modal",
-                     "manifold_mixup", "mixgen"]
+                     "manifold_mixup", "mixgen", "m3mix"]
 OpName = Literal["mixup", "cutmix", "embedding_mixup", "token_cutmix", "concat", "specmix",
                  "spec_cutmix"]
 ModalityName = Annotated[str, Field(min_length=1, max_length=64)]
@@ -20,7 +20,9 @@ class AugmentationSpec(StrictModel):
             "none; mixup (Zhang et al. 2018); cutmix (Yun et al. 2019); mixup_cutmix "
             "(switch per batch or sample, the timm/DeiT recipe); cross_modal (one partner "
             "and one λ for every modality, ops per modality); manifold_mixup (Verma et al. "
-            "2019, hidden layers); mixgen (Hao et al. 2022, image + text)."))
+            "2019, hidden layers); mixgen (Hao et al. 2022, image + text); m3mix (m³-mix, "
+            "Oh, So et al. 2023: geodesic mixing of a retrieval model's normalised "
+            "embeddings as hard negatives; task retrieval only)."))
     alpha: float = Field(1.0, gt=0, le=100, description="Beta(α, α) concentration for λ.")
     cutmix_alpha: float | None = Field(
         None, gt=0, le=100, description="mixup_cutmix: α when cutmix is picked (default α).")

@@ -78,8 +78,18 @@ class TrainingSpecIn(StrictModel):
         return TrainSpec(**self.model_dump())
 
 
-# The tasks ``train`` knows (``app.ml.tasks.TASKS``); a new task is one more name here.
-TaskName = Literal["classification", "multilabel"]
+# The tasks ``train`` knows (``app.ml.tasks.TASKS``), and retrieval, which has
+# its own loop (``app.ml.retrieval``); a new task is one more name here.
+TaskName = Literal["classification", "multilabel", "retrieval"]
+
+
+class RetrievalSpecIn(StrictModel):
+    query: str = Field(min_length=1, max_length=64,
+                       description="The modality queries come from, e.g. image.")
+    target: str = Field(min_length=1, max_length=64,
+                        description="The modality retrieved, e.g. text.")
+    m3mix_weight: float = Field(1.0, ge=0, le=100,
+                                description="m3mix: weight of the hard-negative loss term.")
 
 
 class ExperimentCreate(StrictModel):
@@ -100,10 +110,25 @@ class ExperimentCreate(StrictModel):
         description="classification: one class per sample (soft-target cross-entropy; "
                     "accuracy, macro-F1, NLL, ECE, Brier). multilabel: a set of classes per "
                     "sample, needs a multi-label dataset (BCE on the mixed targets; mAP, "
-                    "micro/macro-F1 at 0.5, NLL, ECE, Brier).")
+                    "micro/macro-F1 at 0.5, NLL, ECE, Brier). retrieval: CLIP-style "
+                    "contrastive training of two towers (`retrieval.query` → "
+                    "`retrieval.target`) with augmentation none, mixgen or m3mix; recall@1/5/10 "
+                    "both ways.")
+    retrieval: RetrievalSpecIn | None = Field(
+        None, description="task retrieval: which modalities are paired (required there, "
+                          "refused for other tasks).")
     model: ModelSpecIn = ModelSpecIn()
-    augmentation: AugmentationSpec = AugmentationSpec()
+    augmentation: AugmentationSpec = Field(
+        default_factory=AugmentationSpec,
+        description="Default: mixup α = 1 (none for task retrieval, whose methods are none, "
+                    "mixgen and m3mix).")
     training: TrainingSpecIn = TrainingSpecIn()
+
+    @model_validator(mode="after")
+    def _retrieval_default_mixing(self) -> "ExperimentCreate":
+        if self.task == "retrieval" and "augmentation" not in self.model_fields_set:
+            self.augmentation = AugmentationSpec(method="none")
+        return self
 
 
 class RunRef(BaseModel):

@@ -27,6 +27,10 @@ def check_against_dataset(spec: AugmentationSpec, kinds: dict[str, str],
     """Raise FieldError (naming the field under ``loc``) if the spec cannot mix
     a dataset with these modality kinds (and per-sample shapes, when given)."""
     have = ", ".join(f"{m} ({k})" for m, k in kinds.items())
+    if spec.method == "m3mix":
+        raise FieldError((*loc, "method"), "m3mix mixes a retrieval model's embeddings, not "
+                                           "the inputs: it has no preview and needs task "
+                                           "retrieval")
     for modality, op in spec.ops.items():
         if modality not in kinds:
             raise FieldError((*loc, "ops", modality),

@@ -13,7 +13,7 @@ from app.ml.models.multimodal import MIXING_LAYERS as MULTIMODAL_MIXING_LAYERS
 from app.ml.tasks import TASKS
 from app.queue import enqueue_run
 from app.schemas.experiments import ExperimentCreate
-from app.services import augmentation, datasets
+from app.services import augmentation, datasets, task_checks
 from app.services.errors import ConflictError, FieldError, NotFoundError
 from app.storage import ArtifactStore, run_prefix
 
@@ -30,12 +30,16 @@ def _check_task(request: ExperimentCreate, summary: dict[str, Any]) -> None:
 
 
 def _validate_against_dataset(request: ExperimentCreate, dataset: Dataset) -> None:
+    task_checks.check_task_fields(request)
     _check_task(request, dataset.summary)
     train_size = dataset.summary["split_sizes"]["train"]
     if request.training.batch_size > train_size:
         raise FieldError(("body", "training", "batch_size"),
                          f"batch_size {request.training.batch_size} is larger than the "
                          f"dataset's training split ({train_size} samples)")
+    if request.task == "retrieval":  # two towers, mixing at the embedding level
+        task_checks.check_retrieval(request, dataset.summary)
+        return
     kinds = augmentation.modality_kinds(dataset.summary)
     model = request.model
     if model.kind == "cnn":
@@ -70,7 +74,8 @@ def create(session: Session, request: ExperimentCreate) -> Experiment:
         raise FieldError(("body", "dataset_id"), f"dataset {request.dataset_id} does not exist")
     datasets.require_ready(dataset)
     _validate_against_dataset(request, dataset)
-    spec = request.model_dump(mode="json", include={"model", "augmentation", "training"})
+    parts = {"model", "augmentation", "training"} | ({"retrieval"} if request.retrieval else set())
+    spec = request.model_dump(mode="json", include=parts)
     experiment = Experiment(name=request.name, dataset_id=dataset.id, task=request.task,
                             spec=spec)
     experiment.runs.append(Run(status="queued"))
