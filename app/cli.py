@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from app.cli_admin import admin_app
 from app.cli_client import register as register_client_commands
 
 cli = typer.Typer(help="mixlab: train models with mixup-style augmentation.",
@@ -91,6 +92,10 @@ def up(host: str = "127.0.0.1", port: int = 8000,
     mode = "embedded" if settings.is_embedded else "external services"
     console.print(f"[bold]mixlab[/] ({mode}) data in {settings.data_dir.resolve()}; "
                   f"API on http://{host}:{port}  (docs at /docs)")
+    if not settings.auth_enabled:
+        from app.api.access import AUTH_OFF_WARNING
+
+        console.print(f"[bold yellow]WARNING: {AUTH_OFF_WARNING}[/]")
     log = (settings.data_dir / "worker.log").open("ab")
     worker_proc = subprocess.Popen(worker_command(), stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True, preexec_fn=_die_with_parent)
@@ -131,6 +136,7 @@ def demo(epochs: int = 150, noise: float = 0.4,
 
 
 register_client_commands(cli)
+cli.add_typer(admin_app, name="admin")
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """The ``mixlab`` commands that talk to a running API: datasets, preview,
-experiments and runs. Each takes ``--url`` (env ``MIXLAB_URL``) and most take
-``--json`` for the raw reply instead of a table.
+experiments and runs. Each takes ``--url`` (env ``MIXLAB_URL``) and ``--api-key``
+(env ``MIXLAB_API_KEY``), and most take ``--json`` for the raw reply instead of
+a table.
 
 Exit codes: 0 ok; 1 the API refused (``error: <status> <detail>``), a watched
 run did not succeed, or a dataset failed to prepare; 2 the API could not be
@@ -42,6 +43,10 @@ err = _console(stderr=True)
 
 Url = Annotated[str, typer.Option("--url", envvar="MIXLAB_URL", show_envvar=True,
                                   help="Base URL of the mixlab API.")]
+ApiKey = Annotated[str | None, typer.Option(
+    "--api-key", envvar="MIXLAB_API_KEY", show_envvar=True, show_default=False,
+    help="API key of the project (sent as Authorization: Bearer); not needed when the "
+         "server runs with authentication off.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the raw JSON reply.")]
 Limit = Annotated[int, typer.Option(min=1, max=500, help="Page size.")]
 Offset = Annotated[int, typer.Option(min=0, help="Items to skip.")]
@@ -78,15 +83,18 @@ def format_error(exc: MixlabError) -> list[str]:
 
 
 @contextmanager
-def connect(url: str) -> Iterator[MixlabClient]:
+def connect(url: str, api_key: str | None = None) -> Iterator[MixlabClient]:
     """A client whose failures end the command cleanly: API errors exit 1,
     an unreachable API exits 2, Ctrl-C exits 130 — never a traceback."""
     try:
-        with MixlabClient(url) as mx:
+        with MixlabClient(url, api_key=api_key) as mx:
             yield mx
     except MixlabError as exc:
         for line in format_error(exc):
             err.print(f"[red]{escape(line)}[/]", soft_wrap=True)
+        if exc.status_code == 401:
+            err.print("  give the project's API key with --api-key or MIXLAB_API_KEY "
+                      "(mixlab admin create-key makes one)", soft_wrap=True)
         raise typer.Exit(1) from None
     except httpx.ConnectError as exc:
         err.print(f"[red]error: cannot connect to {escape(url)} ({escape(str(exc))})[/] — "
@@ -227,10 +235,11 @@ SpecOption = Annotated[str | None, typer.Option(
 
 
 @datasets_app.command("list")
-def datasets_list(url: Url = DEFAULT_URL, as_json: AsJson = False, limit: Limit = 50,
+def datasets_list(url: Url = DEFAULT_URL,
+                  api_key: ApiKey = None, as_json: AsJson = False, limit: Limit = 50,
                   offset: Offset = 0) -> None:
     """List datasets, newest first."""
-    with connect(url) as mx:
+    with connect(url, api_key) as mx:
         page = mx.list_datasets(limit=limit, offset=offset)
     if as_json:
         return print_json(page)
@@ -246,9 +255,10 @@ def datasets_list(url: Url = DEFAULT_URL, as_json: AsJson = False, limit: Limit 
 
 
 @datasets_app.command("show")
-def datasets_show(dataset_id: str, url: Url = DEFAULT_URL, as_json: AsJson = False) -> None:
+def datasets_show(dataset_id: str, url: Url = DEFAULT_URL,
+                  api_key: ApiKey = None, as_json: AsJson = False) -> None:
     """Describe a dataset: status, then (once ready) modalities, classes, split sizes."""
-    with connect(url) as mx:
+    with connect(url, api_key) as mx:
         ds = mx.get_dataset(dataset_id)
     if as_json:
         return print_json(ds)
@@ -320,7 +330,8 @@ def datasets_create(
         spec: SpecOption = None,
         name: Annotated[str | None, typer.Option(help="Defaults to the source's name.")]
         = None,
-        wait: Wait = True, url: Url = DEFAULT_URL, as_json: AsJson = False) -> None:
+        wait: Wait = True, url: Url = DEFAULT_URL,
+        api_key: ApiKey = None, as_json: AsJson = False) -> None:
     """Register a dataset from exactly one of --builtin, --file or --uri; it is prepared
     by a worker, and --wait (the default) follows it until ready."""
     if sum(x is not None for x in (builtin, file, uri)) != 1:
@@ -330,7 +341,7 @@ def datasets_create(
     if spec is not None and builtin is not None:
         raise fail("--spec applies to --file and --uri", code=2)
     body_spec = _spec_argument(spec)
-    with connect(url) as mx:
+    with connect(url, api_key) as mx:
         if builtin is not None:
             ds = mx.create_builtin_dataset(builtin, name=name, **_options(option or []))
         elif file is not None:
@@ -351,10 +362,11 @@ def datasets_add_builtin(
         seed: Annotated[int, typer.Option(help="Seed of the label noise.")] = 0,
         name: Annotated[str | None, typer.Option(help="Defaults to the built-in's name.")]
         = None,
-        wait: Wait = True, url: Url = DEFAULT_URL, as_json: AsJson = False) -> None:
+        wait: Wait = True, url: Url = DEFAULT_URL,
+        api_key: ApiKey = None, as_json: AsJson = False) -> None:
     """Register a built-in dataset, optionally with label noise (other options:
     mixlab datasets create --builtin NAME -o KEY=VALUE)."""
-    with connect(url) as mx:
+    with connect(url, api_key) as mx:
         ds = mx.create_builtin_dataset(builtin, name=name, label_noise=label_noise, seed=seed)
         _created(mx, ds, wait, as_json, "registered")
 
@@ -366,20 +378,21 @@ def datasets_upload(
                                                   ".parquet, .zip or .tar.gz")],
         name: Annotated[str | None, typer.Option(help="Defaults to the file name.")] = None,
         spec: SpecOption = None,
-        wait: Wait = True, url: Url = DEFAULT_URL, as_json: AsJson = False) -> None:
+        wait: Wait = True, url: Url = DEFAULT_URL,
+        api_key: ApiKey = None, as_json: AsJson = False) -> None:
     """Upload a dataset file; it is prepared by a worker (--wait follows it)."""
     body_spec = _spec_argument(spec)
     size = file.stat().st_size
-    with connect(url) as mx:
+    with connect(url, api_key) as mx:
         with err.status(f"uploading {file.name} ({size:,} bytes)…"):
             ds = mx.upload_dataset(file, name=name, spec=body_spec)
         _created(mx, ds, wait, as_json, "uploaded")
 
 
 @datasets_app.command("delete")
-def datasets_delete(dataset_id: str, url: Url = DEFAULT_URL) -> None:
+def datasets_delete(dataset_id: str, url: Url = DEFAULT_URL, api_key: ApiKey = None) -> None:
     """Delete a dataset no experiment uses (one still preparing is cancelled)."""
-    with connect(url) as mx:
+    with connect(url, api_key) as mx:
         mx.delete_dataset(dataset_id)
     out.print(f"deleted dataset {dataset_id}")
 
@@ -403,10 +416,10 @@ def preview(
         output: Annotated[Path, typer.Option("--output", "-o", dir_okay=False,
                                              help="Where the PNG grid goes.")]
         = Path("preview.png"),
-        url: Url = DEFAULT_URL, as_json: AsJson = False) -> None:
+        url: Url = DEFAULT_URL, api_key: ApiKey = None, as_json: AsJson = False) -> None:
     """Mix N samples of a dataset (seeded), save the PNG grid and show λ and labels."""
     extra = _json_object(spec, "--spec") if spec else {}
-    with connect(url) as mx:
+    with connect(url, api_key) as mx:
         result = mx.preview(dataset_id, **{"method": method, "alpha": alpha, "seed": seed,
                                            "n": n, "split": split, **extra})
         urls = result.get("image_urls") or {}
@@ -516,10 +529,10 @@ def experiments_submit(
             help="Experiment spec (JSON file, or - for stdin).")],
         watch: Annotated[bool, typer.Option("--watch", "-w",
                                             help="Follow the runs until they end.")] = False,
-        url: Url = DEFAULT_URL, as_json: AsJson = False) -> None:
+        url: Url = DEFAULT_URL, api_key: ApiKey = None, as_json: AsJson = False) -> None:
     """Create an experiment from a JSON spec and queue its runs."""
     body = _read_spec(spec)
-    with connect(url) as mx:
+    with connect(url, api_key) as mx:
         created = mx.create_experiment(body)
         run_ids = [str(r) for r in created["run_ids"]]
         if as_json:
@@ -542,10 +555,11 @@ def experiments_submit(
 
 
 @experiments_app.command("list")
-def experiments_list(url: Url = DEFAULT_URL, as_json: AsJson = False, limit: Limit = 50,
+def experiments_list(url: Url = DEFAULT_URL,
+                     api_key: ApiKey = None, as_json: AsJson = False, limit: Limit = 50,
                      offset: Offset = 0) -> None:
     """List experiments, newest first."""
-    with connect(url) as mx:
+    with connect(url, api_key) as mx:
         page = mx.list_experiments(limit=limit, offset=offset)
     if as_json:
         return print_json(page)
@@ -561,10 +575,10 @@ def experiments_list(url: Url = DEFAULT_URL, as_json: AsJson = False, limit: Lim
 
 
 @experiments_app.command("show")
-def experiments_show(experiment_id: str, url: Url = DEFAULT_URL,
+def experiments_show(experiment_id: str, url: Url = DEFAULT_URL, api_key: ApiKey = None,
                      as_json: AsJson = False) -> None:
     """Show an experiment: its spec and its runs."""
-    with connect(url) as mx:
+    with connect(url, api_key) as mx:
         exp = mx.get_experiment(experiment_id)
         runs = [mx.get_run(str(r["id"])) for r in exp["runs"]]
     if as_json:
@@ -588,9 +602,10 @@ def experiments_show(experiment_id: str, url: Url = DEFAULT_URL,
 # ── runs ──────────────────────────────────────────────────────────────────────
 
 @runs_app.command("show")
-def runs_show(run_id: str, url: Url = DEFAULT_URL, as_json: AsJson = False) -> None:
+def runs_show(run_id: str, url: Url = DEFAULT_URL,
+              api_key: ApiKey = None, as_json: AsJson = False) -> None:
     """Status, progress, latest metrics, worker and error of a run."""
-    with connect(url) as mx:
+    with connect(url, api_key) as mx:
         run = mx.get_run(run_id)
     if as_json:
         return print_json(run)
@@ -614,9 +629,10 @@ def runs_show(run_id: str, url: Url = DEFAULT_URL, as_json: AsJson = False) -> N
 
 
 @runs_app.command("watch")
-def runs_watch(run_id: str, url: Url = DEFAULT_URL, as_json: AsJson = False) -> None:
+def runs_watch(run_id: str, url: Url = DEFAULT_URL,
+               api_key: ApiKey = None, as_json: AsJson = False) -> None:
     """Follow a run until it ends; exit 1 if it failed or was cancelled."""
-    with connect(url) as mx:
+    with connect(url, api_key) as mx:
         try:
             run = watch_runs(mx, [run_id])[run_id]
         except KeyboardInterrupt:
@@ -628,9 +644,10 @@ def runs_watch(run_id: str, url: Url = DEFAULT_URL, as_json: AsJson = False) -> 
 
 
 @runs_app.command("cancel")
-def runs_cancel(run_id: str, url: Url = DEFAULT_URL, as_json: AsJson = False) -> None:
+def runs_cancel(run_id: str, url: Url = DEFAULT_URL,
+                api_key: ApiKey = None, as_json: AsJson = False) -> None:
     """Cancel a run: a queued one at once, a running one within a step or two."""
-    with connect(url) as mx:
+    with connect(url, api_key) as mx:
         run = mx.cancel_run(run_id)
     if as_json:
         return print_json(run)
@@ -645,9 +662,9 @@ def runs_cancel(run_id: str, url: Url = DEFAULT_URL, as_json: AsJson = False) ->
 def runs_metrics(run_id: str,
                  key: Annotated[str | None, typer.Option(help="One metric, e.g. val_acc.")]
                  = None,
-                 url: Url = DEFAULT_URL, as_json: AsJson = False) -> None:
+                 url: Url = DEFAULT_URL, api_key: ApiKey = None, as_json: AsJson = False) -> None:
     """Metric history of a run, one row per epoch/step."""
-    with connect(url) as mx:
+    with connect(url, api_key) as mx:
         history = mx.metrics(run_id, key)
     if as_json:
         return print_json(history)
@@ -671,9 +688,9 @@ def runs_checkpoint(run_id: str,
                     output: Annotated[Path | None, typer.Option(
                         "--output", "-o", dir_okay=False,
                         help="File to write (default RUN_ID.safetensors).")] = None,
-                    url: Url = DEFAULT_URL) -> None:
+                    url: Url = DEFAULT_URL, api_key: ApiKey = None) -> None:
     """Download a run's latest checkpoint (safetensors)."""
-    with connect(url) as mx, err.status("downloading checkpoint…"):
+    with connect(url, api_key) as mx, err.status("downloading checkpoint…"):
         data = mx.download_checkpoint(run_id)
     path = output or Path(f"{run_id}.safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)

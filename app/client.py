@@ -1,13 +1,14 @@
 """A small Python client for the mixlab REST API (httpx).
 
     from app.client import MixlabClient
-    with MixlabClient("http://127.0.0.1:8000") as mx:
+    with MixlabClient("http://127.0.0.1:8000", api_key="mxl_…") as mx:  # or MIXLAB_API_KEY
         ds = mx.wait_for_dataset(mx.create_builtin_dataset("digits", label_noise=0.4)["id"])
         created = mx.create_experiment({"dataset_id": ds["id"], "training": {"epochs": 5}})
         run = mx.wait_for_run(created["run_ids"][0])
 """
 
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -48,8 +49,15 @@ class MixlabError(RuntimeError):
 
 
 class MixlabClient:
-    def __init__(self, base_url: str = "http://127.0.0.1:8000", timeout: float = 60.0) -> None:
-        self.http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout)
+    """``api_key`` (default: the ``MIXLAB_API_KEY`` environment variable) is sent as
+    ``Authorization: Bearer``; a server with authentication off ignores it."""
+
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", timeout: float = 60.0,
+                 api_key: str | None = None) -> None:
+        key = api_key if api_key is not None else os.environ.get("MIXLAB_API_KEY")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout,
+                                 headers=headers)
 
     def __enter__(self) -> "MixlabClient":
         return self
@@ -165,6 +173,17 @@ class MixlabClient:
 
     def download_checkpoint(self, run_id: str) -> bytes:
         return self._call("GET", f"/v1/runs/{run_id}/checkpoint").content
+
+    # API keys of the project (these need a write key)
+    def create_key(self, scope: str, name: str = "key") -> dict[str, Any]:
+        """A new key; its ``key`` field is the only time the key is shown."""
+        return self._call("POST", "/v1/keys", json={"name": name, "scope": scope}).json()
+
+    def list_keys(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/keys").json()
+
+    def revoke_key(self, key_id: str) -> None:
+        self._call("DELETE", f"/v1/keys/{key_id}")
 
     def wait_for_run(self, run_id: str, timeout: float = 600.0, interval: float = 0.5,
                      on_update: Callable[[dict[str, Any]], None] | None = None

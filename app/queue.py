@@ -32,15 +32,30 @@ def make_celery(settings: Settings) -> Celery:
         # An unacked task is redelivered after this; runs are claimed atomically in
         # Postgres, so a redelivered copy of a live run is refused, never trained twice.
         transport_options = {"visibility_timeout": 24 * 3600}
+    # Each setting is a decision (see README, "Durable runs"):
     app.conf.update(
         task_default_queue=settings.queue,
+        # ack after the task returns, so a worker that dies mid-run leaves the
+        # message unacked instead of silently consumed
         task_acks_late=True,
+        # a pool child killed mid-run (OOM, SIGKILL): do not requeue at once. The
+        # dead attempt's heartbeat is still fresh, so the copy would be refused by
+        # the claim; the reconciler requeues the run (attempt + 1, resuming from
+        # its checkpoint) once the heartbeat is older than MIXLAB_HEARTBEAT_TIMEOUT_S.
+        task_reject_on_worker_lost=False,
+        # one run per process at a time, none reserved behind it: a queued run
+        # stays in the broker where any idle worker can take it
         worker_prefetch_multiplier=1,
-        task_ignore_result=True,
+        task_ignore_result=True,  # Postgres holds every outcome
         task_serializer="json",
-        accept_content=["json"],
+        accept_content=["json"],  # never unpickle a message
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
+        # keep running tasks through a broker outage: the run's state is in
+        # Postgres and the reconciler republishes whatever Redis lost
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        # a fresh pool process now and then returns memory (CPU and GPU) that a
+        # long-lived one would keep fragmented or leaked
         worker_max_tasks_per_child=20,
         worker_hijack_root_logger=False,
     )

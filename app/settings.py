@@ -37,10 +37,43 @@ class Settings(BaseSettings):
     ingest_stale_s: float = Field(default=300.0, gt=0)
     ingest_max_attempts: int = Field(default=3, ge=1)
 
+    # Durable runs (app.reconciler, in the API process): a run queued for longer
+    # than queued_grace_s that the broker does not hold is published again; a
+    # running run whose heartbeat (every control_poll_s) is older than
+    # heartbeat_timeout_s lost its worker and is requeued to resume from its
+    # checkpoint, up to run_max_attempts. 0 turns the sweeps off.
+    reconcile_interval_s: float = Field(default=10.0, ge=0)
+    queued_grace_s: float = Field(default=30.0, gt=0)
+    heartbeat_timeout_s: float = Field(default=60.0, gt=0)
+    run_max_attempts: int = Field(default=3, ge=1, le=100)
+    # the worker retries its claim and its final writes through a database
+    # outage this long before giving the run up to the reaper
+    db_retry_s: float = Field(default=120.0, ge=0)
+
     # The worker's loop reads an in-memory flag; a helper thread refreshes it
     # from Postgres at this period, so cancel latency is bounded by it.
     control_poll_s: float = Field(default=0.5, gt=0)
     progress_flush_s: float = Field(default=1.0, gt=0)
+
+    # Access (app.services.auth): unset, API keys are required whenever the service
+    # runs on Postgres and Redis, and not in the embedded default, which says so
+    # loudly at start-up; set it to force either way.
+    auth: bool | None = Field(default=None, description="Require an API key (Authorization: "
+                                                        "Bearer) on every /v1 route.")
+    # Per-project limits (app.services.limits); a project's `limits` overrides them
+    # by name without the prefix, e.g. {"queued_runs": 10}.
+    limit_running_runs: int = Field(default=16, ge=1, description="Runs running at once; "
+                                    "a submission beyond it is 429.")
+    limit_queued_runs: int = Field(default=1000, ge=1, description="Runs waiting in the "
+                                   "queue; a submission beyond it is 429.")
+    limit_dataset_bytes: int = Field(default=100 * 1024**3, ge=1,
+                                     description="Prepared bytes of all the project's datasets.")
+    limit_epoch_samples: int = Field(default=2_000_000_000, ge=1,
+                                     description="training.epochs × training samples, per run.")
+    limit_model_parameters: int = Field(default=200_000_000, ge=1,
+                                        description="Trainable parameters of a run's model.")
+    limit_retry_after_s: int = Field(default=30, ge=1,
+                                     description="Retry-After of a 429 for a run limit.")
 
     fashion_mnist_dir: Path = Field(
         default=Path("/usr/share/datasets/fashion-mnist"),
@@ -80,6 +113,10 @@ class Settings(BaseSettings):
     @property
     def is_embedded(self) -> bool:
         return self.database_url is None or self.broker_url is None
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.auth if self.auth is not None else not self.is_embedded
 
 
 @lru_cache

@@ -2,7 +2,9 @@
 
 The environment is set before any ``app`` module is imported, because settings
 and the Celery client are built from it once per process. Integration tests
-start the real API (uvicorn) and a real Celery worker as subprocesses.
+start the real API (uvicorn) and a real Celery worker as subprocesses. The API
+requires API keys, as in the compose stack: every test's requests carry the
+write key of the ``tests`` project (the ``access`` fixture).
 """
 
 import os
@@ -28,7 +30,9 @@ RUN_TAG = uuid.uuid4().hex[:10]
 DB_NAME = f"mixlab_test_{RUN_TAG}"
 TMP = Path(tempfile.mkdtemp(prefix=f"mixlab-test-{RUN_TAG}-"))
 
+os.environ.pop("MIXLAB_API_KEY", None)  # the developer's own key has no place here
 os.environ.update({
+    "MIXLAB_AUTH": "true",
     "MIXLAB_DATABASE_URL": f"{PG_URL_BASE}/{DB_NAME}",
     "MIXLAB_BROKER_URL": REDIS_URL,
     "MIXLAB_QUEUE": f"gpu-test-{RUN_TAG}",
@@ -37,6 +41,9 @@ os.environ.update({
     "MIXLAB_DATA_DIR": str(TMP / "data"),
     "MIXLAB_ARTIFACT_URL": (TMP / "artifacts").as_uri(),
     "MIXLAB_CONTROL_POLL_S": "0.2",
+    # the shared stack does not sweep (tests of the sweeps make stale runs on
+    # purpose); the fault-injection tests start API processes that do
+    "MIXLAB_RECONCILE_INTERVAL_S": "0",
     # file:// dataset URIs may point here only (tests put files in it)
     "MIXLAB_IMPORT_ROOTS": str(TMP / "imports"),
 })
@@ -93,6 +100,35 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
+TEST_PROJECT = "tests"
+
+
+@dataclass
+class Access:
+    project_id: uuid.UUID
+    key: str  # a write key of the project
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+@pytest.fixture(scope="session")
+def access(database: str) -> Access:
+    """The project the tests' requests act as and its write key, made through the
+    service layer as ``mixlab admin`` makes them. The key is exported as
+    MIXLAB_API_KEY, so MixlabClient and the CLI commands tests run send it."""
+    from app.db.session import session_scope
+    from app.services import auth
+
+    with session_scope() as session:
+        project = auth.create_project(session, TEST_PROJECT)
+        _, key = auth.create_key(session, project.id, "tests", "write")
+        made = Access(project.id, key)
+    os.environ["MIXLAB_API_KEY"] = made.key
+    return made
+
+
 @dataclass
 class Stack:
     base_url: str
@@ -122,7 +158,7 @@ def worker(database: str) -> Iterator[Worker]:
 
 
 @pytest.fixture(scope="session")
-def stack(database: str, worker: Worker) -> Iterator[Stack]:
+def stack(database: str, worker: Worker, access: Access) -> Iterator[Stack]:
     """The API and one Celery worker on Postgres + Redis, as separate processes."""
     port = free_port()
     api_log = TMP / "api.log"
@@ -139,19 +175,20 @@ def stack(database: str, worker: Worker) -> Iterator[Stack]:
 
 
 @pytest.fixture
-def client(stack: Stack) -> Iterator["MixlabClient"]:  # noqa: F821
+def client(stack: Stack, access: Access) -> Iterator["MixlabClient"]:  # noqa: F821
     from app.client import MixlabClient
 
-    with MixlabClient(stack.base_url) as mx:
+    with MixlabClient(stack.base_url, api_key=access.key) as mx:
         yield mx
 
 
 @pytest.fixture(scope="session")
-def api_client(database: str) -> Iterator[httpx.Client]:
-    """In-process client for request validation tests (same Postgres database)."""
+def api_client(database: str, access: Access) -> Iterator[httpx.Client]:
+    """In-process client for request validation tests (same Postgres database),
+    sending the ``tests`` project's write key."""
     from fastapi.testclient import TestClient
 
     from app.api.main import app
 
-    with TestClient(app) as tc:
+    with TestClient(app, headers=access.headers) as tc:
         yield tc

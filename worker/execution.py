@@ -4,8 +4,10 @@ import json
 import logging
 import traceback
 import uuid
+from dataclasses import dataclass
 
-from app.db.models import Experiment
+from app.db.models import Dataset, Experiment
+from app.db.retry import retry_db
 from app.db.session import session_scope
 from app.ml.data import PreparedDataset
 from app.ml.resume import ResumePoint
@@ -56,48 +58,80 @@ def _train(data: PreparedDataset, spec: ExperimentCreate, reporter: RunReporter,
     return train(data, model, mixing, training, reporter, task=spec.task, resume=resume)
 
 
-def execute_run(run_id: uuid.UUID) -> str:
-    """Train ``run_id`` if this worker can claim it; returns what happened."""
+@dataclass
+class _Claimed:
+    spec: ExperimentCreate
+    dataset: Dataset
+    attempt: int
+    previous_checkpoint: str | None
+
+
+def _claim(run_id: uuid.UUID) -> _Claimed | None:
     with session_scope() as session:
         run = run_service.claim(session, run_id)
         if run is None:
-            log.info("run %s not claimable (already taken, cancelled or gone)", run_id)
-            return "skipped"
+            return None
         experiment = session.get(Experiment, run.experiment_id)
         assert experiment is not None
         spec = ExperimentCreate.model_validate({
             "name": experiment.name, "dataset_id": experiment.dataset_id,
             "task": experiment.task, **experiment.spec})
-        dataset = experiment.dataset
-        attempt, previous_checkpoint = run.attempt, run.checkpoint_key
+        return _Claimed(spec, experiment.dataset, run.attempt, run.checkpoint_key)
+
+
+def _finish(run_id: uuid.UUID, status: str, attempt: int, error: str | None = None) -> bool:
+    def write() -> bool:
+        with session_scope() as session:
+            return run_service.finish(session, run_id, status, error, attempt=attempt)
+
+    return retry_db(write, f"finishing run {run_id}", get_settings().db_retry_s)
+
+
+def execute_run(run_id: uuid.UUID) -> str:
+    """Train ``run_id`` if this worker can claim it; returns what happened.
+
+    The claim and the last writes are retried through a short database outage;
+    a worker that dies instead leaves the run to the reconciler's reaper, which
+    requeues it to resume from its last checkpoint.
+    """
+    settings = get_settings()
+    claimed = retry_db(lambda: _claim(run_id), f"claiming run {run_id}", settings.db_retry_s)
+    if claimed is None:
+        log.info("run %s not claimable (already taken, cancelled or gone)", run_id)
+        return "skipped"
+    attempt = claimed.attempt
 
     store = get_store()
-    reporter = RunReporter(run_id, store, spec.training.epochs,
-                           period_s=get_settings().control_poll_s, attempt=attempt)
+    limit = claimed.spec.training.time_limit_s
+    reporter = RunReporter(run_id, store, claimed.spec.training.epochs,
+                           period_s=settings.control_poll_s, attempt=attempt,
+                           time_limit_s=limit)
     reporter.start()  # heartbeat while the dataset loads
     try:
-        data = dataset_service.load_prepared(store, dataset)
-        resume = load_resume_point(store, previous_checkpoint) if attempt > 1 else None
+        data = dataset_service.load_prepared(store, claimed.dataset)
+        resume = (load_resume_point(store, claimed.previous_checkpoint) if attempt > 1
+                  else None)
         if resume is not None:
             log.info("run %s attempt %d resumes after epoch %d", run_id, attempt, resume.epoch)
-        result = _train(data, spec, reporter, resume)
+        result = _train(data, claimed.spec, reporter, resume)
     except Exception as exc:
         log.error("run %s failed:\n%s", run_id, traceback.format_exc())
-        reporter.close()
-        with session_scope() as session:
-            run_service.finish(session, run_id, "failed", f"{type(exc).__name__}: {exc}",
-                               attempt=attempt)
+        retry_db(reporter.close, f"reporting run {run_id}", settings.db_retry_s)
+        _finish(run_id, "failed", attempt, f"{type(exc).__name__}: {exc}")
         return "failed"
 
     final = final_metrics(result.metrics)
     if result.report is not None:
         store.put(evaluation_key(run_id), json.dumps(result.report).encode())
-    reporter.close(final if result.status == "completed" else None, step=result.steps)
+    retry_db(lambda: reporter.close(final if result.status == "completed" else None,
+                                    step=result.steps),
+             f"reporting run {run_id}", settings.db_retry_s)
     status = "succeeded" if result.status == "completed" else "cancelled"
-    with session_scope() as session:
-        if not run_service.finish(session, run_id, status, attempt=attempt):
-            # the reaper gave the run to another attempt while this one was cut off
-            log.warning("run %s attempt %d no longer owns the run; result dropped",
-                        run_id, attempt)
-            return "superseded"
+    error = None
+    if result.status == "stopped" and reporter.timed_out:
+        status, error = "failed", f"time limit of {limit} s (training.time_limit_s) exceeded"
+    if not _finish(run_id, status, attempt, error):
+        # the reaper gave the run to another attempt while this one was cut off
+        log.warning("run %s attempt %d no longer owns the run; result dropped", run_id, attempt)
+        return "superseded"
     return status

@@ -9,6 +9,7 @@ on the training thread.
 
 import logging
 import threading
+import time
 import uuid
 
 import torch
@@ -30,7 +31,8 @@ class RunReporter(TrainHooks):
     wants_resume_points = True
 
     def __init__(self, run_id: uuid.UUID, store: ArtifactStore, epochs: int,
-                 period_s: float = 0.5, attempt: int | None = None) -> None:
+                 period_s: float = 0.5, attempt: int | None = None,
+                 time_limit_s: float | None = None) -> None:
         self.run_id = run_id
         # the fencing token: every write names the attempt, so once a reaper has
         # given the run to another worker, this one writes nothing and stops
@@ -43,6 +45,9 @@ class RunReporter(TrainHooks):
         self._pending_metrics: list[tuple[int, int, dict[str, float]]] = []
         self._checkpoint: Checkpoint | None = None  # the latest epoch's, not yet written
         self._cancel = threading.Event()
+        self._final_queued = False
+        self._deadline = time.monotonic() + time_limit_s if time_limit_s else None
+        self.timed_out = False
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"reporter-{run_id}",
                                         daemon=True)
@@ -76,6 +81,9 @@ class RunReporter(TrainHooks):
             self._checkpoint = (tensors, {**metadata, "run_id": str(self.run_id)}, resume)
 
     def should_stop(self) -> bool:
+        if self._deadline is not None and time.monotonic() > self._deadline:
+            self.timed_out = True
+            return True
         return self._cancel.is_set()
 
     # --- the reporting thread --------------------------------------------------
@@ -121,8 +129,10 @@ class RunReporter(TrainHooks):
         self._closing.set()
         if self._thread.is_alive():
             self._thread.join()
-        if final_metrics:
+        if final_metrics and not self._final_queued:
+            # once: close() is retried as a whole when the last flush fails
             with self._lock:
                 self._pending_metrics.append((self.epochs, step, final_metrics))
+            self._final_queued = True
         self._flush()
 

@@ -1,10 +1,13 @@
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from app.db.session import get_sessionmaker
+from app.services import auth
+from app.services.auth import Principal
 from app.settings import Settings, get_settings
 from app.storage import ArtifactStore, get_store
 
@@ -27,3 +30,51 @@ SessionDep = Annotated[Session, Depends(get_session)]
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 BaseUrlDep = Annotated[str, Depends(base_url)]
+
+# auto_error=False: a missing key is answered below, in the API's own error shape
+# and with the WWW-Authenticate header RFC 6750 asks for; declaring the scheme here
+# puts it in the OpenAPI schema (Swagger's Authorize button, schemathesis).
+bearer = HTTPBearer(
+    auto_error=False, scheme_name="apiKey", bearerFormat="mxl_<prefix>_<secret>",
+    description="An API key of the project: `Authorization: Bearer mxl_…` (`mixlab admin "
+                "create-key`, or POST /v1/keys with a write key). Read keys may call GET "
+                "routes and previews; write keys every route.")
+
+
+def _unauthorized(message: str, challenge: str = "Bearer") -> HTTPException:
+    return HTTPException(status_code=401, detail=message,
+                         headers={"WWW-Authenticate": challenge})
+
+
+def authenticate(session: SessionDep, settings: SettingsDep,
+                 credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+                 ) -> Principal:
+    """The project and scope of the request's API key (every /v1 route depends on
+    it). With authentication off, every request is the default project's, writing."""
+    if not settings.auth_enabled:
+        return auth.DEFAULT_PRINCIPAL
+    if credentials is None:
+        raise _unauthorized("missing API key: send `Authorization: Bearer <key>` (mixlab "
+                            "admin create-key makes one)")
+    principal = auth.authenticate(session, credentials.credentials)
+    if principal is None:
+        raise _unauthorized("invalid or revoked API key",
+                            'Bearer error="invalid_token", error_description="invalid or '
+                            'revoked API key"')
+    return principal
+
+
+def require_write(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
+    if not principal.can_write:
+        raise HTTPException(status_code=403, detail="this API key is read-only; the route "
+                                                    "needs a key with scope write")
+    return principal
+
+
+ReaderDep = Annotated[Principal, Depends(authenticate)]
+WriterDep = Annotated[Principal, Depends(require_write)]
+
+_ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
+# the documented reply of a write route to a read-only key
+WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    403: {"description": "The API key is read-only (scope read)", "content": _ERROR}}

@@ -1,11 +1,17 @@
 """The FastAPI application: ``uvicorn app.api.main:app``."""
 
-from fastapi import APIRouter, FastAPI
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, Depends, FastAPI
 
 from app import __version__
-from app.api import errors
+from app.api import access, errors
+from app.api.deps import authenticate
 from app.api.openapi import add_common_errors, add_dataset_create
-from app.api.routes import datasets, experiments, health, runs
+from app.api.routes import datasets, experiments, health, keys, runs
+from app.reconciler import Reconciler
+from app.settings import get_settings
 
 DESCRIPTION = """
 mixlab trains models with mixup-style augmentation. Register a dataset, preview
@@ -16,11 +22,26 @@ errors are `{"detail": "..."}`.
 """
 
 
+@asynccontextmanager
+async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    # the API is up whenever runs are: it hosts the sweeps for lost and dead runs
+    reconciler = Reconciler(get_settings())
+    reconciler.start()
+    try:
+        yield
+    finally:
+        reconciler.stop()
+
+
 def create_app() -> FastAPI:
-    app = FastAPI(title="mixlab", version=__version__, description=DESCRIPTION)
+    app = FastAPI(title="mixlab", version=__version__, description=DESCRIPTION,
+                  lifespan=lifespan)
     errors.install(app)
-    v1 = APIRouter(prefix="/v1")
-    for module in (datasets, experiments, runs):
+    access.install(app, get_settings())
+    # every /v1 route needs an API key (routes that write also ask for the write
+    # scope); health and readiness stay open for probes
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)])
+    for module in (datasets, experiments, runs, keys):
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router)

@@ -24,16 +24,25 @@ def add_dataset_create(schema: dict[str, Any]) -> None:
 
 
 def add_common_errors(schema: dict[str, Any]) -> None:
-    """404 on every operation that names an object by id, 503 on every /v1
-    operation (the database or broker is unavailable), one error body shape."""
+    """404 on every operation that names an object by id, 400 on every one with a
+    body (unparseable), 401 (no valid API key)
+    and 503 (the database or broker is unavailable) on every /v1 operation, one
+    error body shape."""
     schema.setdefault("components", {}).setdefault("schemas", {})["ErrorOut"] = _ERROR_SCHEMA
     for path, operations in schema.get("paths", {}).items():
         if not path.startswith("/v1/"):
             continue
         for operation in operations.values():
             responses = operation.setdefault("responses", {})
+            responses.setdefault("401", {"description": "Missing, invalid or revoked API "
+                                                        "key (`WWW-Authenticate: Bearer`)",
+                                         "content": _ERROR})
             if "{" in path:
                 responses.setdefault("404", {"description": "No such object",
+                                             "content": _ERROR})
+            if "requestBody" in operation:
+                responses.setdefault("400", {"description": "A body that cannot be parsed "
+                                                            "at all (not JSON, not multipart)",
                                              "content": _ERROR})
             responses.setdefault("503", {"description": "Database or broker unavailable; "
                                                         "retry after `Retry-After` seconds",

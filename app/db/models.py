@@ -20,8 +20,50 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from app.db.base import Base, JSONType, UTCDateTime, utcnow
 
 DATASET_STATUSES = ("preparing", "ready", "failed")
+KEY_SCOPES = ("read", "write")
+# The project the migration gave every row that existed before projects did, and
+# the one every request acts as when authentication is off (the embedded default).
+DEFAULT_PROJECT_ID = uuid.UUID("00000000-0000-0000-0000-000000000001")
+DEFAULT_PROJECT_NAME = "default"
 RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+
+
+class Project(Base):
+    """Owns datasets and experiments (and through them runs, metrics, checkpoints,
+    evaluations and previews). ``limits`` overrides the settings' per-project
+    defaults, e.g. ``{"queued_runs": 10}`` (``app.services.limits``)."""
+
+    __tablename__ = "projects"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    limits: Mapped[dict[str, int]] = mapped_column(JSONType, default=dict)
+
+    keys: Mapped[list["ApiKey"]] = relationship(back_populates="project",
+                                                cascade="all, delete-orphan",
+                                                passive_deletes=True)
+
+
+class ApiKey(Base):
+    """An API key of one project. Only its hash is stored; ``prefix`` (the key's
+    first characters) finds the row and is what listings show."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    project_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    prefix: Mapped[str] = mapped_column(String(32), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scope: Mapped[str] = mapped_column(String(10))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    project: Mapped[Project] = relationship(back_populates="keys")
 
 
 class Dataset(Base):
@@ -35,6 +77,10 @@ class Dataset(Base):
     __tablename__ = "datasets"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    # every service passes the project; the default is for rows made behind the
+    # API (scripts, tests of the worker's side)
+    project_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("projects.id", ondelete="RESTRICT"), index=True, default=DEFAULT_PROJECT_ID)
     name: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(20), default="preparing")
     source: Mapped[dict[str, Any]] = mapped_column(JSONType)
@@ -59,6 +105,8 @@ class Experiment(Base):
     __tablename__ = "experiments"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    project_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("projects.id", ondelete="RESTRICT"), index=True, default=DEFAULT_PROJECT_ID)
     name: Mapped[str] = mapped_column(String(200))
     dataset_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("datasets.id", ondelete="RESTRICT"), index=True)

@@ -73,9 +73,13 @@ class TrainingSpecIn(StrictModel):
                     "model) and report temperature, test_ece_calibrated and "
                     "test_nll_calibrated next to the raw metrics; predictions do not "
                     "change and T is saved with the checkpoint. none: skip it.")
+    time_limit_s: int | None = Field(
+        None, ge=1, le=30 * 24 * 3600,
+        description="Wall-clock limit of one attempt, from its claim; past it the run "
+                    "stops at its next step and fails with the reason.")
 
     def to_ml(self) -> TrainSpec:
-        return TrainSpec(**self.model_dump())
+        return TrainSpec(**self.model_dump(exclude={"time_limit_s"}))
 
 
 # The tasks ``train`` knows (``app.ml.tasks.TASKS``), and retrieval, which has

@@ -29,7 +29,7 @@ from app.ml.data.fashion_mnist import missing_message
 from app.ml.data.ingest_spec import IngestSpec
 from app.queue import enqueue_preparation
 from app.schemas.datasets import DatasetCreate, UriSource
-from app.services import ingest, sources
+from app.services import ingest, limits, sources
 from app.services.errors import ConflictError, FieldError, NotFoundError
 from app.settings import Settings
 from app.storage import ArtifactStore, dataset_prefix, upload_key
@@ -72,31 +72,38 @@ def _fail_unclaimed(session: Session, dataset_id: uuid.UUID, message: str) -> No
     session.commit()
 
 
-def submit_builtin(session: Session, settings: Settings, request: DatasetCreate) -> Dataset:
+def submit_builtin(session: Session, project_id: uuid.UUID, settings: Settings,
+                   request: DatasetCreate) -> Dataset:
     source = request.source
     assert not isinstance(source, UriSource)
     if source.name == "fashion-mnist":
         root = Path(settings.fashion_mnist_dir)
         if not all((root / name).is_file() for name in FASHION_MNIST_FILES.values()):
             raise DataValidationError("source.name", missing_message(root))
-    return _queue(session, Dataset(name=request.name, status="preparing",
-                                   source=source.model_dump(mode="json")))
+    limits.check_dataset_bytes(session, settings, project_id, 0, ("body", "source"))
+    return _queue(session, Dataset(project_id=project_id, name=request.name,
+                                   status="preparing", source=source.model_dump(mode="json")))
 
 
-def submit_upload(session: Session, store: ArtifactStore, settings: Settings, name: str,
-                  path: Path, filename: str, spec: IngestSpec | None) -> Dataset:
+def submit_upload(session: Session, project_id: uuid.UUID, store: ArtifactStore,
+                  settings: Settings, name: str, path: Path, filename: str,
+                  spec: IngestSpec | None) -> Dataset:
     """Any upload format (.npz, .parquet, .zip, .tar.gz/.tgz), chosen by the file name."""
     fmt = ingest.upload_format(filename)
     ingest.check_file(settings, path, fmt, spec)
+    limits.check_dataset_bytes(session, settings, project_id, path.stat().st_size,
+                               ("body", "file"))
     source: dict[str, Any] = {"kind": "upload", "format": fmt, "filename": filename}
     if spec is not None:
         source["spec"] = asdict(spec)
-    dataset = Dataset(id=uuid.uuid4(), name=name, status="preparing", source=source)
+    dataset = Dataset(id=uuid.uuid4(), project_id=project_id, name=name, status="preparing",
+                      source=source)
     store.put_file(upload_key(dataset.id, ingest.FORMAT_SUFFIX[fmt]), path)
     return _queue(session, dataset, store)
 
 
-def submit_uri(session: Session, settings: Settings, request: DatasetCreate) -> Dataset:
+def submit_uri(session: Session, project_id: uuid.UUID, settings: Settings,
+               request: DatasetCreate) -> Dataset:
     """A file:// (under the import roots) or s3:// URI, read by the worker."""
     source = request.source
     assert isinstance(source, UriSource)
@@ -112,17 +119,21 @@ def submit_uri(session: Session, settings: Settings, request: DatasetCreate) -> 
     elif fmt == "npz" and spec is not None:
         raise FieldError(("body", "source", "spec"), "spec applies to .parquet, .zip and "
                                                      ".tar.gz files, not .npz")
+    size = resolved.path.stat().st_size if resolved.path is not None else 0
+    limits.check_dataset_bytes(session, settings, project_id, size, sources.URI_LOC)
     stored: dict[str, Any] = {"kind": "uri", "uri": source.uri, "format": fmt}
     if spec is not None:
         stored["spec"] = asdict(spec)
-    return _queue(session, Dataset(name=request.name, status="preparing", source=stored))
+    return _queue(session, Dataset(project_id=project_id, name=request.name,
+                                   status="preparing", source=stored))
 
 
 # --- reading and removing ------------------------------------------------------------
 
-def get(session: Session, dataset_id: uuid.UUID) -> Dataset:
+def get(session: Session, project_id: uuid.UUID, dataset_id: uuid.UUID) -> Dataset:
+    """The project's dataset; another project's is not found, exactly like a missing one."""
     dataset = session.get(Dataset, dataset_id)
-    if dataset is None:
+    if dataset is None or dataset.project_id != project_id:
         raise NotFoundError("dataset", dataset_id)
     return dataset
 
@@ -140,18 +151,22 @@ def require_ready(dataset: Dataset) -> Dataset:
                         "data and register it again")
 
 
-def list_page(session: Session, limit: int, offset: int) -> tuple[list[Dataset], int]:
-    total = session.scalar(select(func.count()).select_from(Dataset)) or 0
-    rows = session.scalars(select(Dataset).order_by(Dataset.created_at.desc(), Dataset.id)
+def list_page(session: Session, project_id: uuid.UUID, limit: int,
+              offset: int) -> tuple[list[Dataset], int]:
+    mine = Dataset.project_id == project_id
+    total = session.scalar(select(func.count()).select_from(Dataset).where(mine)) or 0
+    rows = session.scalars(select(Dataset).where(mine)
+                           .order_by(Dataset.created_at.desc(), Dataset.id)
                            .limit(limit).offset(offset)).all()
     return list(rows), total
 
 
-def delete(session: Session, store: ArtifactStore, dataset_id: uuid.UUID) -> None:
+def delete(session: Session, project_id: uuid.UUID, store: ArtifactStore,
+           dataset_id: uuid.UUID) -> None:
     """Remove a dataset and everything stored for it. One still preparing is
     cancelled: its worker sees the row gone at its next progress write, stops, and
     removes whatever it wrote after this."""
-    dataset = get(session, dataset_id)
+    dataset = get(session, project_id, dataset_id)
     used = session.scalar(select(func.count()).select_from(Experiment)
                           .where(Experiment.dataset_id == dataset_id)) or 0
     if used:

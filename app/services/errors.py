@@ -17,3 +17,12 @@ class FieldError(ValueError):
         super().__init__(message)
         self.loc = loc
         self.message = message
+
+
+class LimitExceeded(RuntimeError):
+    """A project's rate or concurrency limit (runs queued or running): the API
+    answers 429 with ``Retry-After``. Size limits are ``FieldError`` (422)."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

@@ -13,8 +13,9 @@ from app.ml.models.multimodal import MIXING_LAYERS as MULTIMODAL_MIXING_LAYERS
 from app.ml.tasks import TASKS
 from app.queue import enqueue_run
 from app.schemas.experiments import ExperimentCreate
-from app.services import augmentation, datasets, task_checks
+from app.services import augmentation, datasets, limits, task_checks
 from app.services.errors import ConflictError, FieldError, NotFoundError
+from app.settings import get_settings
 from app.storage import ArtifactStore, run_prefix
 
 log = logging.getLogger(__name__)
@@ -63,21 +64,22 @@ def _validate_against_dataset(request: ExperimentCreate, dataset: Dataset) -> No
                                        ("body", "augmentation"))
 
 
-def create(session: Session, request: ExperimentCreate) -> Experiment:
+def create(session: Session, project_id: uuid.UUID, request: ExperimentCreate) -> Experiment:
     """Store the experiment and its run, commit, then publish the run.
 
     Publishing after the commit means a worker never receives a run id it
     cannot read; if publishing fails the run stays ``queued`` in Postgres.
     """
     dataset = session.get(Dataset, request.dataset_id)
-    if dataset is None:
+    if dataset is None or dataset.project_id != project_id:  # another project's: the same
         raise FieldError(("body", "dataset_id"), f"dataset {request.dataset_id} does not exist")
     datasets.require_ready(dataset)
     _validate_against_dataset(request, dataset)
+    limits.check_experiment(session, get_settings(), project_id, request, dataset.summary)
     parts = {"model", "augmentation", "training"} | ({"retrieval"} if request.retrieval else set())
     spec = request.model_dump(mode="json", include=parts)
-    experiment = Experiment(name=request.name, dataset_id=dataset.id, task=request.task,
-                            spec=spec)
+    experiment = Experiment(project_id=project_id, name=request.name, dataset_id=dataset.id,
+                            task=request.task, spec=spec)
     experiment.runs.append(Run(status="queued"))
     session.add(experiment)
     session.commit()
@@ -89,24 +91,29 @@ def create(session: Session, request: ExperimentCreate) -> Experiment:
     return experiment
 
 
-def get(session: Session, experiment_id: uuid.UUID) -> Experiment:
+def get(session: Session, project_id: uuid.UUID, experiment_id: uuid.UUID) -> Experiment:
+    """The project's experiment; another project's is not found, like a missing one."""
     experiment = session.get(Experiment, experiment_id, options=[selectinload(Experiment.runs)])
-    if experiment is None:
+    if experiment is None or experiment.project_id != project_id:
         raise NotFoundError("experiment", experiment_id)
     return experiment
 
 
-def list_page(session: Session, limit: int, offset: int) -> tuple[list[Experiment], int]:
-    total = session.scalar(select(func.count()).select_from(Experiment)) or 0
-    rows = session.scalars(select(Experiment).options(selectinload(Experiment.runs))
+def list_page(session: Session, project_id: uuid.UUID, limit: int,
+              offset: int) -> tuple[list[Experiment], int]:
+    mine = Experiment.project_id == project_id
+    total = session.scalar(select(func.count()).select_from(Experiment).where(mine)) or 0
+    rows = session.scalars(select(Experiment).where(mine)
+                           .options(selectinload(Experiment.runs))
                            .order_by(Experiment.created_at.desc(), Experiment.id)
                            .limit(limit).offset(offset)).all()
     return list(rows), total
 
 
-def delete(session: Session, store: ArtifactStore, experiment_id: uuid.UUID) -> None:
+def delete(session: Session, project_id: uuid.UUID, store: ArtifactStore,
+           experiment_id: uuid.UUID) -> None:
     """Remove a finished experiment with its runs, metric history and checkpoints."""
-    experiment = get(session, experiment_id)
+    experiment = get(session, project_id, experiment_id)
     live = [str(r.id) for r in experiment.runs if r.status in ("queued", "running")]
     if live:
         raise ConflictError(f"experiment {experiment_id} has live runs ({', '.join(live)}); "

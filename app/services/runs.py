@@ -14,21 +14,25 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
-from app.db.models import TERMINAL_STATUSES, MetricPoint, Run
+from app.db.models import TERMINAL_STATUSES, Experiment, MetricPoint, Run
 from app.ml.train import Progress
 from app.services.errors import ConflictError, NotFoundError
 
 
-def get(session: Session, run_id: uuid.UUID) -> Run:
+def get(session: Session, project_id: uuid.UUID, run_id: uuid.UUID) -> Run:
+    """The project's run (through its experiment); another project's is not
+    found, exactly like a missing one."""
     run = session.get(Run, run_id)
-    if run is None:
+    if run is None or run.experiment.project_id != project_id:
         raise NotFoundError("run", run_id)
     return run
 
 
-def list_page(session: Session, limit: int, offset: int, status: str | None = None,
+def list_page(session: Session, project_id: uuid.UUID, limit: int, offset: int,
+              status: str | None = None,
               experiment_id: uuid.UUID | None = None) -> tuple[list[Run], int]:
-    query = select(Run)
+    query = (select(Run).join(Experiment, Run.experiment_id == Experiment.id)
+             .where(Experiment.project_id == project_id))
     if status:
         query = query.where(Run.status == status)
     if experiment_id:
@@ -39,10 +43,10 @@ def list_page(session: Session, limit: int, offset: int, status: str | None = No
     return list(rows), total
 
 
-def cancel(session: Session, run_id: uuid.UUID) -> Run:
+def cancel(session: Session, project_id: uuid.UUID, run_id: uuid.UUID) -> Run:
     """A queued run is cancelled at once; a running one is flagged and the
     worker stops it at its next step. Cancelling a cancelled run is a no-op."""
-    run = get(session, run_id)
+    run = get(session, project_id, run_id)
     now = utcnow()
     result = session.execute(
         update(Run).where(Run.id == run_id, Run.status == "queued")
@@ -57,9 +61,9 @@ def cancel(session: Session, run_id: uuid.UUID) -> Run:
     return run
 
 
-def metric_history(session: Session, run_id: uuid.UUID,
+def metric_history(session: Session, project_id: uuid.UUID, run_id: uuid.UUID,
                    key: str | None = None) -> dict[str, list[MetricPoint]]:
-    get(session, run_id)
+    get(session, project_id, run_id)
     query = select(MetricPoint).where(MetricPoint.run_id == run_id)
     if key is not None:
         query = query.where(MetricPoint.key == key)

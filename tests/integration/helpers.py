@@ -1,3 +1,4 @@
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -48,3 +49,9 @@ def prepared(http: httpx.Client, response: httpx.Response, status: str = "ready"
     ds = wait_for_dataset(http, accepted["id"])
     assert ds["status"] == status, ds
     return ds
+
+
+def auth_headers() -> dict[str, str]:
+    """The session's API key as a header, for raw httpx calls (conftest's ``access``
+    fixture, which ``stack`` and ``api_client`` use, exports it)."""
+    return {"Authorization": f"Bearer {os.environ['MIXLAB_API_KEY']}"}

@@ -229,3 +229,43 @@ def test_connection_refused_exits_2() -> None:
     done = mixlab(f"http://127.0.0.1:{free_port()}", "datasets", "list")
     assert done.returncode == 2
     assert "is the API running? mixlab up" in done.stderr and done.stdout == ""
+
+
+def admin(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m app.cli admin ARGS`` on the tests' database; never a traceback."""
+    done = subprocess.run([sys.executable, "-m", "app.cli", "admin", *args],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env={**os.environ, "COLUMNS": "200"})
+    assert "Traceback" not in done.stderr, done.stderr
+    return done
+
+
+def test_admin_bootstraps_a_key_the_client_commands_use_until_revoked(stack: Stack) -> None:
+    name = f"cli-{uuid.uuid4().hex[:6]}"
+    created = admin("create-project", name, "--limit", "queued_runs=5")
+    assert created.returncode == 0 and f"created project {name}" in created.stdout
+    taken = admin("create-project", name)
+    assert taken.returncode == 1 and "exists" in taken.stderr
+    made = admin("create-key", "--project", name, "--scope", "read", "--name", "ci")
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip()  # the key alone on stdout: $(mixlab admin create-key ...)
+    assert re.fullmatch(r"mxl_[0-9a-f]{8}_[\w-]{43}", key), made.stdout
+    assert "shown only now" in made.stderr
+    listed = admin("list-keys", "--project", name)
+    row = next(line for line in listed.stdout.splitlines() if key[:12] in line)
+    assert key not in listed.stdout and "read" in row and " ci " in row
+    key_id = re.search(UUID, row).group(0)  # type: ignore[union-attr]
+
+    # the new project sees none of the tests' project, and may only read
+    listing = ok(stack.base_url, "datasets", "list", "--api-key", key)
+    assert "datasets (0 of 0)" in listing
+    write = mixlab(stack.base_url, "datasets", "delete", str(uuid.uuid4()), "--api-key", key)
+    assert write.returncode == 1 and "error: 403" in write.stderr
+
+    revoked = admin("revoke-key", key_id)
+    assert revoked.returncode == 0 and key[:12] in revoked.stdout
+    refused = mixlab(stack.base_url, "datasets", "list", "--api-key", key)
+    assert refused.returncode == 1 and "error: 401 invalid or revoked API key" in refused.stderr
+    assert "--api-key or MIXLAB_API_KEY" in refused.stderr
+    assert admin("revoke-key", str(uuid.uuid4())).returncode == 1
+    assert admin("create-key", "--project", "no-such-project").returncode == 1

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from app.client import MixlabClient
@@ -25,7 +26,11 @@ def test_embedded_stack_trains_a_run(tmp_path: Path) -> None:
                             start_new_session=True)
     try:
         wait_http(f"http://127.0.0.1:{port}", proc, log, timeout=90)
-        with MixlabClient(f"http://127.0.0.1:{port}") as mx:
+        # embedded, authentication is off, and says so: no key needed
+        assert "WARNING: authentication is OFF" in log.read_text(), log.read_text()
+        anonymous = httpx.get(f"http://127.0.0.1:{port}/v1/datasets")
+        assert anonymous.status_code == 200, anonymous.text
+        with MixlabClient(f"http://127.0.0.1:{port}", api_key="") as mx:
             ds = mx.create_builtin_dataset("digits", label_noise=0.1)
             assert ds["status"] == "preparing"
             # prepared through the ingest queue of the filesystem broker, by the same worker

@@ -16,13 +16,15 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from app.db.models import Dataset
+from app.db.models import DEFAULT_PROJECT_ID, Dataset
 from app.db.session import session_scope
 from app.ml.data import from_bytes
 from app.ml.data.ingest_spec import PreparationStopped
+from app.services import auth
 from app.services import datasets as service
 from app.settings import get_settings
 from app.storage import dataset_prefix, get_store, prepared_key, upload_key
+from tests.conftest import TEST_PROJECT
 from tests.integration.helpers import prepared, wait_for_dataset, wait_until
 from tests.unit.test_parquet import png
 
@@ -130,10 +132,11 @@ def test_what_the_headers_show_is_422_at_submission(api_client: TestClient, file
 
 
 def _insert(status: str = "preparing", **values: object) -> str:
-    """A dataset row no message refers to: it stays as written."""
+    """A dataset row of the tests' project no message refers to: it stays as written."""
     with session_scope() as session:
-        ds = Dataset(name="held", status=status, source={"kind": "builtin", "name": "digits",
-                                                         "options": {}}, **values)
+        ds = Dataset(project_id=auth.find_project(session, TEST_PROJECT).id, name="held",
+                     status=status, source={"kind": "builtin", "name": "digits",
+                                            "options": {}}, **values)
         session.add(ds)
         session.commit()
         return str(ds.id)
@@ -333,7 +336,7 @@ def test_progress_is_written_and_a_deleted_dataset_stops_the_job(database: str) 
 
         wait_until(written, timeout=10, what="the reporter to write progress")
         with session_scope() as session:
-            service.delete(session, get_store(), dataset_id)
+            service.delete(session, DEFAULT_PROJECT_ID, get_store(), dataset_id)
 
         def stopped() -> bool:
             try:
@@ -357,7 +360,7 @@ def test_a_job_whose_dataset_is_deleted_leaves_nothing(database: str,
     def delete_midway(*args: object, **kwargs: object) -> object:
         progress = kwargs["progress"] if "progress" in kwargs else args[-1]
         with session_scope() as session:
-            service.delete(session, get_store(), dataset_id)
+            service.delete(session, DEFAULT_PROJECT_ID, get_store(), dataset_id)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:  # the next progress call after the flush stops
             progress("reading", 0.1)  # type: ignore[operator]

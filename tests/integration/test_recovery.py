@@ -1,8 +1,9 @@
 """The reconciler's sweeps on the real Postgres database and the real Redis queue."""
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
+from functools import partial
 
 import pytest
 import redis
@@ -49,13 +50,20 @@ def held() -> set[str] | None:
     return pending_args(get_settings(), QUEUE, TRAIN_RUN_TASK)
 
 
-def make_run(status: str, *, age_s: float = 0.0, heartbeat_age_s: float | None = None,
-             attempt: int = 0, cancel_requested: bool = False) -> uuid.UUID:
+@pytest.fixture
+def make_run(access) -> Callable[..., uuid.UUID]:  # type: ignore[no-untyped-def]
+    """Makes a run of the given state in the tests project."""
+    return partial(_make_run, access.project_id)
+
+
+def _make_run(project_id: uuid.UUID, status: str, *, age_s: float = 0.0,
+              heartbeat_age_s: float | None = None, attempt: int = 0,
+              cancel_requested: bool = False) -> uuid.UUID:
     with session_scope() as session:
         dataset = Dataset(name="recovery", status="ready", source={}, summary={},
-                          artifact_key="none", size_bytes=0)
+                          artifact_key="none", size_bytes=0, project_id=project_id)
         experiment = Experiment(name="recovery", dataset=dataset, task="classification",
-                                spec={})
+                                spec={}, project_id=project_id)
         run = Run(status=status, attempt=attempt, cancel_requested=cancel_requested)
         experiment.runs.append(run)
         session.add(experiment)
@@ -77,7 +85,7 @@ def status_of(run_id: uuid.UUID) -> tuple[str, int, str | None]:
         return run.status, run.attempt, run.error
 
 
-def test_a_queued_run_the_broker_lost_is_published_once(database, redis_queue):
+def test_a_queued_run_the_broker_lost_is_published_once(database, make_run, redis_queue):
     lost = make_run("queued", age_s=120)
     assert str(lost) not in held()  # type: ignore[operator]
     with session_scope() as session:
@@ -90,7 +98,7 @@ def test_a_queued_run_the_broker_lost_is_published_once(database, redis_queue):
     assert lost not in again
 
 
-def test_a_run_within_its_grace_period_or_already_taken_is_not_republished(database,
+def test_a_run_within_its_grace_period_or_already_taken_is_not_republished(database, make_run,
                                                                            redis_queue):
     young = make_run("queued", age_s=1)
     running = make_run("running", age_s=300, heartbeat_age_s=1, attempt=1)
@@ -99,13 +107,13 @@ def test_a_run_within_its_grace_period_or_already_taken_is_not_republished(datab
     assert young not in sent and running not in sent
 
 
-def test_an_uninspectable_broker_calls_nothing_lost(database):
+def test_an_uninspectable_broker_calls_nothing_lost(database, make_run):
     make_run("queued", age_s=600)
     with session_scope() as session:
         assert recovery.republish_lost(session, None, grace_s=30, publish=publish) == []
 
 
-def test_a_dead_worker_run_is_requeued_and_published(database, redis_queue):
+def test_a_dead_worker_run_is_requeued_and_published(database, make_run, redis_queue):
     dead = make_run("running", age_s=600, heartbeat_age_s=120, attempt=1)
     alive = make_run("running", age_s=600, heartbeat_age_s=1, attempt=1)
     with session_scope() as session:
@@ -120,7 +128,7 @@ def test_a_dead_worker_run_is_requeued_and_published(database, redis_queue):
     assert status_of(alive)[0] == "running"
 
 
-def test_the_last_attempt_fails_with_the_reason(database, redis_queue):
+def test_the_last_attempt_fails_with_the_reason(database, make_run, redis_queue):
     dead = make_run("running", age_s=600, heartbeat_age_s=120, attempt=3)
     with session_scope() as session:
         report = recovery.reap_dead(session, heartbeat_timeout_s=60, max_attempts=3,
@@ -132,7 +140,7 @@ def test_the_last_attempt_fails_with_the_reason(database, redis_queue):
     assert str(dead) not in held()  # type: ignore[operator]
 
 
-def test_a_dead_run_with_a_cancel_request_is_cancelled(database, redis_queue):
+def test_a_dead_run_with_a_cancel_request_is_cancelled(database, make_run, redis_queue):
     dead = make_run("running", age_s=600, heartbeat_age_s=120, attempt=1,
                     cancel_requested=True)
     with session_scope() as session:
@@ -142,7 +150,7 @@ def test_a_dead_run_with_a_cancel_request_is_cancelled(database, redis_queue):
     assert status_of(dead)[0] == "cancelled"
 
 
-def test_one_sweep_publishes_a_requeued_run_once(database, redis_queue):
+def test_one_sweep_publishes_a_requeued_run_once(database, make_run, redis_queue):
     dead = make_run("running", age_s=600, heartbeat_age_s=120, attempt=1)
     sent: list[str] = []
 

@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from app.client import MixlabClient
-from tests.integration.helpers import wait_until
+from tests.integration.helpers import auth_headers, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -64,13 +64,15 @@ def test_retrieval_requests_the_dataset_cannot_serve_are_refused(stack, paired: 
                                                                 patch: dict,
                                                                 loc: list) -> None:
     body = {"dataset_id": paired["id"], "model": TOWERS, "training": {"epochs": 1}, **patch}
-    response = httpx.post(f"{stack.base_url}/v1/experiments", json=body)
+    response = httpx.post(f"{stack.base_url}/v1/experiments", json=body,
+                          headers=auth_headers())
     assert response.status_code == 422, response.text
     assert loc in [e["loc"] for e in response.json()["detail"]]
 
 
 def test_m3mix_has_no_preview(stack, paired: dict) -> None:
     response = httpx.post(f"{stack.base_url}/v1/datasets/{paired['id']}/preview",
+                          headers=auth_headers(),
                           json={"method": "m3mix"})
     assert response.status_code == 422, response.text
     assert ["body", "method"] in [e["loc"] for e in response.json()["detail"]]

@@ -12,7 +12,7 @@ from safetensors.torch import load as st_load
 
 from app.client import MixlabClient
 from app.ml.checkpoint import load_model
-from tests.integration.helpers import wait_until
+from tests.integration.helpers import auth_headers, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -103,10 +103,16 @@ def test_requests_the_dataset_cannot_serve_are_refused(stack, tagged: dict, digi
                                                       which: str, patch: dict,
                                                       loc: list) -> None:
     dataset = tagged if which == "tagged" else digits
-    before = httpx.get(f"{stack.base_url}/v1/experiments").json()["total"]
+
+    def total() -> int:
+        return httpx.get(f"{stack.base_url}/v1/experiments",
+                         headers=auth_headers()).json()["total"]
+
+    before = total()
     body = {"dataset_id": dataset["id"], "model": MODEL if which == "tagged" else {},
             "training": {"epochs": 1}, **patch}
-    response = httpx.post(f"{stack.base_url}/v1/experiments", json=body)
+    response = httpx.post(f"{stack.base_url}/v1/experiments", json=body,
+                          headers=auth_headers())
     assert response.status_code == 422, response.text
     assert loc in [e["loc"] for e in response.json()["detail"]]
-    assert httpx.get(f"{stack.base_url}/v1/experiments").json()["total"] == before
+    assert total() == before

@@ -7,7 +7,7 @@ from safetensors.torch import load as st_load
 
 from app.client import MixlabClient
 from app.ml.models import ModelSpec, build_model
-from tests.integration.helpers import experiment, wait_until
+from tests.integration.helpers import auth_headers, experiment, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -71,7 +71,7 @@ def test_register_preview_train_metrics_checkpoint(client: MixlabClient, digits:
 
 
 def test_experiment_reply_and_listing(client: MixlabClient, stack, digits: dict) -> None:
-    response = httpx.post(f"{stack.base_url}/v1/experiments",
+    response = httpx.post(f"{stack.base_url}/v1/experiments", headers=auth_headers(),
                           json={"dataset_id": digits["id"], "model": {},
                                 "training": {"epochs": 1}})
     assert response.status_code == 202

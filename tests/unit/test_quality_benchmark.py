@@ -35,6 +35,8 @@ def test_tiny_digits_grid_writes_every_run(quality, tmp_path: Path) -> None:
                        "--json", str(out_json), "--markdown", str(out_md)])
     assert rc == 0
     payload = json.loads(out_json.read_text())
+    assert payload["complete"] is True
+    assert not list(tmp_path.glob("*.partial"))
     runs = payload["runs"]
     assert sorted((r["variant"], r["method"]) for r in runs) == [
         ("0", "mixup"), ("0", "none"), ("0.4", "mixup"), ("0.4", "none")]

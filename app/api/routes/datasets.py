@@ -10,10 +10,18 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from app.api.deps import BaseUrlDep, SessionDep, SettingsDep, StoreDep
+from app.api.deps import (
+    WRITE_RESPONSES,
+    BaseUrlDep,
+    ReaderDep,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+    WriterDep,
+)
 from app.db.models import Dataset
 from app.ml.data.ingest_spec import IngestSpec
-from app.schemas.common import Page
+from app.schemas.common import MAX_OFFSET, Page
 from app.schemas.datasets import (
     DatasetCreate,
     DatasetOut,
@@ -69,7 +77,13 @@ def _accepted(dataset: Dataset, response: Response) -> DatasetOut:
 
 
 def _body_errors(exc: ValidationError, prefix: tuple[str, ...] = ("body",)) -> list[Any]:
-    return [{**e, "loc": (*prefix, *e["loc"])} for e in exc.errors(include_url=False)]
+    errors = []
+    for e in exc.errors(include_url=False):
+        error = {**e, "loc": (*prefix, *e["loc"])}
+        if isinstance(error.get("input"), bytes):  # a body that is not even UTF-8
+            error["input"] = error["input"].decode("utf-8", "replace")
+        errors.append(error)
+    return errors
 
 
 def _ingest_spec(raw: object) -> IngestSpec | None:
@@ -110,10 +124,13 @@ async def _save_upload(upload: UploadFile, limit: int, folder: Path,
     responses={202: {"description": "Queued for preparation (status preparing); "
                                     "`Location` is the dataset to poll"},
                422: {"description": "Invalid request, spec or file (what can be known "
-                                    "before preparing it); `loc` names the field"}},
+                                    "before preparing it), or the project's dataset_bytes "
+                                    "limit; `loc` names the field"},
+               **WRITE_RESPONSES},
 )
 async def create_dataset(request: Request, response: Response, session: SessionDep,
-                         store: StoreDep, settings: SettingsDep) -> DatasetOut:
+                         store: StoreDep, settings: SettingsDep,
+                         principal: WriterDep) -> DatasetOut:
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         declared = int(request.headers.get("content-length") or 0)
@@ -130,11 +147,15 @@ async def create_dataset(request: Request, response: Response, session: SessionD
         stem = (filename[:-len(suffix)] if filename.lower().endswith(suffix)
                 else Path(filename).stem) or filename
         name = str(form.get("name") or Path(stem).name)[:200]
+        for field, text in (("name", name), ("file", filename)):
+            if "\x00" in text:  # Postgres text cannot hold NUL
+                raise FieldError(("body", field), f"{field}: must not contain NUL characters")
         folder = Path(tempfile.mkdtemp(prefix="mixlab-upload-"))
         try:
             path = await _save_upload(upload, settings.max_upload_bytes, folder, filename)
-            dataset = await run_in_threadpool(service.submit_upload, session, store,
-                                              settings, name, path, filename, spec)
+            dataset = await run_in_threadpool(service.submit_upload, session,
+                                              principal.project_id, store, settings, name,
+                                              path, filename, spec)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         return _accepted(dataset, response)
@@ -148,27 +169,30 @@ async def create_dataset(request: Request, response: Response, session: SessionD
         raise RequestValidationError(_body_errors(exc)) from exc
     submit = service.submit_uri if isinstance(body.source, UriSource) else \
         service.submit_builtin
-    dataset = await run_in_threadpool(submit, session, settings, body)
+    dataset = await run_in_threadpool(submit, session, principal.project_id, settings, body)
     return _accepted(dataset, response)
 
 
 @router.get("", response_model=Page[DatasetOut], summary="List datasets, newest first")
-def list_datasets(session: SessionDep, limit: Annotated[int, Query(ge=1, le=500)] = 50,
-                  offset: Annotated[int, Query(ge=0)] = 0) -> Page[DatasetOut]:
-    rows, total = service.list_page(session, limit, offset)
+def list_datasets(session: SessionDep, principal: ReaderDep,
+                  limit: Annotated[int, Query(ge=1, le=500)] = 50,
+                  offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> Page[DatasetOut]:
+    rows, total = service.list_page(session, principal.project_id, limit, offset)
     return Page(items=[to_out(d) for d in rows], total=total, limit=limit, offset=offset)
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut)
-def get_dataset(dataset_id: uuid.UUID, session: SessionDep) -> DatasetOut:
-    return to_out(service.get(session, dataset_id))
+def get_dataset(dataset_id: uuid.UUID, session: SessionDep, principal: ReaderDep) -> DatasetOut:
+    return to_out(service.get(session, principal.project_id, dataset_id))
 
 
 @router.delete("/{dataset_id}", status_code=204,
                summary="Remove a dataset and its files; one still preparing is cancelled",
-               responses={409: {"description": "An experiment uses the dataset"}})
-def delete_dataset(dataset_id: uuid.UUID, session: SessionDep, store: StoreDep) -> Response:
-    service.delete(session, store, dataset_id)
+               responses={409: {"description": "An experiment uses the dataset"},
+                          **WRITE_RESPONSES})
+def delete_dataset(dataset_id: uuid.UUID, session: SessionDep, store: StoreDep,
+                   principal: WriterDep) -> Response:
+    service.delete(session, principal.project_id, store, dataset_id)
     return Response(status_code=204)
 
 
@@ -177,8 +201,9 @@ def delete_dataset(dataset_id: uuid.UUID, session: SessionDep, store: StoreDep) 
                      "(seeded, reproducible)",
              responses={409: {"description": "The dataset is not ready"}})
 def create_preview(dataset_id: uuid.UUID, spec: PreviewRequest, session: SessionDep,
-                   store: StoreDep, base: BaseUrlDep) -> PreviewOut:
-    data = service.load_prepared(store, service.require_ready(service.get(session, dataset_id)))
+                   store: StoreDep, base: BaseUrlDep, principal: ReaderDep) -> PreviewOut:
+    dataset = service.get(session, principal.project_id, dataset_id)
+    data = service.load_prepared(store, service.require_ready(dataset))
     batch = previews.compute(data, spec)
     return previews.describe(dataset_id, data, spec, batch, base)
 
@@ -190,7 +215,7 @@ def create_preview(dataset_id: uuid.UUID, spec: PreviewRequest, session: Session
             responses={200: {"content": {"image/png": {}}},
                        409: {"description": "The dataset is not ready"}})
 def preview_png(dataset_id: uuid.UUID, request: Request, session: SessionDep,
-                store: StoreDep,
+                store: StoreDep, principal: ReaderDep,
                 sample: Annotated[int | None, Query(ge=0, le=63)] = None,
                 modality: Annotated[str | None, Query(
                     min_length=1, max_length=64,
@@ -203,7 +228,8 @@ def preview_png(dataset_id: uuid.UUID, request: Request, session: SessionDep,
         raise RequestValidationError(_body_errors(exc, ("query",))) from exc
     if sample is not None and sample >= spec.n:
         raise FieldError(("query", "sample"), f"sample must be below n ({spec.n})")
-    data = service.load_prepared(store, service.require_ready(service.get(session, dataset_id)))
+    dataset = service.get(session, principal.project_id, dataset_id)
+    data = service.load_prepared(store, service.require_ready(dataset))
     chosen = previews.check_modality(data, modality)
     batch = previews.compute(data, spec, where="query")
     return Response(previews.render(data, batch, sample, chosen), media_type="image/png")

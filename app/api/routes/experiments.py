@@ -4,9 +4,16 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 from fastapi.concurrency import run_in_threadpool
 
-from app.api.deps import BaseUrlDep, SessionDep, StoreDep
+from app.api.deps import (
+    WRITE_RESPONSES,
+    BaseUrlDep,
+    ReaderDep,
+    SessionDep,
+    StoreDep,
+    WriterDep,
+)
 from app.db.models import Experiment
-from app.schemas.common import Page
+from app.schemas.common import MAX_OFFSET, Page
 from app.schemas.experiments import ExperimentCreate, ExperimentCreated, ExperimentOut, RunRef
 from app.services import experiments as service
 
@@ -27,10 +34,17 @@ def to_out(experiment: Experiment, base: str) -> ExperimentOut:
 
 @router.post("", status_code=202, response_model=ExperimentCreated,
              summary="Create an experiment and queue its run",
-             responses={422: {"description": "Invalid spec; `loc` names the field"}})
+             responses={422: {"description": "Invalid spec, or a size limit of the project "
+                                              "(epoch_samples, model_parameters); `loc` "
+                                              "names the field"},
+                        429: {"description": "The project's running_runs or queued_runs "
+                                             "limit; retry after `Retry-After` seconds",
+                              "content": {"application/json": {"schema": {
+                                  "$ref": "#/components/schemas/ErrorOut"}}}},
+                        **WRITE_RESPONSES})
 async def create_experiment(spec: ExperimentCreate, session: SessionDep, base: BaseUrlDep,
-                            response: Response) -> ExperimentCreated:
-    experiment = await run_in_threadpool(service.create, session, spec)
+                            response: Response, principal: WriterDep) -> ExperimentCreated:
+    experiment = await run_in_threadpool(service.create, session, principal.project_id, spec)
     runs = _run_refs(experiment, base)
     response.headers["Location"] = runs[0].url
     return ExperimentCreated(experiment_id=experiment.id, run_ids=[r.id for r in runs],
@@ -38,23 +52,24 @@ async def create_experiment(spec: ExperimentCreate, session: SessionDep, base: B
 
 
 @router.get("", response_model=Page[ExperimentOut], summary="List experiments, newest first")
-def list_experiments(session: SessionDep, base: BaseUrlDep,
+def list_experiments(session: SessionDep, base: BaseUrlDep, principal: ReaderDep,
                      limit: Annotated[int, Query(ge=1, le=500)] = 50,
-                     offset: Annotated[int, Query(ge=0)] = 0) -> Page[ExperimentOut]:
-    rows, total = service.list_page(session, limit, offset)
+                     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> Page[ExperimentOut]:
+    rows, total = service.list_page(session, principal.project_id, limit, offset)
     return Page(items=[to_out(e, base) for e in rows], total=total, limit=limit, offset=offset)
 
 
 @router.get("/{experiment_id}", response_model=ExperimentOut)
-def get_experiment(experiment_id: uuid.UUID, session: SessionDep,
-                   base: BaseUrlDep) -> ExperimentOut:
-    return to_out(service.get(session, experiment_id), base)
+def get_experiment(experiment_id: uuid.UUID, session: SessionDep, base: BaseUrlDep,
+                   principal: ReaderDep) -> ExperimentOut:
+    return to_out(service.get(session, principal.project_id, experiment_id), base)
 
 
 @router.delete("/{experiment_id}", status_code=204,
                summary="Delete a finished experiment, its runs, metrics and checkpoints",
-               responses={409: {"description": "A run is still queued or running"}})
-def delete_experiment(experiment_id: uuid.UUID, session: SessionDep,
-                      store: StoreDep) -> Response:
-    service.delete(session, store, experiment_id)
+               responses={409: {"description": "A run is still queued or running"},
+                          **WRITE_RESPONSES})
+def delete_experiment(experiment_id: uuid.UUID, session: SessionDep, store: StoreDep,
+                      principal: WriterDep) -> Response:
+    service.delete(session, principal.project_id, store, experiment_id)
     return Response(status_code=204)

@@ -5,9 +5,16 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse, Response
 
-from app.api.deps import BaseUrlDep, SessionDep, StoreDep
+from app.api.deps import (
+    WRITE_RESPONSES,
+    BaseUrlDep,
+    ReaderDep,
+    SessionDep,
+    StoreDep,
+    WriterDep,
+)
 from app.db.models import Run
-from app.schemas.common import Page
+from app.schemas.common import MAX_OFFSET, Page
 from app.schemas.runs import (
     EvaluationOut,
     MetricHistory,
@@ -40,31 +47,35 @@ def to_out(run: Run, base: str) -> RunOut:
 
 
 @router.get("", response_model=Page[RunOut], summary="List runs, newest first")
-def list_runs(session: SessionDep, base: BaseUrlDep,
+def list_runs(session: SessionDep, base: BaseUrlDep, principal: ReaderDep,
               status: RunStatus | None = None, experiment_id: uuid.UUID | None = None,
               limit: Annotated[int, Query(ge=1, le=500)] = 50,
-              offset: Annotated[int, Query(ge=0)] = 0) -> Page[RunOut]:
-    rows, total = service.list_page(session, limit, offset, status, experiment_id)
+              offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> Page[RunOut]:
+    rows, total = service.list_page(session, principal.project_id, limit, offset, status,
+                                    experiment_id)
     return Page(items=[to_out(r, base) for r in rows], total=total, limit=limit, offset=offset)
 
 
 @router.get("/{run_id}", response_model=RunOut)
-def get_run(run_id: uuid.UUID, session: SessionDep, base: BaseUrlDep) -> RunOut:
-    return to_out(service.get(session, run_id), base)
+def get_run(run_id: uuid.UUID, session: SessionDep, base: BaseUrlDep,
+            principal: ReaderDep) -> RunOut:
+    return to_out(service.get(session, principal.project_id, run_id), base)
 
 
 @router.post("/{run_id}/cancel", response_model=RunOut,
              summary="Cancel: queued runs stop at once, running ones within a step or two",
-             responses={409: {"description": "The run already finished"}})
-def cancel_run(run_id: uuid.UUID, session: SessionDep, base: BaseUrlDep) -> RunOut:
-    return to_out(service.cancel(session, run_id), base)
+             responses={409: {"description": "The run already finished"},
+                        **WRITE_RESPONSES})
+def cancel_run(run_id: uuid.UUID, session: SessionDep, base: BaseUrlDep,
+               principal: WriterDep) -> RunOut:
+    return to_out(service.cancel(session, principal.project_id, run_id), base)
 
 
 @router.get("/{run_id}/metrics", response_model=MetricHistory,
             summary="Metric history by step (all keys, or one with ?key=)")
-def run_metrics(run_id: uuid.UUID, session: SessionDep,
+def run_metrics(run_id: uuid.UUID, session: SessionDep, principal: ReaderDep,
                 key: Annotated[str | None, Query(max_length=100)] = None) -> MetricHistory:
-    history = service.metric_history(session, run_id, key)
+    history = service.metric_history(session, principal.project_id, run_id, key)
     return MetricHistory(run_id=run_id, metrics={
         k: [MetricPointOut(step=p.step, epoch=p.epoch, value=p.value) for p in points]
         for k, points in history.items()})
@@ -73,8 +84,9 @@ def run_metrics(run_id: uuid.UUID, session: SessionDep,
 @router.get("/{run_id}/checkpoint", response_class=Response,
             summary="The run's latest checkpoint (safetensors)",
             responses={200: {"content": {"application/octet-stream": {}}}})
-def run_checkpoint(run_id: uuid.UUID, session: SessionDep, store: StoreDep) -> Response:
-    run = service.get(session, run_id)
+def run_checkpoint(run_id: uuid.UUID, session: SessionDep, store: StoreDep,
+                   principal: ReaderDep) -> Response:
+    run = service.get(session, principal.project_id, run_id)
     if not run.checkpoint_key:
         raise NotFoundError("checkpoint of run", run_id)
     filename = f"{run_id}.safetensors"
@@ -89,8 +101,9 @@ def run_checkpoint(run_id: uuid.UUID, session: SessionDep, store: StoreDep) -> R
             summary="The test split's per-class scores, with the confusion matrix "
                     "(classification) or per-class AP and counts (multilabel)",
             responses={404: {"description": "Unknown run, or it has not succeeded"}})
-def run_evaluation(run_id: uuid.UUID, session: SessionDep, store: StoreDep) -> EvaluationOut:
-    run = service.get(session, run_id)
+def run_evaluation(run_id: uuid.UUID, session: SessionDep, store: StoreDep,
+                   principal: ReaderDep) -> EvaluationOut:
+    run = service.get(session, principal.project_id, run_id)
     key = evaluation_key(run.id)
     if run.status != "succeeded" or not store.exists(key):
         raise NotFoundError("evaluation of run", run_id)
