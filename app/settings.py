@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     # Per-project limits (app.services.limits); a project's `limits` overrides them
     # by name without the prefix, e.g. {"queued_runs": 10}.
     limit_running_runs: int = Field(default=16, ge=1, description="Runs running at once; "
-                                    "a submission beyond it is 429.")
+                                    "more wait queued (enforced by the claim).")
     limit_queued_runs: int = Field(default=1000, ge=1, description="Runs waiting in the "
                                    "queue; a submission beyond it is 429.")
     limit_dataset_bytes: int = Field(default=100 * 1024**3, ge=1,

@@ -16,6 +16,7 @@ from app.ml.retrieval import train_retrieval
 from app.ml.train import TrainResult, train
 from app.schemas.experiments import ExperimentCreate
 from app.services import datasets as dataset_service
+from app.services import limits
 from app.services import runs as run_service
 from app.settings import get_settings
 from app.storage import ArtifactStore, evaluation_key, get_store, resume_key_beside
@@ -67,8 +68,10 @@ class _Claimed:
 
 
 def _claim(run_id: uuid.UUID) -> _Claimed | None:
+    settings = get_settings()
     with session_scope() as session:
-        run = run_service.claim(session, run_id)
+        run = run_service.claim(session, run_id,
+                                lambda project: limits.effective(settings, project).running_runs)
         if run is None:
             return None
         experiment = session.get(Experiment, run.experiment_id)
@@ -95,7 +98,13 @@ def execute_run(run_id: uuid.UUID) -> str:
     requeues it to resume from its last checkpoint.
     """
     settings = get_settings()
-    claimed = retry_db(lambda: _claim(run_id), f"claiming run {run_id}", settings.db_retry_s)
+    try:
+        claimed = retry_db(lambda: _claim(run_id), f"claiming run {run_id}",
+                           settings.db_retry_s)
+    except run_service.AtCapacity as full:
+        # stays queued; the reconciler publishes it again once the message is gone
+        log.info("run %s deferred: %s", run_id, full)
+        return "deferred"
     if claimed is None:
         log.info("run %s not claimable (already taken, cancelled or gone)", run_id)
         return "skipped"

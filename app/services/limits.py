@@ -89,12 +89,9 @@ def check_experiment(session: Session, settings: Settings, project_id: uuid.UUID
                          f"the model has {parameters:,} parameters; the project's limit is "
                          f"{limits.model_parameters:,} (model_parameters): make it smaller "
                          "(model.width, model.depth, model.dim, model.text_dim, model.layers)")
-    running, queued = live_runs(session, project_id)
-    if running >= limits.running_runs:
-        raise LimitExceeded(f"the project has {running} runs running and its limit is "
-                            f"{limits.running_runs} (running_runs); submit again when one "
-                            "has finished",
-                            settings.limit_retry_after_s)
+    # running_runs caps how many run at once, at the claim (app.services.runs.claim):
+    # a submission past it waits in the queue, within queued_runs
+    _, queued = live_runs(session, project_id)
     if queued + new_runs > limits.queued_runs:
         raise LimitExceeded(f"the project has {queued} runs queued and its limit is "
                             f"{limits.queued_runs} (queued_runs); submit again when they "

@@ -7,14 +7,14 @@ win.
 
 import socket
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from sqlalchemy import Update, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
-from app.db.models import TERMINAL_STATUSES, Experiment, MetricPoint, Run
+from app.db.models import TERMINAL_STATUSES, Experiment, MetricPoint, Project, Run
 from app.ml.train import Progress
 from app.services.errors import ConflictError, NotFoundError
 
@@ -75,9 +75,35 @@ def metric_history(session: Session, project_id: uuid.UUID, run_id: uuid.UUID,
 
 # --- the worker's side -------------------------------------------------------
 
-def claim(session: Session, run_id: uuid.UUID) -> Run | None:
+class AtCapacity(RuntimeError):
+    """The run's project already runs as many runs as its ``running_runs`` limit:
+    the run stays queued and the reconciler publishes it again later."""
+
+
+def claim(session: Session, run_id: uuid.UUID,
+          running_limit: Callable[[Project], int] | None = None) -> Run | None:
     """Move a queued run to running for this worker; None if someone else has it,
-    it was cancelled, or it no longer exists."""
+    it was cancelled, or it no longer exists. With ``running_limit`` (the
+    project's ``running_runs``, from its row), raises ``AtCapacity`` while the
+    project has that many running; the project's row is locked meanwhile, so two workers cannot
+    both take the last slot."""
+    if running_limit is not None:
+        project_id = session.scalar(select(Experiment.project_id)
+                                    .join(Run, Run.experiment_id == Experiment.id)
+                                    .where(Run.id == run_id))
+        if project_id is None:
+            return None
+        project = session.get(Project, project_id, with_for_update={"key_share": True})
+        assert project is not None
+        limit = running_limit(project)
+        running = session.scalar(
+            select(func.count()).select_from(Run)
+            .join(Experiment, Run.experiment_id == Experiment.id)
+            .where(Experiment.project_id == project_id, Run.status == "running")) or 0
+        if running >= limit:
+            session.rollback()
+            raise AtCapacity(f"project {project_id} runs {running} runs (running_runs "
+                             f"{limit})")
     now = utcnow()
     result = session.execute(
         update(Run)

@@ -326,13 +326,8 @@ def test_run_limits_refuse_at_submission(project_a: dict) -> None:
         queued = http.post("/v1/experiments", json=spec)
         assert "queued_runs" in _error(queued, 429)
         assert int(queued.headers["retry-after"]) == get_settings().limit_retry_after_s
-        fake.append(_fake_run(project_id, dataset_id, "running"))
-        running = http.post("/v1/experiments", json=spec)
-        assert "1 runs running" in _error(running, 429)
-        assert "running_runs" in running.json()["detail"]
-        assert running.headers["retry-after"]
         # nothing was created by the refused submissions
-        assert http.get("/v1/runs").json()["total"] == 2
+        assert http.get("/v1/runs").json()["total"] == 1
 
         # dataset bytes: the copy already takes the whole allowance
         with session_scope() as session:

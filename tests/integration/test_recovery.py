@@ -14,7 +14,8 @@ from app.db.base import utcnow
 from app.db.models import Dataset, Experiment, Run
 from app.db.session import session_scope
 from app.queue import TRAIN_RUN_TASK, celery_app
-from app.services import recovery
+from app.services import auth, recovery
+from app.services import runs as run_service
 from app.settings import get_settings
 
 QUEUE = f"recovery-test-{uuid.uuid4().hex[:8]}"
@@ -163,3 +164,19 @@ def test_one_sweep_publishes_a_requeued_run_once(database, make_run, redis_queue
                                 max_attempts=3, publish=counting_publish)
     assert dead in report.requeued and dead not in report.republished
     assert sent.count(str(dead)) == 1
+
+
+def test_a_claim_waits_while_the_project_runs_its_limit(database):
+    with session_scope() as session:  # a project of its own: nothing else runs in it
+        project_id = auth.create_project(session, f"capacity-{uuid.uuid4().hex[:8]}").id
+    running = _make_run(project_id, "running", age_s=60, heartbeat_age_s=1, attempt=1)
+    queued = _make_run(project_id, "queued", age_s=60)
+    one_at_a_time = lambda _project: 1  # noqa: E731
+    with session_scope() as session, pytest.raises(run_service.AtCapacity):
+        run_service.claim(session, queued, one_at_a_time)
+    assert status_of(queued)[0] == "queued"
+    with session_scope() as session:
+        session.execute(update(Run).where(Run.id == running).values(status="succeeded"))
+        session.commit()
+        claimed = run_service.claim(session, queued, one_at_a_time)
+    assert claimed is not None and status_of(queued)[:2] == ("running", 1)
