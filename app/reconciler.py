@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from app.broker_contents import pending_args
 from app.db.session import session_scope
-from app.queue import TRAIN_RUN_TASK, enqueue_run
+from app.queue import PREPARE_DATASET_TASK, TRAIN_RUN_TASK, enqueue_preparation, enqueue_run
 from app.services import recovery
 from app.settings import Settings
 
@@ -23,31 +23,40 @@ log = logging.getLogger(__name__)
 
 class Reconciler:
     def __init__(self, settings: Settings,
-                 publish: Callable[[str], None] = enqueue_run) -> None:
+                 publish: Callable[[str], None] = enqueue_run,
+                 publish_preparation: Callable[[str], None] = enqueue_preparation) -> None:
         self.settings = settings
         self.publish = publish
+        self.publish_preparation = publish_preparation
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def _held(self) -> set[str] | None:
+    def _held(self, queue: str, task: str) -> set[str] | None:
         try:
-            return pending_args(self.settings, self.settings.queue, TRAIN_RUN_TASK)
+            return pending_args(self.settings, queue, task)
         except Exception:  # broker down: nothing can be called lost this time
             log.warning("cannot read the broker's queue; skipping lost-run detection",
                         exc_info=True)
             return None
 
     def run_once(self) -> recovery.SweepReport:
-        held = self._held()  # read before Postgres: see recovery.republish_lost
         s = self.settings
+        # read before Postgres: see recovery.republish_lost
+        held = self._held(s.queue, TRAIN_RUN_TASK)
+        held_preparations = self._held(s.ingest_queue, PREPARE_DATASET_TASK)
         with session_scope() as session:
             report = recovery.sweep(session, held, grace_s=s.queued_grace_s,
                                     heartbeat_timeout_s=s.heartbeat_timeout_s,
                                     max_attempts=s.run_max_attempts, publish=self.publish)
+            report.republished_datasets = recovery.republish_stalled_preparations(
+                session, held_preparations, s.queued_grace_s, s.ingest_stale_s,
+                self.publish_preparation)
         if report:
-            log.warning("reconciler: requeued %s, republished %s, failed %s, cancelled %s",
-                        *(list(map(str, ids)) for ids in (report.requeued, report.republished,
-                                                         report.failed, report.cancelled)))
+            log.warning("reconciler: requeued %s, republished %s, failed %s, cancelled %s, "
+                        "republished preparations %s",
+                        *(list(map(str, ids)) for ids in (
+                            report.requeued, report.republished, report.failed,
+                            report.cancelled, report.republished_datasets)))
         return report
 
     def _loop(self) -> None:

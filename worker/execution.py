@@ -6,7 +6,7 @@ import traceback
 import uuid
 from dataclasses import dataclass
 
-from app.db.models import Dataset, Experiment
+from app.db.models import Dataset, Experiment, Run
 from app.db.retry import retry_db
 from app.db.session import session_scope
 from app.ml.data import PreparedDataset
@@ -19,7 +19,13 @@ from app.services import datasets as dataset_service
 from app.services import limits
 from app.services import runs as run_service
 from app.settings import get_settings
-from app.storage import ArtifactStore, evaluation_key, get_store, resume_key_beside
+from app.storage import (
+    ArtifactStore,
+    evaluation_key,
+    get_store,
+    resume_key_beside,
+    run_prefix,
+)
 from worker.reporter import RunReporter
 
 log = logging.getLogger(__name__)
@@ -90,6 +96,11 @@ def _finish(run_id: uuid.UUID, status: str, attempt: int, error: str | None = No
     return retry_db(write, f"finishing run {run_id}", get_settings().db_retry_s)
 
 
+def _exists(run_id: uuid.UUID) -> bool:
+    with session_scope() as session:
+        return session.get(Run, run_id) is not None
+
+
 def execute_run(run_id: uuid.UUID) -> str:
     """Train ``run_id`` if this worker can claim it; returns what happened.
 
@@ -140,6 +151,11 @@ def execute_run(run_id: uuid.UUID) -> str:
     if result.status == "stopped" and reporter.timed_out:
         status, error = "failed", f"time limit of {limit} s (training.time_limit_s) exceeded"
     if not _finish(run_id, status, attempt, error):
+        if not retry_db(lambda: _exists(run_id), f"reading run {run_id}", settings.db_retry_s):
+            # its experiment was deleted mid-run: remove what this attempt wrote after
+            store.delete_prefix(run_prefix(run_id))
+            log.info("run %s was deleted while it ran; its files are removed", run_id)
+            return "deleted"
         # the reaper gave the run to another attempt while this one was cut off
         log.warning("run %s attempt %d no longer owns the run; result dropped", run_id, attempt)
         return "superseded"

@@ -23,7 +23,10 @@ class AugmentationSpec(StrictModel):
             "2019, hidden layers); mixgen (Hao et al. 2022, image + text); m3mix (m³-mix, "
             "Oh, So et al. 2023: geodesic mixing of a retrieval model's normalised "
             "embeddings as hard negatives; task retrieval only)."))
-    alpha: float = Field(1.0, gt=0, le=100, description="Beta(α, α) concentration for λ.")
+    alpha: float = Field(1.0, gt=0, le=100, description=(
+        "Beta(α, α) concentration for λ. 1 draws λ uniformly; with noisy training "
+        "labels larger α (8 at 20 % noise, 16–32 at 40–60 %) holds accuracy up "
+        "(benchmarks/quality.py)."))
     cutmix_alpha: float | None = Field(
         None, gt=0, le=100, description="mixup_cutmix: α when cutmix is picked (default α).")
     switch_prob: float = Field(0.5, ge=0, le=1, description="mixup_cutmix: chance of cutmix.")

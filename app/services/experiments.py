@@ -4,9 +4,10 @@ import logging
 import uuid
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, selectinload
 
+from app.db.base import utcnow
 from app.db.models import Dataset, Experiment, Run
 from app.ml.models import torchvision_available
 from app.ml.models.multimodal import MIXING_LAYERS as MULTIMODAL_MIXING_LAYERS
@@ -14,7 +15,7 @@ from app.ml.tasks import TASKS
 from app.queue import enqueue_run
 from app.schemas.experiments import ExperimentCreate
 from app.services import augmentation, datasets, limits, task_checks
-from app.services.errors import ConflictError, FieldError, NotFoundError
+from app.services.errors import FieldError, NotFoundError
 from app.settings import get_settings
 from app.storage import ArtifactStore, run_prefix
 
@@ -112,12 +113,14 @@ def list_page(session: Session, project_id: uuid.UUID, limit: int,
 
 def delete(session: Session, project_id: uuid.UUID, store: ArtifactStore,
            experiment_id: uuid.UUID) -> None:
-    """Remove a finished experiment with its runs, metric history and checkpoints."""
+    """Remove an experiment with its runs, metric history and checkpoints. Live
+    runs are cancelled first: a queued one is never claimed, and a running one's
+    worker finds its run gone at its next progress write, stops, and removes
+    whatever it wrote after this (``worker.execution``)."""
     experiment = get(session, project_id, experiment_id)
-    live = [str(r.id) for r in experiment.runs if r.status in ("queued", "running")]
-    if live:
-        raise ConflictError(f"experiment {experiment_id} has live runs ({', '.join(live)}); "
-                            "cancel them first")
+    session.execute(update(Run).where(Run.experiment_id == experiment_id,
+                                      Run.status.in_(("queued", "running")))
+                    .values(status="cancelled", cancel_requested=True, finished_at=utcnow()))
     run_ids = [r.id for r in experiment.runs]
     session.delete(experiment)
     session.commit()

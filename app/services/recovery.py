@@ -25,11 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
-from app.db.models import Run
+from app.db.models import Dataset, Run
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +39,14 @@ Publish = Callable[[str], None]
 @dataclass
 class SweepReport:
     republished: list[uuid.UUID] = field(default_factory=list)
+    republished_datasets: list[uuid.UUID] = field(default_factory=list)
     requeued: list[uuid.UUID] = field(default_factory=list)
     failed: list[uuid.UUID] = field(default_factory=list)
     cancelled: list[uuid.UUID] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.republished or self.requeued or self.failed or self.cancelled)
+        return bool(self.republished or self.republished_datasets or self.requeued
+                    or self.failed or self.cancelled)
 
 
 def _publish_all(run_ids: list[uuid.UUID], publish: Publish) -> list[uuid.UUID]:
@@ -110,6 +112,25 @@ def reap_dead(session: Session, heartbeat_timeout_s: float, max_attempts: int,
                   "failed" if run_id in report.failed else "cancelled")
     report.requeued = _publish_all(report.requeued, publish)
     return report
+
+
+def republish_stalled_preparations(session: Session, held: set[str] | None, grace_s: float,
+                                   stale_s: float, publish: Publish) -> list[uuid.UUID]:
+    """Dataset preparations whose message the ingest queue does not hold: never
+    claimed for over ``grace_s``, or claimed by a worker silent for ``stale_s``
+    (it died; the claim lets the next message take over and counts the attempt)."""
+    if held is None:
+        return []
+    now = utcnow()
+    stalled = session.scalars(select(Dataset.id).where(
+        Dataset.status == "preparing",
+        or_(Dataset.heartbeat_at.is_(None) & (Dataset.created_at < now - timedelta(
+            seconds=grace_s)),
+            Dataset.heartbeat_at < now - timedelta(seconds=stale_s)))).all()
+    lost = [d for d in stalled if str(d) not in held]
+    if lost:
+        log.warning("dataset preparations not in the broker: %s", ", ".join(map(str, lost)))
+    return _publish_all(lost, publish)
 
 
 def sweep(session: Session, held: set[str] | None, *, grace_s: float,

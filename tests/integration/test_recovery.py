@@ -180,3 +180,33 @@ def test_a_claim_waits_while_the_project_runs_its_limit(database):
         session.commit()
         claimed = run_service.claim(session, queued, one_at_a_time)
     assert claimed is not None and status_of(queued)[:2] == ("running", 1)
+
+
+def test_a_preparation_the_broker_lost_is_published_again(database, access, redis_queue):
+    now = utcnow()
+    with session_scope() as session:
+        fresh = Dataset(name="fresh", status="preparing", source={}, project_id=access.project_id)
+        lost = Dataset(name="lost", status="preparing", source={}, project_id=access.project_id)
+        dead = Dataset(name="dead", status="preparing", source={}, project_id=access.project_id)
+        session.add_all([fresh, lost, dead])
+        session.commit()
+        session.execute(update(Dataset).where(Dataset.id.in_([lost.id, dead.id]))
+                        .values(created_at=now - timedelta(seconds=600)))
+        session.execute(update(Dataset).where(Dataset.id == dead.id)
+                        .values(heartbeat_at=now - timedelta(seconds=600), attempt=1))
+        session.commit()
+        ids = fresh.id, lost.id, dead.id
+    sent: list[str] = []
+    try:
+        with session_scope() as session:
+            got = recovery.republish_stalled_preparations(session, set(), grace_s=30,
+                                                          stale_s=300, publish=sent.append)
+        assert set(got) == {ids[1], ids[2]} and set(sent) == {str(ids[1]), str(ids[2])}
+        with session_scope() as session:  # the broker holds them now
+            assert recovery.republish_stalled_preparations(
+                session, set(sent), grace_s=30, stale_s=300, publish=sent.append) == []
+    finally:
+        with session_scope() as session:
+            session.execute(update(Dataset).where(Dataset.id.in_(ids))
+                            .values(status="failed"))
+            session.commit()

@@ -1,5 +1,9 @@
 """The whole flow over HTTP: real API process, Celery worker, Postgres, Redis."""
 
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
 import httpx
 import pytest
 import torch
@@ -147,16 +151,16 @@ def test_experiment_delete_frees_its_dataset(client: MixlabClient) -> None:
                                  ["id"], timeout=120)
     created = client.create_experiment({"dataset_id": ds["id"], "training": {"epochs": 300}})
     run_id = created["run_ids"][0]
-    live = client.http.delete(f"/v1/experiments/{created['experiment_id']}")
-    assert live.status_code == 409 and run_id in live.json()["detail"]
-    client.cancel_run(run_id)
-    wait_until(lambda: client.get_run(run_id)["status"] == "cancelled", timeout=60,
-               what="the run to be cancelled")
-    assert client.list_runs(experiment_id=created["experiment_id"])["total"] == 1
-    client.delete_experiment(created["experiment_id"])
+    wait_until(lambda: client.get_run(run_id)["progress"]["step"] > 0 or None, timeout=60,
+               what="the run to be training")
+    # a live experiment is deleted too: its running run is cancelled first
+    assert client.http.delete(f"/v1/experiments/{created['experiment_id']}").status_code == 204
     assert client.http.get(f"/v1/runs/{run_id}").status_code == 404
     assert client.http.get(f"/v1/experiments/{created['experiment_id']}").status_code == 404
     assert client.http.delete(f"/v1/datasets/{ds['id']}").status_code == 204
+    # the worker stops and removes whatever it wrote after the deletion
+    folder = Path(urlparse(os.environ["MIXLAB_ARTIFACT_URL"]).path) / "runs" / run_id
+    wait_until(lambda: not folder.exists() or None, timeout=30, what="run files removed")
 
 
 def test_readiness(stack) -> None:  # type: ignore[no-untyped-def]

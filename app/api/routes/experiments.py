@@ -66,9 +66,9 @@ def get_experiment(experiment_id: uuid.UUID, session: SessionDep, base: BaseUrlD
 
 
 @router.delete("/{experiment_id}", status_code=204,
-               summary="Delete a finished experiment, its runs, metrics and checkpoints",
-               responses={409: {"description": "A run is still queued or running"},
-                          **WRITE_RESPONSES})
+               summary="Delete an experiment, its runs, metrics and checkpoints (live runs "
+                       "are cancelled first)",
+               responses={**WRITE_RESPONSES})
 def delete_experiment(experiment_id: uuid.UUID, session: SessionDep, store: StoreDep,
                       principal: WriterDep) -> Response:
     service.delete(session, principal.project_id, store, experiment_id)
