@@ -1,0 +1,28 @@
+"""The main job, as the README runs it: `mixlab demo` on the embedded stack."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_demo_trains_erm_and_mixup_and_writes_previews(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIXLAB_")}
+    env["COLUMNS"] = "160"
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "demo", "--epochs", "2", "--port", str(free_port()),
+         "--output", str(tmp_path / "out")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "504 training labels flipped (40%)" in done.stdout
+    rows = [line for line in done.stdout.splitlines() if "succeeded" in line and "│" in line]
+    assert [row.split("│")[1].strip() for row in rows] == ["ERM", "mixup α=16"]
+    for method in ("mixup", "cutmix"):
+        assert (tmp_path / "out" / f"preview_{method}.png").read_bytes()[:8] == \
+            b"\x89PNG\r\n\x1a\n"
