@@ -57,11 +57,9 @@ def _train(data: PreparedDataset, spec: ExperimentCreate, reporter: RunReporter,
                                spec.training.to_ml())
     if spec.task == "retrieval":
         assert spec.retrieval is not None
-        if resume is not None:
-            log.warning("retrieval runs do not resume yet; attempt starts over")
         return train_retrieval(data, model, mixing, training, reporter,
                                query=spec.retrieval.query, target=spec.retrieval.target,
-                               m3mix_weight=spec.retrieval.m3mix_weight)
+                               m3mix_weight=spec.retrieval.m3mix_weight, resume=resume)
     return train(data, model, mixing, training, reporter, task=spec.task, resume=resume)
 
 

@@ -56,6 +56,7 @@ from app.ml.mixing import MixSpec, draw_lam, mix
 from app.ml.mixing.geodesic import slerp
 from app.ml.models import ModelSpec
 from app.ml.models.towers import DualEncoder, build_dual_encoder
+from app.ml.resume import ResumePoint
 from app.ml.train import (
     Progress,
     TrainHooks,
@@ -63,6 +64,8 @@ from app.ml.train import (
     TrainSpec,
     _data_device,
     _normalizer_for,
+    _restore,
+    _resume_point,
     _state_to_cpu,
     _vocab_sizes,
     categorical_columns,
@@ -254,13 +257,15 @@ def paired_rows(data: PreparedDataset, split: str, query: str, target: str) -> t
 
 def train_retrieval(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixSpec,
                     spec: TrainSpec, hooks: TrainHooks | None = None, *, query: str,
-                    target: str, m3mix_weight: float = M3MIX_WEIGHT) -> TrainResult:
+                    target: str, m3mix_weight: float = M3MIX_WEIGHT,
+                    resume: ResumePoint | None = None) -> TrainResult:
     """Train a two-tower retrieval model from ``query`` to ``target`` on ``data``
     with ``mix_spec.method`` none, mixgen or m3mix (see the module docstring);
     ``m3mix_weight`` scales m³-mix's hard-negative term.
 
     Seeded like ``app.ml.train.train``: the global RNG is seeded from
-    ``spec.seed`` inside a forked RNG state.
+    ``spec.seed`` inside a forked RNG state; ``resume`` carries a run on after
+    an earlier attempt's epoch, as in ``app.ml.train.train``.
     """
     if not (math.isfinite(m3mix_weight) and m3mix_weight >= 0):
         raise ValueError("retrieval.m3mix_weight: must be a finite number >= 0")
@@ -269,12 +274,13 @@ def train_retrieval(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixS
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(spec.seed)
         return _train(data, model_spec, mix_spec, spec, hooks or TrainHooks(), device,
-                      query, target, kinds, m3mix_weight)
+                      query, target, kinds, m3mix_weight, resume)
 
 
 def _train(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixSpec, spec: TrainSpec,
            hooks: TrainHooks, device: torch.device, query: str, target: str,
-           kinds: dict[str, str], m3mix_weight: float) -> TrainResult:
+           kinds: dict[str, str], m3mix_weight: float,
+           resume: ResumePoint | None) -> TrainResult:
     amp = autocast_dtype(device)
     modalities = [query, target]
     inputs_all = {m: data.inputs[m] for m in modalities}
@@ -331,12 +337,16 @@ def _train(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixSpec, spec
         return retrieval_metrics(q, t, scale=model.scale().detach(), labels=split_data[1],
                                  chunk=spec.eval_batch_size)
 
+    generators = {"order": order_gen, "mix": mix_gen}
+    step, epochs_done, last_metrics = 0, 0, dict[str, float]()
+    if resume is not None:
+        step, epochs_done, last_metrics = _restore(resume, model, optimizer, generators, device)
+
     val_split = split(val_rows)
     device_name = describe(device)
     hooks.on_start(device_name, total_steps)
-    step, epochs_done, started = 0, 0, time.perf_counter()
-    last_metrics: dict[str, float] = {}
-    for epoch in range(1, spec.epochs + 1):
+    first_step, started = step, time.perf_counter()
+    for epoch in range(epochs_done + 1, spec.epochs + 1):
         model.train()
         active = mix_spec.active_at(epoch, spec.epochs)
         order = torch.randperm(n_train, generator=order_gen, device=home)
@@ -367,7 +377,7 @@ def _train(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixSpec, spec
             elapsed = time.perf_counter() - epoch_started
             done_in_epoch = min((b + 1) * spec.batch_size, n_train)
             rate = done_in_epoch / elapsed if elapsed > 0 else 0.0
-            per_step = (time.perf_counter() - started) / step
+            per_step = (time.perf_counter() - started) / (step - first_step)
             hooks.on_progress(Progress(epoch, step, total_steps, rate,
                                        per_step * (total_steps - step)))
 
@@ -378,8 +388,14 @@ def _train(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixSpec, spec
         last_metrics = dict(zip(names, values.tolist(), strict=True))  # the epoch's one sync
         epochs_done = epoch
         hooks.on_epoch_end(epoch, step, last_metrics)
-        hooks.on_checkpoint(epoch, _state_to_cpu(model),
-                            {"epoch": str(epoch), "step": str(step), **meta})
+        weights, epoch_meta = _state_to_cpu(model), {"epoch": str(epoch), "step": str(step),
+                                                     **meta}
+        if hooks.wants_resume_points:
+            point = _resume_point(epoch, step, weights, optimizer, generators, device,
+                                  last_metrics)
+            hooks.on_checkpoint(epoch, weights, epoch_meta, resume=point)  # type: ignore[call-arg]
+        else:
+            hooks.on_checkpoint(epoch, weights, epoch_meta)
 
     test_split = split(test_rows)
     test = evaluate(test_split)

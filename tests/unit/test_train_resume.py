@@ -94,3 +94,23 @@ def test_resuming_after_the_last_epoch_only_evaluates(digits):
     resumed = train(digits, model, mixing, spec, again, resume=from_bytes(hooks.points[2]))
     assert again.epochs == []
     assert resumed.metrics == {**whole.metrics, "train_time_s": resumed.metrics["train_time_s"]}
+
+
+@pytest.mark.parametrize("method", ["m3mix", "mixgen"])
+def test_a_retrieval_run_resumes_exactly(method):
+    from app.ml.retrieval import train_retrieval
+
+    data = load_synthetic(num_samples=240, num_classes=3, seed=2,
+                          modalities=("image", "text"))
+    model = ModelSpec(kind="multimodal", dim=16, text_dim=16, width=4, depth=1)
+    mixing = MixSpec(method, alpha=1.0)
+    spec = TrainSpec(epochs=3, batch_size=32, seed=0, device="cpu")
+    pair = {"query": "image", "target": "text"}
+    whole = train_retrieval(data, model, mixing, spec, Saver(), **pair)
+    first = Saver(stop_after_epoch=1)
+    train_retrieval(data, model, mixing, spec, first, **pair)
+    second = Saver()
+    resumed = train_retrieval(data, model, mixing, spec, second, **pair,
+                              resume=from_bytes(first.points[1]))
+    assert [e for e, _, _ in second.epochs] == [2, 3]
+    assert resumed.metrics == {**whole.metrics, "train_time_s": resumed.metrics["train_time_s"]}
