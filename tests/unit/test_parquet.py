@@ -202,6 +202,10 @@ def test_spec_and_file_mismatches(tmp_path: Path) -> None:
 def test_row_cap_and_not_parquet(tmp_path: Path) -> None:
     err = _fails(tmp_path, columns(), limits=IngestLimits(max_rows=10))
     assert err.field == "file" and "parquet: 30 rows is over the limit of 10" in err.reason
+    cols = columns()
+    err = _fails(tmp_path, cols, limits=IngestLimits(max_columns=len(cols) - 1))
+    assert err.field == "file" and f"parquet: {len(cols)} columns is over the limit" in \
+        err.reason
     bad = tmp_path / "x.parquet"
     bad.write_bytes(b"PAR1 nope")
     with pytest.raises(DataValidationError, match="not a readable Parquet"):

@@ -91,12 +91,30 @@ def _decode_wav(data: bytes) -> tuple[np.ndarray, int]:
     return x.astype(np.float32), rate
 
 
-def decode_audio(data: bytes) -> tuple[np.ndarray, int]:
-    """Mono float32 waveform in [-1, 1] and its sample rate."""
+# samples (all channels) one source clip may decode to: ~5.5 minutes of 48 kHz
+# stereo; a few KB of FLAC silence could otherwise expand to gigabytes
+MAX_SOURCE_AUDIO_SAMPLES = 32_000_000
+_MAX_RATE = 768_000
+
+
+def _check_size(frames: int, channels: int, rate: int, max_samples: int) -> None:
+    if not 0 < rate <= _MAX_RATE:
+        raise MediaError(f"sample rate {rate} Hz is not between 1 and {_MAX_RATE}")
+    if frames * channels > max_samples:
+        raise MediaError(f"{frames} frames × {channels} channels is over the limit of "
+                         f"{max_samples} samples per clip (an audio decompression bomb?)")
+
+
+def decode_audio(data: bytes,
+                 max_samples: int = MAX_SOURCE_AUDIO_SAMPLES) -> tuple[np.ndarray, int]:
+    """Mono float32 waveform in [-1, 1] and its sample rate; the header's length is
+    checked against ``max_samples`` before anything is decoded."""
     if not data:
         raise MediaError("empty audio")
     if data[:4] == b"RIFF":
         try:
+            with wave.open(io.BytesIO(data)) as w:
+                _check_size(w.getnframes(), w.getnchannels(), w.getframerate(), max_samples)
             return _decode_wav(data)
         except MediaError:
             raise
@@ -105,6 +123,11 @@ def decode_audio(data: bytes) -> tuple[np.ndarray, int]:
                 raise MediaError(f"unreadable WAV ({exc})") from exc
     if _soundfile is None:
         raise MediaError("only WAV audio can be read here (soundfile is not installed)")
+    try:
+        info = _soundfile.info(io.BytesIO(data))
+    except Exception as exc:
+        raise MediaError(f"unreadable audio ({type(exc).__name__}: {exc})") from exc
+    _check_size(int(info.frames), int(info.channels), int(info.samplerate), max_samples)
     try:
         x, rate = _soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except Exception as exc:

@@ -59,6 +59,10 @@ def open_parquet(path: Path, limits: IngestLimits) -> Any:
                                   f"{limits.max_rows}")
     if n == 0:
         raise DataValidationError("file", "has no rows")
+    columns = pf.metadata.num_columns
+    if columns > limits.max_columns:
+        raise DataValidationError("file", f"parquet: {columns} columns is over the limit of "
+                                  f"{limits.max_columns}")
     return pf
 
 
