@@ -104,13 +104,13 @@ def checkpoint_key(run_id: object, attempt: int | None = None) -> str:
     return f"{run_prefix(run_id)}/attempt-{attempt}/checkpoint.safetensors"
 
 
-def resume_key(run_id: object, attempt: int | None = None) -> str:
-    """Optimizer and random states beside the checkpoint (``app.ml.resume``)."""
-    return checkpoint_key(run_id, attempt).rsplit("/", 1)[0] + "/resume.safetensors"
-
-
 def resume_key_beside(checkpoint: str) -> str:
+    """Optimizer and random states beside a checkpoint (``app.ml.resume``)."""
     return checkpoint.rsplit("/", 1)[0] + "/resume.safetensors"
+
+
+def resume_key(run_id: object, attempt: int | None = None) -> str:
+    return resume_key_beside(checkpoint_key(run_id, attempt))
 
 
 def evaluation_key(run_id: object) -> str:

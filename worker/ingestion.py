@@ -24,6 +24,7 @@ from app.services import datasets as dataset_service
 from app.services import ingest, sources
 from app.settings import Settings, get_settings
 from app.storage import ArtifactStore, dataset_prefix, get_store, prepared_key, upload_key
+from worker.periodic import PeriodicFlush
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +39,10 @@ class PreparationReporter:
     """The ``ProgressFn`` a preparation calls, and the thread that records it."""
 
     def __init__(self, dataset_id: uuid.UUID, attempt: int, period_s: float) -> None:
-        self.dataset_id, self.attempt, self.period_s = dataset_id, attempt, period_s
+        self.dataset_id, self.attempt = dataset_id, attempt
         self.stage, self.progress = "starting", 0.0
         self._lost = threading.Event()  # the job is no longer ours: stop
-        self._closing = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True,
-                                        name=f"prepare-{dataset_id}")
+        self._flusher = PeriodicFlush(self._flush, period_s, f"prepare-{dataset_id}")
 
     def __call__(self, stage: str, fraction: float) -> None:
         lo, hi = STAGES.get(stage, (self.progress, self.progress))
@@ -53,7 +52,7 @@ class PreparationReporter:
             raise PreparationStopped(f"dataset {self.dataset_id} was deleted or taken over")
 
     def start(self) -> None:
-        self._thread.start()
+        self._flusher.start()
 
     def _flush(self) -> None:
         with session_scope() as session:
@@ -61,17 +60,8 @@ class PreparationReporter:
                                                    self.stage, round(self.progress, 4)):
                 self._lost.set()
 
-    def _loop(self) -> None:
-        while not self._closing.wait(self.period_s):
-            try:
-                self._flush()
-            except Exception:  # a failed write is retried at the next period
-                log.exception("progress write for dataset %s failed", self.dataset_id)
-
     def close(self) -> None:
-        self._closing.set()
-        if self._thread.is_alive():
-            self._thread.join()
+        self._flusher.stop()
 
 
 def _read_source(settings: Settings, store: ArtifactStore, dataset_id: uuid.UUID,

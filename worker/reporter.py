@@ -7,7 +7,6 @@ as an in-memory ``Event``: no database round trip, no file write and no GPU sync
 on the training thread.
 """
 
-import logging
 import threading
 import time
 import uuid
@@ -21,8 +20,7 @@ from app.ml.resume import to_bytes as resume_bytes
 from app.ml.train import Progress, TrainHooks
 from app.services import runs as run_service
 from app.storage import ArtifactStore, checkpoint_key, resume_key
-
-log = logging.getLogger(__name__)
+from worker.periodic import PeriodicFlush
 
 Checkpoint = tuple[dict[str, torch.Tensor], dict[str, str], ResumePoint | None]
 
@@ -39,7 +37,6 @@ class RunReporter(TrainHooks):
         self.attempt = attempt
         self.store = store
         self.epochs = epochs
-        self.period_s = period_s
         self._lock = threading.Lock()
         self._progress: Progress | None = None
         self._pending_metrics: list[tuple[int, int, dict[str, float]]] = []
@@ -48,16 +45,13 @@ class RunReporter(TrainHooks):
         self._final_queued = False
         self._deadline = time.monotonic() + time_limit_s if time_limit_s else None
         self.timed_out = False
-        self._closing = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"reporter-{run_id}",
-                                        daemon=True)
+        self._flusher = PeriodicFlush(self._flush, period_s, f"reporter-{run_id}")
 
     # --- hooks, on the training thread ---------------------------------------
     def start(self) -> None:
         """Start heartbeating now (called right after the claim, so that loading a
         large dataset does not look like a dead worker); idempotent."""
-        if not self._thread.is_alive() and not self._closing.is_set():
-            self._thread.start()
+        self._flusher.start()
 
     def on_start(self, device: str, total_steps: int) -> None:
         with session_scope() as session:
@@ -117,18 +111,9 @@ class RunReporter(TrainHooks):
                     self._checkpoint = checkpoint
             raise
 
-    def _loop(self) -> None:
-        while not self._closing.wait(self.period_s):
-            try:
-                self._flush()
-            except Exception:  # a failed write is retried at the next period
-                log.exception("progress write for run %s failed", self.run_id)
-
     def close(self, final_metrics: dict[str, float] | None = None, step: int = 0) -> None:
         """Stop the thread and write everything still buffered."""
-        self._closing.set()
-        if self._thread.is_alive():
-            self._thread.join()
+        self._flusher.stop()
         if final_metrics and not self._final_queued:
             # once: close() is retried as a whole when the last flush fails
             with self._lock:

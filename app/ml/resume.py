@@ -16,6 +16,8 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from app.ml.safetensors_meta import header_metadata
+
 _MODEL, _OPTIM, _GEN = "model.", "optim.", "generator."
 _TORCH_RNG = "rng.torch"
 _CUDA_RNG = "rng.cuda."
@@ -59,7 +61,7 @@ def to_bytes(point: ResumePoint) -> bytes:
 
 def from_bytes(blob: bytes) -> ResumePoint:
     tensors = st_load(blob)
-    metadata = _metadata(blob)
+    metadata = header_metadata(blob)
     optim_meta = json.loads(metadata["optimizer"])
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
@@ -78,9 +80,3 @@ def from_bytes(blob: bytes) -> ResumePoint:
         torch_rng=tensors[_TORCH_RNG], cuda_rng=[v for _, v in cuda],
         extra=json.loads(metadata.get("extra", "{}")))
 
-
-def _metadata(blob: bytes) -> dict[str, str]:
-    # safetensors' header: 8-byte little-endian length, then JSON with "__metadata__"
-    length = int.from_bytes(blob[:8], "little")
-    header = json.loads(blob[8:8 + length])
-    return dict(header.get("__metadata__") or {})

@@ -43,7 +43,6 @@ that side's float inputs; absent for text) and ``train_time_s``.
 
 import json
 import math
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
 
@@ -58,17 +57,17 @@ from app.ml.models import ModelSpec
 from app.ml.models.towers import DualEncoder, build_dual_encoder
 from app.ml.resume import ResumePoint
 from app.ml.train import (
-    Progress,
+    ProgressClock,
+    Schedule,
     TrainHooks,
     TrainResult,
     TrainSpec,
     _data_device,
     _normalizer_for,
     _restore,
-    _resume_point,
-    _state_to_cpu,
     _vocab_sizes,
     categorical_columns,
+    emit_checkpoint,
 )
 
 RETRIEVAL_METHODS = ("none", "mixgen", "m3mix")
@@ -297,13 +296,7 @@ def _train(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixSpec, spec
                  for m, x in train_inputs.items()}
 
     n_train = train_labels.shape[0]
-    steps_per_epoch = -(-n_train // spec.batch_size)
-    if n_train % spec.batch_size == 1:
-        # a last batch of one has no negatives and breaks BatchNorm: dropped
-        # (a different sample each epoch, since the order is reshuffled)
-        steps_per_epoch -= 1
-    samples_per_epoch = min(steps_per_epoch * spec.batch_size, n_train)
-    total_steps = steps_per_epoch * spec.epochs
+    plan = Schedule.of(n_train, spec.batch_size, spec.epochs)
 
     shapes = {m: tuple(x.shape[1:]) for m, x in inputs_all.items()}
     vocab_sizes = _vocab_sizes(data, modalities)
@@ -344,15 +337,15 @@ def _train(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixSpec, spec
 
     val_split = split(val_rows)
     device_name = describe(device)
-    hooks.on_start(device_name, total_steps)
-    first_step, started = step, time.perf_counter()
+    hooks.on_start(device_name, plan.total_steps)
+    clock = ProgressClock(plan, spec.batch_size, n_train, first_step=step)
     for epoch in range(epochs_done + 1, spec.epochs + 1):
         model.train()
         active = mix_spec.active_at(epoch, spec.epochs)
         order = torch.randperm(n_train, generator=order_gen, device=home)
         loss_sum = torch.zeros((), device=device)
-        epoch_started = time.perf_counter()
-        for b in range(steps_per_epoch):
+        clock.start_epoch()
+        for b in range(plan.steps_per_epoch):
             if hooks.should_stop():
                 return TrainResult("stopped", device_name, epochs_done, step, last_metrics)
             idx = order[b * spec.batch_size:(b + 1) * spec.batch_size]
@@ -374,28 +367,18 @@ def _train(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixSpec, spec
             model.clamp_scale_()
             loss_sum += loss.detach() * idx.shape[0]
             step += 1
-            elapsed = time.perf_counter() - epoch_started
-            done_in_epoch = min((b + 1) * spec.batch_size, n_train)
-            rate = done_in_epoch / elapsed if elapsed > 0 else 0.0
-            per_step = (time.perf_counter() - started) / (step - first_step)
-            hooks.on_progress(Progress(epoch, step, total_steps, rate,
-                                       per_step * (total_steps - step)))
+            hooks.on_progress(clock.progress(epoch, b, step))
 
         val = evaluate(val_split)
         names = ["train_loss", "temperature", *(f"val_{k}" for k in val)]
-        values = torch.stack([loss_sum / samples_per_epoch, 1.0 / model.scale().detach(),
+        values = torch.stack([loss_sum / plan.samples_per_epoch, 1.0 / model.scale().detach(),
                               *val.values()])
         last_metrics = dict(zip(names, values.tolist(), strict=True))  # the epoch's one sync
         epochs_done = epoch
         hooks.on_epoch_end(epoch, step, last_metrics)
-        weights, epoch_meta = _state_to_cpu(model), {"epoch": str(epoch), "step": str(step),
-                                                     **meta}
-        if hooks.wants_resume_points:
-            point = _resume_point(epoch, step, weights, optimizer, generators, device,
-                                  last_metrics)
-            hooks.on_checkpoint(epoch, weights, epoch_meta, resume=point)  # type: ignore[call-arg]
-        else:
-            hooks.on_checkpoint(epoch, weights, epoch_meta)
+        emit_checkpoint(hooks, epoch, step, model, {"epoch": str(epoch), "step": str(step),
+                                                    **meta},
+                        optimizer, generators, device, last_metrics)
 
     test_split = split(test_rows)
     test = evaluate(test_split)
@@ -408,5 +391,5 @@ def _train(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixSpec, spec
             # inputs are standardised with train statistics, so this is 0.1 · std
             noisy = evaluate(test_split, {m: NOISE_STD}, noise_gen)
             final[f"test_mean_recall_{side}_noise"] = noisy["mean_recall"].item()
-    final["train_time_s"] = time.perf_counter() - started
+    final["train_time_s"] = clock.elapsed()
     return TrainResult("completed", device_name, epochs_done, step, final)

@@ -343,6 +343,63 @@ class _Split(NamedTuple):
     present: dict[str, torch.Tensor]
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """How many steps a run takes. A last batch of one is dropped: it cannot be
+    mixed (and has no negatives for a contrastive loss) and breaks BatchNorm; a
+    different sample each epoch, since the order is reshuffled."""
+    steps_per_epoch: int
+    samples_per_epoch: int
+    total_steps: int
+
+    @classmethod
+    def of(cls, n_train: int, batch_size: int, epochs: int) -> "Schedule":
+        steps = -(-n_train // batch_size)
+        if n_train > 1 and n_train % batch_size == 1:
+            steps -= 1
+        return cls(steps, min(steps * batch_size, n_train), steps * epochs)
+
+
+class ProgressClock:
+    """Progress for the hooks: the rate within the epoch, and an ETA from the steps
+    this call has trained (a resumed run does not count the earlier attempt's)."""
+
+    def __init__(self, schedule: Schedule, batch_size: int, n_train: int,
+                 first_step: int) -> None:
+        self.schedule, self.batch_size, self.n_train = schedule, batch_size, n_train
+        self.first_step = first_step
+        self.started = self.epoch_started = time.perf_counter()
+
+    def start_epoch(self) -> None:
+        self.epoch_started = time.perf_counter()
+
+    def progress(self, epoch: int, batch: int, step: int) -> Progress:
+        now = time.perf_counter()
+        elapsed = now - self.epoch_started
+        done_in_epoch = min((batch + 1) * self.batch_size, self.n_train)
+        rate = done_in_epoch / elapsed if elapsed > 0 else 0.0
+        per_step = (now - self.started) / (step - self.first_step)
+        return Progress(epoch, step, self.schedule.total_steps, rate,
+                        per_step * (self.schedule.total_steps - step))
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+
+def emit_checkpoint(hooks: TrainHooks, epoch: int, step: int, model: torch.nn.Module,
+                    metadata: dict[str, str], optimizer: torch.optim.Optimizer,
+                    generators: dict[str, torch.Generator], device: torch.device,
+                    last_metrics: dict[str, float]) -> None:
+    """The epoch's checkpoint, with a resume point for hooks that want one."""
+    weights = _state_to_cpu(model)
+    if hooks.wants_resume_points:
+        point = _resume_point(epoch, step, weights, optimizer, generators, device,
+                              last_metrics)
+        hooks.on_checkpoint(epoch, weights, metadata, resume=point)  # type: ignore[call-arg]
+    else:
+        hooks.on_checkpoint(epoch, weights, metadata)
+
+
 def train(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixSpec,
           spec: TrainSpec, hooks: TrainHooks | None = None, *,
           task: str | Task = CLASSIFICATION, resume: ResumePoint | None = None) -> TrainResult:
@@ -403,13 +460,7 @@ def _train(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixSpec, spec
                                     codes.get(m))
                  for m, x in train_inputs.items()}
     n_train = train_labels.shape[0]
-    steps_per_epoch = -(-n_train // spec.batch_size)
-    if n_train > 1 and n_train % spec.batch_size == 1:
-        # a last batch of one cannot be mixed and breaks BatchNorm; it is dropped
-        # (a different sample each epoch, since the order is reshuffled)
-        steps_per_epoch -= 1
-    samples_per_epoch = min(steps_per_epoch * spec.batch_size, n_train)
-    total_steps = steps_per_epoch * spec.epochs
+    plan = Schedule.of(n_train, spec.batch_size, spec.epochs)
 
     shapes = {m: tuple(x.shape[1:]) for m, x in inputs_all.items()}
     vocab_sizes = _vocab_sizes(data, modalities)
@@ -462,16 +513,16 @@ def _train(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixSpec, spec
     val_split = split(val_idx)  # gathered once, evaluated every epoch
     val_labels = val_split.labels.to(device)
     device_name = describe(device)
-    hooks.on_start(device_name, total_steps)
-    first_step, started = step, time.perf_counter()
+    hooks.on_start(device_name, plan.total_steps)
+    clock = ProgressClock(plan, spec.batch_size, n_train, first_step=step)
     temperature: float | None = None
     for epoch in range(epochs_done + 1, spec.epochs + 1):
         model.train()
         epoch_mix = task_mix if mix_spec.active_at(epoch, spec.epochs) else no_mix
         order = torch.randperm(n_train, generator=order_gen, device=home)
         loss_sum = torch.zeros((), device=device)
-        epoch_started = time.perf_counter()
-        for b in range(steps_per_epoch):
+        clock.start_epoch()
+        for b in range(plan.steps_per_epoch):
             if hooks.should_stop():
                 return TrainResult("stopped", device_name, epochs_done, step, last_metrics)
             idx = order[b * spec.batch_size:(b + 1) * spec.batch_size]
@@ -488,17 +539,12 @@ def _train(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixSpec, spec
             optimizer.step()
             loss_sum += loss.detach() * idx.shape[0]
             step += 1
-            elapsed = time.perf_counter() - epoch_started
-            done_in_epoch = min((b + 1) * spec.batch_size, n_train)
-            rate = done_in_epoch / elapsed if elapsed > 0 else 0.0
-            per_step = (time.perf_counter() - started) / (step - first_step)
-            hooks.on_progress(Progress(epoch, step, total_steps, rate,
-                                       per_step * (total_steps - step)))
+            hooks.on_progress(clock.progress(epoch, b, step))
 
         val_logits = logits_of(val_split)
         val = task.metrics(val_logits, val_labels)
         # the one host sync of the epoch
-        last_metrics = {"train_loss": (loss_sum / samples_per_epoch).item(),
+        last_metrics = {"train_loss": (loss_sum / plan.samples_per_epoch).item(),
                         **{f"val_{k}": v.item() for k, v in val.items()}}
         epochs_done = epoch
         hooks.on_epoch_end(epoch, step, last_metrics)
@@ -509,13 +555,8 @@ def _train(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixSpec, spec
             # after the last epoch, so the final checkpoint carries it for inference
             temperature = fit_temperature(val_logits, val_labels, task.nll)
             meta["temperature"] = repr(temperature)
-        weights = _state_to_cpu(model)
-        if hooks.wants_resume_points:
-            point = _resume_point(epoch, step, weights, optimizer, generators, device,
-                                  last_metrics)
-            hooks.on_checkpoint(epoch, weights, meta, resume=point)  # type: ignore[call-arg]
-        else:
-            hooks.on_checkpoint(epoch, weights, meta)
+        emit_checkpoint(hooks, epoch, step, model, meta, optimizer, generators, device,
+                        last_metrics)
 
     if temperature is None and spec.calibration == "temperature" and resume is not None:
         # resumed after the last epoch's checkpoint: fit it now
@@ -531,7 +572,7 @@ def _train(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixSpec, spec
                      test_nll_calibrated=calibrated["loss"].item())
     if multimodal:
         final.update(_robustness(model, test_split, modalities, device, spec, amp, task, codes))
-    final["train_time_s"] = time.perf_counter() - started
+    final["train_time_s"] = clock.elapsed()
     return TrainResult("completed", device_name, epochs_done, step, final, report)
 
 

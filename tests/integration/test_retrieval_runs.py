@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from app.client import MixlabClient
-from tests.integration.helpers import auth_headers, wait_until
+from tests.integration.helpers import auth_headers
 
 pytestmark = pytest.mark.integration
 
@@ -20,8 +20,7 @@ TOWERS = {"kind": "multimodal", "dim": 16, "text_dim": 16, "width": 4, "depth": 
 def paired(stack) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     with MixlabClient(stack.base_url) as mx:
         created = mx.create_builtin_dataset("synthetic", name="pairs", **PAIRED)
-        return wait_until(lambda: (lambda ds: ds if ds["status"] != "preparing" else None)(
-            mx.get_dataset(created["id"])), timeout=120, what="dataset ready")
+        return mx.wait_for_dataset(created["id"], timeout=120)
 
 
 @pytest.mark.parametrize("method", ["mixgen", "m3mix"])

@@ -2,7 +2,6 @@
 dataset with missing modalities → a multilabel experiment → metrics, evaluation
 and checkpoint; and the requests a dataset cannot serve, refused with 422."""
 
-import json
 from typing import Any
 
 import httpx
@@ -12,7 +11,8 @@ from safetensors.torch import load as st_load
 
 from app.client import MixlabClient
 from app.ml.checkpoint import load_model
-from tests.integration.helpers import auth_headers, wait_until
+from app.ml.safetensors_meta import header_metadata
+from tests.integration.helpers import auth_headers
 
 pytestmark = pytest.mark.integration
 
@@ -22,9 +22,8 @@ MODEL = {"kind": "multimodal", "fusion": "late", "dim": 8, "width": 4, "depth": 
 
 
 def _ready(client: MixlabClient, created: dict[str, Any]) -> dict[str, Any]:
-    """The dataset once prepared (at once, or by a worker)."""
-    return wait_until(lambda: (lambda ds: ds if ds["status"] != "preparing" else None)(
-        client.get_dataset(created["id"])), timeout=120, what="dataset ready")
+    """The dataset once prepared (or failed)."""
+    return client.wait_for_dataset(created["id"], timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +39,6 @@ def digits(stack) -> dict[str, Any]:  # type: ignore[no-untyped-def]
         return _ready(mx, mx.create_builtin_dataset("digits", name="digits"))
 
 
-def _metadata(blob: bytes) -> dict[str, str]:
-    size = int.from_bytes(blob[:8], "little")
-    return json.loads(blob[8:8 + size])["__metadata__"]
 
 
 def test_multilabel_dataset_trains_end_to_end(client: MixlabClient, tagged: dict) -> None:
@@ -83,7 +79,7 @@ def test_multilabel_dataset_trains_end_to_end(client: MixlabClient, tagged: dict
     assert sum(aps) / len(aps) == pytest.approx(metrics["test_map"], abs=1e-5)
 
     blob = client.download_checkpoint(run_id)
-    meta = _metadata(blob)
+    meta = header_metadata(blob)
     assert meta["task"] == "multilabel"
     assert float(meta["temperature"]) == pytest.approx(metrics["temperature"])
     loaded = load_model(st_load(blob), meta)

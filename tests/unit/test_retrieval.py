@@ -27,13 +27,7 @@ from app.ml.train import TrainHooks, TrainSpec
 METHODS = ("none", "mixgen", "m3mix")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny models: thread start-up costs more than it saves on a shared CPU
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

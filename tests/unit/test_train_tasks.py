@@ -21,13 +21,7 @@ SMALL = {"num_samples": 300, "image_size": 8, "text_length": 8, "audio_bins": 8,
 MULTILABEL_KEYS = {"loss", "map", "f1_micro", "f1_macro", "subset_acc", "ece", "brier"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny models: thread start-up costs more than it saves on a shared CPU
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Checkpoints(TrainHooks):

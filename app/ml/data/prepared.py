@@ -21,6 +21,8 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from app.ml.safetensors_meta import header_metadata
+
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 _RESERVED = {"label", "label_clean", "split"}
 PRESENT_PREFIX = "present."
@@ -146,15 +148,9 @@ def to_bytes(ds: PreparedDataset) -> bytes:
     return st_save(tensors, metadata={"mixlab": json.dumps(meta)})
 
 
-def _header_metadata(blob: bytes) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors blob: an 8-byte length, then JSON."""
-    header_len = int.from_bytes(blob[:8], "little")
-    return json.loads(blob[8:8 + header_len]).get("__metadata__", {})
-
-
 def from_bytes(blob: bytes) -> PreparedDataset:
     tensors = st_load(blob)
-    meta = json.loads(_header_metadata(blob)["mixlab"])
+    meta = json.loads(header_metadata(blob)["mixlab"])
     kinds = dict(meta["modality_kinds"])
     masks = {k for k in tensors
              if k.startswith(PRESENT_PREFIX) and k.removeprefix(PRESENT_PREFIX) in kinds}
