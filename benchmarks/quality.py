@@ -79,8 +79,8 @@ from app.ml.data import PreparedDataset, load_builtin
 from app.ml.device import autocast_dtype, resolve_device
 from app.ml.metrics import classification_metrics
 from app.ml.tasks import get_task
-from app.ml.train import TrainHooks, predict, train
-from app.ml.train import _normalizer_for as loop_normalizer  # the loop's own normalisation
+from app.ml.training import TrainHooks, predict, train
+from app.ml.training.normalization import fit as loop_normalizer  # the loop's own normalisation
 from app.schemas.datasets import DatasetCreate
 from app.schemas.experiments import ExperimentCreate, TrainingSpecIn
 from app.settings import get_settings

@@ -88,7 +88,7 @@ from app.ml.device import DeviceUnavailableError, autocast_dtype, describe
 from app.ml.device import resolve_device as _resolve_device
 from app.ml.mixing import MixSpec
 from app.ml.models import ModelSpec, build_model
-from app.ml.train import Progress, TrainHooks, TrainSpec, train
+from app.ml.training import Progress, TrainHooks, TrainSpec, train
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (1, 28, 28)

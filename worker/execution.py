@@ -13,7 +13,7 @@ from app.ml.data import PreparedDataset
 from app.ml.resume import ResumePoint
 from app.ml.resume import from_bytes as resume_from_bytes
 from app.ml.retrieval import train_retrieval
-from app.ml.train import TrainResult, train
+from app.ml.training import TrainResult, train
 from app.schemas.experiments import ExperimentCreate
 from app.services import datasets as dataset_service
 from app.services import limits

@@ -17,7 +17,7 @@ from safetensors.torch import save as st_save
 from app.db.session import session_scope
 from app.ml.resume import ResumePoint
 from app.ml.resume import to_bytes as resume_bytes
-from app.ml.train import Progress, TrainHooks
+from app.ml.training import Progress, TrainHooks
 from app.services import runs as run_service
 from app.storage import ArtifactStore, checkpoint_key, resume_key
 from worker.periodic import PeriodicFlush
@@ -65,6 +65,10 @@ class RunReporter(TrainHooks):
     def on_epoch_end(self, epoch: int, step: int, metrics: dict[str, float]) -> None:
         with self._lock:
             self._pending_metrics.append((epoch, step, metrics))
+
+    def on_step_metrics(self, epoch: int, points: list[tuple[int, dict[str, float]]]) -> None:
+        with self._lock:
+            self._pending_metrics.extend((epoch, step, values) for step, values in points)
 
     def on_checkpoint(self, epoch: int, tensors: dict[str, torch.Tensor],
                       metadata: dict[str, str],

@@ -21,6 +21,7 @@ from app.ml.safetensors_meta import header_metadata
 _MODEL, _OPTIM, _GEN = "model.", "optim.", "generator."
 _TORCH_RNG = "rng.torch"
 _CUDA_RNG = "rng.cuda."
+_STATE = "state."
 
 
 @dataclass
@@ -33,6 +34,9 @@ class ResumePoint:
     torch_rng: torch.Tensor
     cuda_rng: list[torch.Tensor] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # JSON-able loop state
+    # named groups of tensors the loop keeps besides the model (the weight
+    # average "ema", the best epoch's weights "best")
+    states: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
 def _split_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -54,6 +58,11 @@ def to_bytes(point: ResumePoint) -> bytes:
     tensors.update({f"{_GEN}{k}": v.clone() for k, v in point.generators.items()})
     tensors[_TORCH_RNG] = point.torch_rng.clone()
     tensors.update({f"{_CUDA_RNG}{i}": s.clone() for i, s in enumerate(point.cuda_rng)})
+    for group, values in point.states.items():
+        if "." in group:
+            raise ValueError(f"state group names hold no dots: {group!r}")
+        tensors.update({f"{_STATE}{group}.{k}": v.detach().to("cpu").contiguous()
+                        for k, v in values.items()})
     metadata = {"epoch": str(point.epoch), "step": str(point.step),
                 "optimizer": json.dumps(optim_meta), "extra": json.dumps(point.extra)}
     return st_save(tensors, metadata=metadata)
@@ -72,11 +81,16 @@ def from_bytes(blob: bytes) -> ResumePoint:
         state.setdefault(int(index), {}).update(values)
     cuda = sorted((int(k[len(_CUDA_RNG):]), v) for k, v in tensors.items()
                   if k.startswith(_CUDA_RNG))
+    states: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith(_STATE):
+            group, name = key[len(_STATE):].split(".", 1)
+            states.setdefault(group, {})[name] = value
     return ResumePoint(
         epoch=int(metadata["epoch"]), step=int(metadata["step"]),
         model={k[len(_MODEL):]: v for k, v in tensors.items() if k.startswith(_MODEL)},
         optimizer={"state": state, "param_groups": optim_meta["param_groups"]},
         generators={k[len(_GEN):]: v for k, v in tensors.items() if k.startswith(_GEN)},
         torch_rng=tensors[_TORCH_RNG], cuda_rng=[v for _, v in cuda],
-        extra=json.loads(metadata.get("extra", "{}")))
+        extra=json.loads(metadata.get("extra", "{}")), states=states)
 

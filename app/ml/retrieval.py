@@ -44,10 +44,11 @@ that side's float inputs; absent for text) and ``train_time_s``.
 import json
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from app.ml.data.prepared import PreparedDataset
 from app.ml.device import autocast_dtype, describe, resolve_device
@@ -56,19 +57,13 @@ from app.ml.mixing.geodesic import slerp
 from app.ml.models import ModelSpec
 from app.ml.models.towers import DualEncoder, build_dual_encoder
 from app.ml.resume import ResumePoint
-from app.ml.train import (
-    ProgressClock,
-    Schedule,
-    TrainHooks,
-    TrainResult,
-    TrainSpec,
-    _data_device,
-    _normalizer_for,
-    _restore,
-    _vocab_sizes,
-    categorical_columns,
-    emit_checkpoint,
-)
+from app.ml.training import normalization
+from app.ml.training.augment import augment_batch
+from app.ml.training.checks import recipe_problems
+from app.ml.training.batches import categorical_columns, data_device, vocab_sizes
+from app.ml.training.hooks import TrainHooks, TrainResult
+from app.ml.training.loop import Objective, run
+from app.ml.training.spec import TrainSpec
 
 RETRIEVAL_METHODS = ("none", "mixgen", "m3mix")
 KS = (1, 5, 10)
@@ -76,6 +71,9 @@ MIXGEN_SHARE = 0.25
 M3MIX_WEIGHT = 1.0
 NOISE_STD = 0.1
 DIRECTIONS = ("q2t", "t2q")
+# the keys ``retrieval_metrics`` returns (``val_<name>`` each epoch)
+METRIC_NAMES = (*(f"r{k}_{d}" for k in KS for d in DIRECTIONS),
+                *(f"class_p1_{d}" for d in DIRECTIONS), "mean_recall", "loss")
 
 
 def info_nce(query: torch.Tensor, target: torch.Tensor, scale: torch.Tensor | float,
@@ -262,134 +260,117 @@ def train_retrieval(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixS
     with ``mix_spec.method`` none, mixgen or m3mix (see the module docstring);
     ``m3mix_weight`` scales m³-mix's hard-negative term.
 
-    Seeded like ``app.ml.train.train``: the global RNG is seeded from
+    Seeded like ``app.ml.training.train``: the global RNG is seeded from
     ``spec.seed`` inside a forked RNG state; ``resume`` carries a run on after
-    an earlier attempt's epoch, as in ``app.ml.train.train``.
+    an earlier attempt's epoch, as in ``app.ml.training.train``.
     """
     if not (math.isfinite(m3mix_weight) and m3mix_weight >= 0):
         raise ValueError("retrieval.m3mix_weight: must be a finite number >= 0")
     kinds = _check(data, mix_spec.method, spec, query, target)
+    for field, problem in recipe_problems(spec, METRIC_NAMES, list(kinds.values())):
+        raise ValueError(f"training.{field}: {problem}")
     device = resolve_device(spec.device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(spec.seed)
-        return _train(data, model_spec, mix_spec, spec, hooks or TrainHooks(), device,
-                      query, target, kinds, m3mix_weight, resume)
+        objective = RetrievalObjective(data, model_spec, mix_spec, spec, device, query, target,
+                                       kinds, m3mix_weight)
+        # no calibration: a retriever's temperature is learned (reported per epoch)
+        recipe = replace(spec, calibration="none")
+        return run(objective, recipe, hooks or TrainHooks(), device, objective.home, resume)
 
 
-def _train(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixSpec, spec: TrainSpec,
-           hooks: TrainHooks, device: torch.device, query: str, target: str,
-           kinds: dict[str, str], m3mix_weight: float,
-           resume: ResumePoint | None) -> TrainResult:
-    amp = autocast_dtype(device)
-    modalities = [query, target]
-    inputs_all = {m: data.inputs[m] for m in modalities}
-    home = _data_device([*inputs_all.values(), data.labels], device)
-    inputs = {m: x.to(home) for m, x in inputs_all.items()}
-    labels, clean = data.labels.to(home), data.clean_labels.to(device)
-    train_rows, val_rows, test_rows = (paired_rows(data, s, query, target).to(home)
-                                       for s in ("train", "val", "test"))
-    train_inputs = {m: x[train_rows] for m, x in inputs.items()}
-    train_labels = labels[train_rows]
-    categorical = categorical_columns(data, modalities)
-    codes = {m: sorted(columns) for m, columns in categorical.items()}
-    normalize = {m: _normalizer_for(kinds[m], x, device, codes=codes.get(m))
-                 for m, x in train_inputs.items()}
+class RetrievalObjective(Objective):
+    """Two towers trained with InfoNCE (and mixgen or m3mix) in the shared loop."""
 
-    n_train = train_labels.shape[0]
-    plan = Schedule.of(n_train, spec.batch_size, spec.epochs)
-
-    shapes = {m: tuple(x.shape[1:]) for m, x in inputs_all.items()}
-    vocab_sizes = _vocab_sizes(data, modalities)
-    model = build_dual_encoder(model_spec, query, target, shapes, kinds, vocab_sizes,
-                               categorical).to(device)
-    meta = {"task": "retrieval", "query": query, "target": target,
-            "retrieval_mix": mix_spec.method,
-            "model_spec": json.dumps(asdict(model_spec)),
+    def __init__(self, data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixSpec,
+                 spec: TrainSpec, device: torch.device, query: str, target: str,
+                 kinds: dict[str, str], m3mix_weight: float) -> None:
+        self.spec, self.device, self.mix_spec = spec, device, mix_spec
+        self.query, self.target, self.kinds = query, target, kinds
+        self.m3mix_weight, self.num_classes = m3mix_weight, data.num_classes
+        self.amp = autocast_dtype(device)
+        modalities = [query, target]
+        inputs_all = {m: data.inputs[m] for m in modalities}
+        self.home = data_device([*inputs_all.values(), data.labels], device)
+        self.inputs = {m: x.to(self.home) for m, x in inputs_all.items()}
+        labels = data.labels.to(self.home)
+        self.clean = data.clean_labels.to(device)
+        train_rows, val_rows, self.test_rows = (paired_rows(data, s, query, target).to(self.home)
+                                                for s in ("train", "val", "test"))
+        self.train_inputs = {m: x[train_rows] for m, x in self.inputs.items()}
+        self.train_labels = labels[train_rows]
+        categorical = categorical_columns(data, modalities)
+        self.codes = {m: sorted(columns) for m, columns in categorical.items()}
+        self.normalize = {m: normalization.fit(kinds[m], x, device, codes=self.codes.get(m))
+                          for m, x in self.train_inputs.items()}
+        self.n_train = int(self.train_labels.shape[0])
+        shapes = {m: tuple(x.shape[1:]) for m, x in inputs_all.items()}
+        vocab = vocab_sizes(data, modalities)
+        self.model: DualEncoder = build_dual_encoder(model_spec, query, target, shapes, kinds,
+                                                     vocab, categorical).to(device)
+        # CLIP leaves the temperature out of weight decay (it would pull 1/τ towards 1)
+        self.no_decay = ("logit_scale",)
+        self.headline = "mean_recall"
+        self.metadata = {
+            "task": "retrieval", "query": query, "target": target,
+            "retrieval_mix": mix_spec.method, "model_spec": json.dumps(asdict(model_spec)),
             "input_shapes": json.dumps({m: list(s) for m, s in shapes.items()}),
-            "modality_kinds": json.dumps(kinds), "vocab_sizes": json.dumps(vocab_sizes),
+            "modality_kinds": json.dumps(kinds), "vocab_sizes": json.dumps(vocab),
             "categorical": json.dumps({m: {"columns": list(c), "cardinalities": list(c.values())}
-                                       for m, c in categorical.items()})}
+                                       for m, c in categorical.items()}),
+            "normalization": normalization.to_json(self.normalize)}
+        self.val = self.split(val_rows)
 
-    # CLIP leaves the temperature out of weight decay (it would pull 1/τ towards 1)
-    others = [p for name, p in model.named_parameters() if name != "logit_scale"]
-    optimizer = torch.optim.AdamW([{"params": others},
-                                   {"params": [model.logit_scale], "weight_decay": 0.0}],
-                                  lr=spec.lr, weight_decay=spec.weight_decay)
-    order_gen = torch.Generator(device=home).manual_seed(spec.seed)
-    mix_gen = torch.Generator(device=device).manual_seed(spec.seed + 1)
-    method = mix_spec.method
+    def split(self, rows: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        return {m: x[rows] for m, x in self.inputs.items()}, self.clean[rows.to(self.device)]
 
-    def split(rows: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        return {m: x[rows] for m, x in inputs.items()}, clean[rows.to(device)]
-
-    def evaluate(split_data: tuple[dict[str, torch.Tensor], torch.Tensor],
+    def evaluate(self, model: nn.Module, split_data: tuple[dict[str, torch.Tensor], torch.Tensor],
                  noise: Mapping[str, float] | None = None,
                  generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        q, t = embed_split(model, split_data[0], normalize, device, spec.eval_batch_size, amp,
-                           noise=noise, generator=generator, codes=codes)
-        return retrieval_metrics(q, t, scale=model.scale().detach(), labels=split_data[1],
-                                 chunk=spec.eval_batch_size)
+        q, t = embed_split(model, split_data[0], self.normalize, self.device,  # type: ignore[arg-type]
+                           self.spec.eval_batch_size, self.amp, noise=noise,
+                           generator=generator, codes=self.codes)
+        return retrieval_metrics(q, t, scale=model.scale().detach(),  # type: ignore[operator]
+                                 labels=split_data[1], chunk=self.spec.eval_batch_size)
 
-    generators = {"order": order_gen, "mix": mix_gen}
-    step, epochs_done, last_metrics = 0, 0, dict[str, float]()
-    if resume is not None:
-        step, epochs_done, last_metrics = _restore(resume, model, optimizer, generators, device)
+    def train_loss(self, idx: torch.Tensor, epoch: int,
+                   generators: dict[str, torch.Generator]) -> torch.Tensor:
+        self.model.train()
+        active = self.mix_spec.active_at(epoch, self.spec.epochs)
+        batch = _gather(self.train_inputs, self.normalize, idx, self.device)
+        batch = augment_batch(batch, self.kinds, self.spec, generators["augment"])
+        mix_gen, method = generators["mix"], self.mix_spec.method
+        if active and method == "mixgen":
+            y = self.train_labels[idx].to(self.device, non_blocking=True)
+            batch = mixgen_batch(batch, y, self.mix_spec, mix_gen, self.num_classes, self.kinds,
+                                 math.ceil(MIXGEN_SHARE * idx.shape[0]))
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            q, t = self.model(batch)
+        hard = hard_valid = None
+        if active and method == "m3mix":
+            lam = draw_lam(self.mix_spec, q.shape[0], mix_gen, self.device)
+            hard, hard_valid = slerp(q, t, lam), lam < 1.0
+        return info_nce(q, t, self.model.scale(), hard, hard_valid, self.m3mix_weight)
 
-    val_split = split(val_rows)
-    device_name = describe(device)
-    hooks.on_start(device_name, plan.total_steps)
-    clock = ProgressClock(plan, spec.batch_size, n_train, first_step=step)
-    for epoch in range(epochs_done + 1, spec.epochs + 1):
-        model.train()
-        active = mix_spec.active_at(epoch, spec.epochs)
-        order = torch.randperm(n_train, generator=order_gen, device=home)
-        loss_sum = torch.zeros((), device=device)
-        clock.start_epoch()
-        for b in range(plan.steps_per_epoch):
-            if hooks.should_stop():
-                return TrainResult("stopped", device_name, epochs_done, step, last_metrics)
-            idx = order[b * spec.batch_size:(b + 1) * spec.batch_size]
-            batch = _gather(train_inputs, normalize, idx, device)
-            if active and method == "mixgen":
-                y = train_labels[idx].to(device, non_blocking=True)
-                batch = mixgen_batch(batch, y, mix_spec, mix_gen, data.num_classes, kinds,
-                                     math.ceil(MIXGEN_SHARE * idx.shape[0]))
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                q, t = model(batch)
-            hard = hard_valid = None
-            if active and method == "m3mix":
-                lam = draw_lam(mix_spec, q.shape[0], mix_gen, device)
-                hard, hard_valid = slerp(q, t, lam), lam < 1.0
-            loss = info_nce(q, t, model.scale(), hard, hard_valid, m3mix_weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            model.clamp_scale_()
-            loss_sum += loss.detach() * idx.shape[0]
-            step += 1
-            hooks.on_progress(clock.progress(epoch, b, step))
+    def after_step(self) -> None:
+        self.model.clamp_scale_()
 
-        val = evaluate(val_split)
-        names = ["train_loss", "temperature", *(f"val_{k}" for k in val)]
-        values = torch.stack([loss_sum / plan.samples_per_epoch, 1.0 / model.scale().detach(),
-                              *val.values()])
-        last_metrics = dict(zip(names, values.tolist(), strict=True))  # the epoch's one sync
-        epochs_done = epoch
-        hooks.on_epoch_end(epoch, step, last_metrics)
-        emit_checkpoint(hooks, epoch, step, model, {"epoch": str(epoch), "step": str(step),
-                                                    **meta},
-                        optimizer, generators, device, last_metrics)
+    def epoch_metrics(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return {"temperature": 1.0 / model.scale().detach()}  # type: ignore[operator]
 
-    test_split = split(test_rows)
-    test = evaluate(test_split)
-    final = {**last_metrics,
-             **dict(zip((f"test_{k}" for k in test), torch.stack(list(test.values())).tolist(),
-                        strict=True))}
-    noise_gen = torch.Generator(device=device).manual_seed(spec.seed + 3)
-    for side, m in (("query", query), ("target", target)):
-        if inputs[m].is_floating_point() or kinds[m] in ("image", "video"):
-            # inputs are standardised with train statistics, so this is 0.1 · std
-            noisy = evaluate(test_split, {m: NOISE_STD}, noise_gen)
-            final[f"test_mean_recall_{side}_noise"] = noisy["mean_recall"].item()
-    final["train_time_s"] = clock.elapsed()
-    return TrainResult("completed", device_name, epochs_done, step, final)
+    def validate(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return self.evaluate(model, self.val)
+
+    def test(self, model: nn.Module, temperature: float | None
+             ) -> tuple[dict[str, float], dict[str, object] | None]:
+        test_split = self.split(self.test_rows)
+        test = self.evaluate(model, test_split)
+        out = dict(zip((f"test_{k}" for k in test), torch.stack(list(test.values())).tolist(),
+                       strict=True))
+        noise_gen = torch.Generator(device=self.device).manual_seed(self.spec.seed + 3)
+        for side, m in (("query", self.query), ("target", self.target)):
+            if self.inputs[m].is_floating_point() or self.kinds[m] in ("image", "video"):
+                # inputs are standardised with train statistics, so this is 0.1 · std
+                noisy = self.evaluate(model, test_split, {m: NOISE_STD}, noise_gen)
+                out[f"test_mean_recall_{side}_noise"] = noisy["mean_recall"].item()
+        return out, None

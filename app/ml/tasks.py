@@ -46,6 +46,7 @@ class Task:
     nll: Loss  # logits, labels as stored → mean NLL (what temperature scaling fits)
     metrics: Metrics  # logits, labels as stored → 0-d tensors
     report: Report  # logits, labels, class names → JSON-ready report
+    metric_names: tuple[str, ...] = ()  # the keys ``metrics`` returns (``val_<name>``…)
     # multi-label targets are smoothed per class after mixing; None: mix() does it
     smooth: Callable[[torch.Tensor, float], torch.Tensor] | None = None
 
@@ -80,12 +81,14 @@ class Task:
 CLASSIFICATION = Task(
     name="classification", multilabel=False, headline="acc",
     loss=soft_cross_entropy, nll=lambda logits, y: F.cross_entropy(logits.float(), y.long()),
-    metrics=classification_metrics, report=evaluation_report)
+    metrics=classification_metrics, report=evaluation_report,
+    metric_names=("loss", "acc", "ece", "f1_macro", "brier"))
 
 MULTILABEL = Task(
     name="multilabel", multilabel=True, headline="map",
     loss=multilabel_nll, nll=multilabel_nll,
-    metrics=multilabel_metrics, report=multilabel_report, smooth=_smooth_binary)
+    metrics=multilabel_metrics, report=multilabel_report, smooth=_smooth_binary,
+    metric_names=("loss", "map", "f1_micro", "f1_macro", "subset_acc", "ece", "brier"))
 
 TASKS: dict[str, Task] = {t.name: t for t in (CLASSIFICATION, MULTILABEL)}
 

@@ -2,26 +2,45 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from app.ml.models import ModelSpec
-from app.ml.train import TrainSpec
+from app.ml.training import EarlyStopping, TrainSpec
 from app.schemas.augmentation import AugmentationSpec
 from app.schemas.common import StrictModel
 
 
 class ModelSpecIn(StrictModel):
-    kind: Literal["cnn", "multimodal"] = Field(
-        "cnn", description="cnn: the image-only SmallCNN. multimodal: one encoder per "
+    kind: Literal["cnn", "preact_resnet18", "wide_resnet", "torchvision", "timm",
+                  "multimodal"] = Field(
+        "cnn", description="cnn: the image-only SmallCNN. preact_resnet18: the mixup paper's "
+                           "CIFAR PreAct ResNet-18. wide_resnet: WRN-depth-widen. torchvision, "
+                           "timm: that library's image model `name`, randomly initialised "
+                           "(needs the library on the worker). multimodal: one encoder per "
                            "modality of the dataset and a fusion head.")
-    width: int = Field(32, ge=1, le=512, description="Channels of the first conv layer.")
-    depth: int = Field(3, ge=1, le=8, description="Number of conv blocks.")
+    width: int = Field(32, ge=1, le=512, description="Channels of the first conv layer (cnn, "
+                       "preact_resnet18: 64 unless given, multimodal image and spectrogram "
+                       "CNNs).")
+    depth: int = Field(3, ge=1, le=100, description="cnn, multimodal CNNs: number of conv "
+                       "blocks (1-8). wide_resnet (kind or image_encoder): 6n+4 (28 unless "
+                       "given).")
     dropout: float = Field(0.0, ge=0, lt=1)
     fusion: Literal["early", "late", "attention", "tensor", "gated"] = Field(
         "early", description="multimodal: how the modalities' features are combined.")
     dim: int = Field(64, ge=2, le=2048, description="multimodal: every encoder's output width.")
-    image_encoder: Literal["cnn", "resnet18"] = Field(
-        "cnn", description="multimodal: resnet18 needs torchvision on the worker.")
+    image_encoder: Literal["cnn", "preact_resnet18", "wide_resnet", "torchvision", "timm",
+                           "resnet18"] = Field(
+        "cnn", description="multimodal: the image (and video frame) tower, any image kind "
+                           "with its fields; resnet18: torchvision's resnet18 with its "
+                           "ImageNet stem. torchvision and timm need the library on the worker.")
     text_encoder: Literal["mean", "transformer"] = "mean"
     video_encoder: Literal["mean", "temporal_conv"] = "mean"
     text_dim: int = Field(64, ge=2, le=2048, description="multimodal: token embedding width.")
@@ -32,6 +51,25 @@ class ModelSpecIn(StrictModel):
     modality_dropout: float = Field(0.0, ge=0, lt=1, description="multimodal: chance of "
                                     "dropping each modality of a training sample (never all).")
     rank: int = Field(4, ge=1, le=64, description="tensor fusion: rank of the factors.")
+    name: str | None = Field(None, min_length=1, max_length=100,
+                             pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
+                             description="torchvision, timm (kind or image_encoder): the "
+                                         "library's model name, e.g. resnet18.")
+    widen: int = Field(10, ge=1, le=20, description="wide_resnet: the widening factor.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_defaults(cls, data: Any) -> Any:
+        # the paper's sizes where the kind has its own: PreAct ResNet-18 at width 64,
+        # WRN-28
+        if isinstance(data, dict):
+            family = data.get("image_encoder") if data.get("kind") == "multimodal" \
+                else data.get("kind")
+            if family == "preact_resnet18" and "width" not in data:
+                data = {**data, "width": 64}
+            if family == "wide_resnet" and "depth" not in data:
+                data = {**data, "depth": 28}
+        return data
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "ModelSpecIn":
@@ -42,13 +80,44 @@ class ModelSpecIn(StrictModel):
                 raise ValueError("text_dim must be a multiple of heads for the text transformer")
         return self
 
+    @model_validator(mode="after")
+    def _kind_fields(self) -> "ModelSpecIn":
+        multimodal = self.kind == "multimodal"
+        family, field = (self.image_encoder, "image_encoder") if multimodal \
+            else (self.kind, "kind")
+        named = family in ("torchvision", "timm")
+        if named and self.name is None:
+            raise ValueError(f"name: required for {field} {family!r} (a {family} model "
+                             "name, e.g. resnet18)")
+        if not named and self.name is not None:
+            raise ValueError(f"name: only torchvision and timm models take a name, not "
+                             f"{field} {family!r}")
+        if family == "wide_resnet" and (self.depth < 10 or (self.depth - 4) % 6):
+            raise ValueError(f"depth: must be 6n+4 (10, 16, 22, 28, 34, 40…) for "
+                             f"wide_resnet, not {self.depth}")
+        # depth counts conv blocks (the cnn's, a multimodal model's CNNs) except where
+        # it is a WRN's
+        if (self.kind == "cnn" or multimodal) and family != "wide_resnet" and self.depth > 8:
+            raise ValueError(f"depth: at most 8 conv blocks, not {self.depth}")
+        return self
+
     @model_serializer(mode="wrap")
     def _cnn_fields_only(self, handler: Any) -> dict[str, Any]:
-        # a cnn spec is stored and shown with its own fields only, as before
-        # multimodal models existed
+        # each kind is stored and shown with its own fields only (a cnn spec as
+        # before the other kinds existed); multimodal with all of them, less name
+        # and widen where its image tower does not use them
         data = handler(self)
-        if self.kind == "cnn" and isinstance(data, dict):
-            data = {k: v for k, v in data.items() if k in _CNN_FIELDS}
+        if not isinstance(data, dict):
+            return data
+        own = {"cnn": _CNN_FIELDS, "preact_resnet18": ("kind", "width", "dropout"),
+               "wide_resnet": ("kind", "depth", "widen", "dropout"),
+               "torchvision": ("kind", "name"), "timm": ("kind", "name", "dropout")}
+        if self.kind in own:
+            return {k: v for k, v in data.items() if k in own[self.kind]}
+        if self.image_encoder not in ("torchvision", "timm"):
+            data.pop("name", None)
+        if self.image_encoder != "wide_resnet":
+            data.pop("widen", None)
         return data
 
     def to_ml(self) -> ModelSpec:
@@ -58,19 +127,85 @@ class ModelSpecIn(StrictModel):
 _CNN_FIELDS = ("kind", "width", "depth", "dropout")
 
 
+def _default(name: str) -> Any:
+    """The recipe's default for a field: ``TrainSpec`` holds each one once."""
+    return TrainSpec.__dataclass_fields__[name].default
+
+
+class EarlyStoppingIn(StrictModel):
+    metric: str = Field("val_acc", pattern=r"^val_[a-z0-9_]{1,60}$",
+                        description="A validation metric of the task: val_acc, val_loss, "
+                                    "val_f1_macro, val_ece… (val_map for multilabel).")
+    patience: int = Field(10, ge=1, le=10_000,
+                          description="Epochs without improvement before the run stops.")
+    mode: Literal["min", "max"] | None = Field(
+        None, description="Default: min for losses and calibration errors, max otherwise.")
+
+
 class TrainingSpecIn(StrictModel):
-    epochs: int = Field(20, ge=1, le=10_000)
-    batch_size: int = Field(64, ge=1, le=65_536)
-    lr: float = Field(3e-3, gt=0, le=10)
-    weight_decay: float = Field(0.01, ge=0, le=10)
+    epochs: int = Field(_default("epochs"), ge=1, le=10_000)
+    batch_size: int = Field(_default("batch_size"), ge=1, le=65_536)
+    optimizer: Literal["sgd", "adamw"] = Field(
+        _default("optimizer"), description="sgd (with momentum, nesterov) or adamw.")
+    lr: float = Field(_default("lr"), gt=0, le=10,
+                      description="Peak learning rate, reached after warmup_epochs.")
+    momentum: float = Field(_default("momentum"), ge=0, lt=1,
+                            description="sgd: momentum (adamw ignores it).")
+    nesterov: bool = Field(_default("nesterov"), description="sgd: Nesterov momentum.")
+    weight_decay: float = Field(_default("weight_decay"), ge=0, le=10,
+                                description="On weight matrices and conv kernels; biases and "
+                                            "normalisation scales are not decayed.")
+    schedule: Literal["constant", "cosine", "step", "onecycle"] = Field(
+        _default("schedule"),
+        description="Per-step learning-rate schedule after the warm-up: cosine to 0; step: × "
+                    "gamma at each of milestones (default 50 % and 75 % of epochs); onecycle: "
+                    "torch's OneCycleLR (its rise lasts warmup_epochs, or 30 %).")
+    warmup_epochs: int | None = Field(
+        _default("warmup_epochs"), ge=0, le=10_000,
+        description="Linear warm-up to lr over this many epochs; must be < epochs. Default: "
+                    "5 % of the epochs (none under 20).")
+    milestones: list[int] = Field(default_factory=list, max_length=100,
+                                  description="step: the epochs at which lr is multiplied by "
+                                              "gamma.")
+    gamma: float = Field(_default("gamma"), gt=0, le=1)
+    grad_clip: float | None = Field(_default("grad_clip"), gt=0, le=1e6,
+                                    description="Clip the global gradient norm to this.")
+    ema: float | None = Field(
+        _default("ema"), gt=0, lt=1,
+        description="Decay of an exponential moving average of the weights (e.g. 0.999); "
+                    "the average is then what is validated, tested and saved.")
+    augment: list[Literal["crop", "flip"]] | None = Field(
+        None, max_length=2,
+        description="Batched image augmentation on the training device: crop (pad by "
+                    "crop_padding, crop back at a random offset) and flip (horizontal, p = ½; "
+                    "not for digits or text-like images). Default: crop on the image "
+                    "modalities the model reads (none without images); [] turns it off.")
+    crop_padding: int | None = Field(_default("crop_padding"), ge=0, le=64,
+                                     description="Default: ⌈image side / 8⌉ (4 on 32×32).")
+    early_stopping: EarlyStoppingIn | None = Field(
+        None, description="Stop once a validation metric has not improved for patience "
+                          "epochs; the run reports stopped_epoch.")
+    checkpoint: Literal["best", "last"] = Field(
+        _default("checkpoint"),
+        description="last: the last epoch's model. best: the epoch with the best "
+                    "checkpoint_metric; the run then reports the test figures of both "
+                    "(test_acc and test_acc_last) and selected_epoch.")
+    checkpoint_metric: str | None = Field(
+        None, pattern=r"^val_[a-z0-9_]{1,60}$",
+        description="Default: early_stopping.metric, else the task's headline (val_acc; "
+                    "val_map for multilabel).")
+    log_every_steps: int | None = Field(
+        None, ge=1, le=1_000_000,
+        description="How often train_loss_step and lr enter the metric history "
+                    "(default: about 10 points an epoch).")
     seed: int = Field(0, ge=0, le=2**31 - 1)
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d{1,2})?)$",
                         description="auto picks CUDA (bf16 autocast) when the worker has it.")
     calibration: Literal["none", "temperature"] = Field(
         "temperature",
-        description="temperature: after the last epoch, fit one temperature T on the "
-                    "validation logits (minimising NLL; T < 1 sharpens an under-confident "
-                    "model) and report temperature, test_ece_calibrated and "
+        description="temperature: after training, fit one temperature T on the validation "
+                    "logits of the kept model (minimising NLL; T < 1 sharpens an "
+                    "under-confident model) and report temperature, test_ece_calibrated and "
                     "test_nll_calibrated next to the raw metrics; predictions do not "
                     "change and T is saved with the checkpoint. none: skip it.")
     time_limit_s: int | None = Field(
@@ -78,8 +213,44 @@ class TrainingSpecIn(StrictModel):
         description="Wall-clock limit of one attempt, from its claim; past it the run "
                     "stops at its next step and fails with the reason.")
 
+    @field_validator("warmup_epochs")
+    @classmethod
+    def _warmup_within_run(cls, value: int | None, info: ValidationInfo) -> int | None:
+        epochs = info.data.get("epochs")
+        if epochs is not None and value is not None and value >= epochs:
+            raise ValueError(f"must be less than epochs ({epochs})")
+        return value
+
+    @field_validator("milestones")
+    @classmethod
+    def _milestones_within_run(cls, value: list[int], info: ValidationInfo) -> list[int]:
+        epochs = info.data.get("epochs")
+        if value != sorted(set(value)):
+            raise ValueError("must be strictly increasing epochs")
+        if epochs is not None and any(not 0 < m <= epochs for m in value):
+            raise ValueError(f"every milestone must be an epoch in 1..{epochs}")
+        return value
+
+    @field_validator("augment")
+    @classmethod
+    def _augment_once(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("lists each augmentation once")
+        return value
+
+    @field_validator("nesterov")
+    @classmethod
+    def _nesterov_momentum(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("optimizer") == "sgd" and info.data.get("momentum") == 0:
+            raise ValueError("needs momentum > 0 (or set nesterov to false)")
+        return value
+
     def to_ml(self) -> TrainSpec:
-        return TrainSpec(**self.model_dump(exclude={"time_limit_s"}))
+        data = self.model_dump(exclude={"time_limit_s", "early_stopping"})
+        stop = self.early_stopping
+        return TrainSpec(**{**data, "milestones": tuple(self.milestones),
+                            "augment": None if self.augment is None else tuple(self.augment)},
+                         early_stopping=EarlyStopping(**stop.model_dump()) if stop else None)
 
 
 # The tasks ``train`` knows (``app.ml.tasks.TASKS``), and retrieval, which has

@@ -11,7 +11,9 @@ from app.db.base import utcnow
 from app.db.models import Dataset, Experiment, Run
 from app.ml.models import torchvision_available
 from app.ml.models.multimodal import MIXING_LAYERS as MULTIMODAL_MIXING_LAYERS
+from app.ml.retrieval import METRIC_NAMES as RETRIEVAL_METRICS
 from app.ml.tasks import TASKS
+from app.ml.training.checks import recipe_problems
 from app.queue import enqueue_run
 from app.schemas.experiments import ExperimentCreate
 from app.services import augmentation, datasets, limits, task_checks
@@ -31,9 +33,23 @@ def _check_task(request: ExperimentCreate, summary: dict[str, Any]) -> None:
         raise FieldError(("body", "task"), problem)
 
 
+def _check_recipe(request: ExperimentCreate, kinds: dict[str, str]) -> None:
+    """The training recipe against what the model reads and the task reports."""
+    if request.task == "retrieval":
+        assert request.retrieval is not None
+        names: tuple[str, ...] = RETRIEVAL_METRICS
+        read = [kinds.get(request.retrieval.query, ""), kinds.get(request.retrieval.target, "")]
+    else:
+        names = TASKS[request.task].metric_names
+        read = list(kinds.values()) if request.model.kind == "multimodal" else ["image"]
+    for field, problem in recipe_problems(request.training.to_ml(), names, read):
+        raise FieldError(("body", "training", *field.split(".")), problem)
+
+
 def _validate_against_dataset(request: ExperimentCreate, dataset: Dataset) -> None:
     task_checks.check_task_fields(request)
     _check_task(request, dataset.summary)
+    _check_recipe(request, augmentation.modality_kinds(dataset.summary))
     train_size = dataset.summary["split_sizes"]["train"]
     if request.training.batch_size > train_size:
         raise FieldError(("body", "training", "batch_size"),

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
 from app.db.models import TERMINAL_STATUSES, Experiment, MetricPoint, Project, Run
-from app.ml.train import Progress
+from app.ml.training import Progress
 from app.services.errors import ConflictError, NotFoundError
 
 

@@ -13,7 +13,8 @@ from app.ml.data import PreparedDataset, load_digits
 from app.ml.data.synthetic import load_synthetic
 from app.ml.models import build_model
 from app.ml.models.towers import build_dual_encoder
-from app.ml.train import _vocab_sizes, categorical_columns
+from app.ml.training.batches import categorical_columns
+from app.ml.training.batches import vocab_sizes as _vocab_sizes
 from app.schemas.experiments import ExperimentCreate
 from app.services.auth import generate_key, hash_key, key_prefix
 from app.services.errors import FieldError

@@ -22,7 +22,8 @@ from app.ml.retrieval import (
     retrieval_metrics,
     train_retrieval,
 )
-from app.ml.train import TrainHooks, TrainSpec
+from app.ml.training import TrainHooks, TrainSpec
+from tests.recipes import SHORT
 
 METHODS = ("none", "mixgen", "m3mix")
 
@@ -241,7 +242,8 @@ def test_mixgen_batch_replaces_the_first_rows_only(data):
 
 def _run(data, method: str, epochs: int, hooks: TrainHooks | None = None, seed: int = 0,
          **kw):
-    spec = TrainSpec(epochs=epochs, batch_size=32, lr=1e-2, seed=seed, device="cpu")
+    spec = TrainSpec(epochs=epochs, batch_size=32, seed=seed, device="cpu",
+                     **{**SHORT, "lr": 1e-2})
     return train_retrieval(data, MODEL, MixSpec(method, **kw), spec, hooks, query="image",
                            target="text")
 

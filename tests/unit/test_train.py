@@ -10,7 +10,9 @@ from app.ml.data import PreparedDataset, load_digits
 from app.ml.device import DeviceUnavailableError, resolve_device
 from app.ml.mixing import MixSpec
 from app.ml.models import ModelSpec, build_model
-from app.ml.train import Progress, TrainHooks, TrainSpec, _Normalizer, evaluate, train
+from app.ml.training import Progress, TrainHooks, TrainSpec, evaluate, train
+from app.ml.training.normalization import fit
+from tests.recipes import SHORT
 
 MODEL = ModelSpec(width=8, depth=2)
 EPOCHS, BATCH = 2, 128
@@ -54,7 +56,7 @@ def digits() -> PreparedDataset:
 @pytest.fixture(scope="module")
 def run(digits):
     hooks = Recorder()
-    spec = TrainSpec(epochs=EPOCHS, batch_size=BATCH, seed=0, device="cpu")
+    spec = TrainSpec(epochs=EPOCHS, batch_size=BATCH, seed=0, device="cpu", **SHORT)
     result = train(digits, MODEL, MixSpec("mixup", alpha=0.4), spec, hooks)
     return result, hooks
 
@@ -115,7 +117,8 @@ def test_train_hooks_on_epoch_end(run, digits):
 
 def test_train_checkpoints_load_into_a_fresh_model(run, digits):
     result, hooks = run
-    assert [c[0] for c in hooks.checkpoints] == [1, 2]
+    # one per epoch, then the run's own (the kept model: the last epoch's by default)
+    assert [c[0] for c in hooks.checkpoints] == [1, 2, 2]
     for epoch, tensors, meta in hooks.checkpoints:
         assert meta["epoch"] == str(epoch)
         assert all(t.device.type == "cpu" and t.is_contiguous() for t in tensors.values())
@@ -137,7 +140,7 @@ def test_train_checkpoints_load_into_a_fresh_model(run, digits):
     cpu = torch.device("cpu")
     images, labels = digits.inputs["image"], digits.labels
     train_idx, test_idx = digits.split_indices("train"), digits.split_indices("test")
-    normalize = _Normalizer(images[train_idx], cpu)
+    normalize = fit("image", images[train_idx], cpu)
     metrics = evaluate(model, images[test_idx], labels[test_idx], normalize, cpu, 1024, None)
     assert float(metrics["acc"]) == pytest.approx(result.metrics["test_acc"], abs=1e-6)
     assert float(metrics["loss"]) == pytest.approx(result.metrics["test_loss"], rel=1e-4)
@@ -181,7 +184,7 @@ def test_should_stop_in_the_second_epoch_keeps_first_epoch_metrics(digits):
 def test_same_seed_same_metrics(digits, run):
     result, _ = run
     again = train(digits, MODEL, MixSpec("mixup", alpha=0.4),
-                  TrainSpec(epochs=EPOCHS, batch_size=BATCH, seed=0, device="cpu"))
+                  TrainSpec(epochs=EPOCHS, batch_size=BATCH, seed=0, device="cpu", **SHORT))
     a = {k: v for k, v in result.metrics.items() if k != "train_time_s"}
     b = {k: v for k, v in again.metrics.items() if k != "train_time_s"}
     assert a == b

@@ -9,7 +9,8 @@ import torch
 from app.ml.data.synthetic import load_synthetic
 from app.ml.mixing import MixSpec
 from app.ml.models import ModelSpec, build_model
-from app.ml.train import TrainHooks, TrainSpec, train
+from app.ml.training import TrainHooks, TrainSpec, train
+from tests.recipes import SHORT
 
 FUSIONS = ["early", "late", "attention", "tensor", "gated"]
 MIXES = {
@@ -82,7 +83,7 @@ def test_same_seed_same_metrics(data):
 def test_early_fusion_learns(data):
     result = train(data, ModelSpec(kind="multimodal", fusion="early", dim=16, width=8, depth=2,
                                    text_dim=16),
-                   MixSpec("mixup"), TrainSpec(epochs=6, batch_size=32, lr=3e-3, device="cpu"))
+                   MixSpec("mixup"), TrainSpec(epochs=6, batch_size=32, device="cpu", **SHORT))
     assert result.metrics["val_acc"] > 0.6, result.metrics
     assert result.metrics["test_acc"] > 0.6, result.metrics
 

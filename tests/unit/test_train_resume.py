@@ -7,7 +7,7 @@ from app.ml.data import PreparedDataset, load_digits, load_synthetic
 from app.ml.mixing import MixSpec
 from app.ml.models import ModelSpec
 from app.ml.resume import ResumePoint, from_bytes, to_bytes
-from app.ml.train import TrainHooks, TrainSpec, train
+from app.ml.training import TrainHooks, TrainSpec, train
 
 
 class Saver(TrainHooks):

@@ -13,7 +13,9 @@ from app.ml.data import PreparedDataset, load_digits
 from app.ml.data.synthetic import load_synthetic
 from app.ml.mixing import MixSpec
 from app.ml.models import ModelSpec, TabularEncoder
-from app.ml.train import TrainHooks, TrainSpec, _normalizer_for, evaluate, train
+from app.ml.training import TrainHooks, TrainSpec, evaluate, train
+from app.ml.training.normalization import fit as _normalizer_for
+from tests.recipes import SHORT
 
 FUSIONS = ["early", "late", "attention", "tensor", "gated"]
 SMALL = {"num_samples": 300, "image_size": 8, "text_length": 8, "audio_bins": 8,
@@ -42,7 +44,7 @@ def _mm(fusion: str = "early", **kw) -> ModelSpec:
 
 
 def _fast(epochs: int = 1, **kw) -> TrainSpec:
-    return TrainSpec(epochs=epochs, batch_size=32, device="cpu", **kw)
+    return TrainSpec(epochs=epochs, batch_size=32, device="cpu", **{**SHORT, **kw})
 
 
 def _without_time(metrics: dict[str, float]) -> dict[str, float]:
@@ -126,7 +128,8 @@ def test_temperature_is_fitted_reported_and_saved_for_inference():
     t = m["temperature"]
     assert 0.05 <= t <= 20 and t != 1.0
     # only the final checkpoint carries T: it is fitted after the last epoch
-    assert [("temperature" in meta) for _, meta in hooks.saved] == [False, False, True]
+    # each epoch's checkpoint, then the run's own: the kept model with its temperature
+    assert [("temperature" in meta) for _, meta in hooks.saved] == [False, False, False, True]
     tensors, meta = hooks.saved[-1]
     loaded = load_model(tensors, meta)
     assert loaded.temperature == t and loaded.task.name == "classification"
@@ -159,7 +162,7 @@ def test_calibration_none_and_bad_values():
                    _fast(calibration="none"))
     assert not {"temperature", "test_ece_calibrated", "test_nll_calibrated"} & set(
         result.metrics)
-    with pytest.raises(ValueError, match="calibration must be one of none, temperature"):
+    with pytest.raises(ValueError, match="calibration: must be one of none, temperature"):
         TrainSpec(calibration="platt")
 
 
@@ -250,7 +253,7 @@ def test_categorical_columns_get_embeddings_and_are_never_mixed_as_numbers():
         encoder.register_forward_pre_hook(lambda mod, inp: seen.append(inp[0][:, 2:].clone()))
         return model
 
-    import app.ml.train as train_module
+    import app.ml.training.classify as train_module
 
     train_module.build_model, saved = spy, train_module.build_model
     try:
