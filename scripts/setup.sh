@@ -18,7 +18,19 @@ if ! .venv/bin/pip install -q --disable-pip-version-check -e ".[dev]" > .venv/pi
   cat .venv/pip.log >&2
   exit 1
 fi
+# The vision extra (model kinds torchvision and timm), as pyproject.toml pins it, with
+# --no-deps: pip must not replace the CPU torch; what they need besides is installed.
+VISION=$(.venv/bin/python -c "import tomllib; print(' '.join(tomllib.load(open(
+    'pyproject.toml', 'rb'))['project']['optional-dependencies']['vision']))")
+# shellcheck disable=SC2086  # one word per requirement
+if ! .venv/bin/pip install -q --disable-pip-version-check --no-deps $VISION \
+    > .venv/pip-vision.log 2>&1; then
+  cat .venv/pip-vision.log >&2
+  exit 1
+fi
 .venv/bin/python -c "import app.ml, app.api.main" >/dev/null
+.venv/bin/python -c "from app.ml.models import timm_available, torchvision_available as tv
+assert tv() and timm_available(), 'torchvision/timm do not import'"
 # The fashion-mnist built-in reads Debian's dataset-fashion-mnist files (nothing is
 # downloaded at run time). Installed here when we can (root with apt-get); never fatal.
 FASHION_MNIST_DIR=${MIXLAB_FASHION_MNIST_DIR:-/usr/share/datasets/fashion-mnist}

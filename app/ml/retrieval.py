@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from app.ml.data.prepared import PreparedDataset
-from app.ml.device import autocast_dtype, describe, resolve_device
+from app.ml.device import autocast_dtype, resolve_device
 from app.ml.mixing import MixSpec, draw_lam, mix
 from app.ml.mixing.geodesic import slerp
 from app.ml.models import ModelSpec
@@ -59,8 +59,8 @@ from app.ml.models.towers import DualEncoder, build_dual_encoder
 from app.ml.resume import ResumePoint
 from app.ml.training import normalization
 from app.ml.training.augment import augment_batch
-from app.ml.training.checks import recipe_problems
 from app.ml.training.batches import categorical_columns, data_device, vocab_sizes
+from app.ml.training.checks import recipe_problems
 from app.ml.training.hooks import TrainHooks, TrainResult
 from app.ml.training.loop import Objective, run
 from app.ml.training.spec import TrainSpec

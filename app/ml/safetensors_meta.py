@@ -1,6 +1,13 @@
-"""The string metadata of a safetensors blob, read from its header alone."""
+"""What a safetensors blob or file holds, read from its header alone: the string
+metadata, and each tensor's dtype and shape (so a weights file can be checked
+against a model before a byte of its tensors is read)."""
 
 import json
+import os
+from typing import Any
+
+# the format's own limit on the JSON header
+MAX_HEADER_BYTES = 100_000_000
 
 
 def header_metadata(blob: bytes) -> dict[str, str]:
@@ -8,3 +15,38 @@ def header_metadata(blob: bytes) -> dict[str, str]:
     length, then the JSON header (no tensor is read)."""
     header_len = int.from_bytes(blob[:8], "little")
     return dict(json.loads(blob[8:8 + header_len]).get("__metadata__") or {})
+
+
+def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON header of safetensors file ``path`` ({name: {dtype, shape,
+    data_offsets}}, plus ``__metadata__``), reading only its first bytes."""
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            raise ValueError(f"{os.fspath(path)!r} is not a safetensors file (too short)")
+        size = int.from_bytes(prefix, "little")
+        if size > MAX_HEADER_BYTES:
+            raise ValueError(f"{os.fspath(path)!r}: safetensors header of {size} bytes "
+                             f"passes the format's limit of {MAX_HEADER_BYTES}")
+        raw = f.read(size)
+    if len(raw) < size:
+        raise ValueError(f"{os.fspath(path)!r} is truncated inside its safetensors header")
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{os.fspath(path)!r} has no valid safetensors header: {exc}") from exc
+    if not isinstance(header, dict):
+        raise ValueError(f"{os.fspath(path)!r}: safetensors header is not a JSON object")
+    return header
+
+
+def tensor_shapes(path: str | os.PathLike[str]) -> dict[str, tuple[int, ...]]:
+    """{tensor name: shape} of safetensors file ``path``, from its header alone."""
+    shapes = {}
+    for name, info in read_header(path).items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(info, dict) or not isinstance(info.get("shape"), list):
+            raise ValueError(f"{os.fspath(path)!r}: tensor {name!r} has no shape in the header")
+        shapes[name] = tuple(int(d) for d in info["shape"])
+    return shapes

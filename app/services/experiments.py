@@ -9,8 +9,9 @@ from sqlalchemy.orm import Session, selectinload
 
 from app.db.base import utcnow
 from app.db.models import Dataset, Experiment, Run
-from app.ml.models import torchvision_available
+from app.ml.models.image_models import image_mixing_layers
 from app.ml.models.multimodal import MIXING_LAYERS as MULTIMODAL_MIXING_LAYERS
+from app.ml.models.spec import ModelSpecError
 from app.ml.retrieval import METRIC_NAMES as RETRIEVAL_METRICS
 from app.ml.tasks import TASKS
 from app.ml.training.checks import recipe_problems
@@ -60,20 +61,22 @@ def _validate_against_dataset(request: ExperimentCreate, dataset: Dataset) -> No
         return
     kinds = augmentation.modality_kinds(dataset.summary)
     model = request.model
-    if model.kind == "cnn":
+    if model.kind != "multimodal":  # an image classifier
         if "image" not in kinds.values():
-            raise FieldError(("body", "model", "kind"), "the cnn model needs an image modality")
+            raise FieldError(("body", "model", "kind"),
+                             f"the {model.kind} model needs an image modality")
         image = next(m for m in dataset.summary["modalities"] if m["kind"] == "image")
         if image.get("missing"):
             raise FieldError(("body", "model", "kind"),
-                             f"the cnn model needs every sample's image, but {image['missing']} "
-                             "samples have none; use the multimodal model, which handles "
-                             "missing modalities")
-        mixing_layers = model.depth
+                             f"the {model.kind} model needs every sample's image, but "
+                             f"{image['missing']} samples have none; use the multimodal "
+                             "model, which handles missing modalities")
+        try:
+            mixing_layers = image_mixing_layers(model.to_ml(), tuple(image["shape"]))
+        except ValueError as exc:  # an unknown name, a library the server lacks
+            field = exc.field if isinstance(exc, ModelSpecError) else "kind"
+            raise FieldError(("body", "model", field), str(exc)) from exc
     else:
-        if model.image_encoder == "resnet18" and not torchvision_available():
-            raise FieldError(("body", "model", "image_encoder"),
-                             "resnet18 needs torchvision, which is not installed")
         mixing_layers = MULTIMODAL_MIXING_LAYERS
     augmentation.check_against_dataset(request.augmentation, kinds, ("body", "augmentation"),
                                        augmentation.modality_shapes(dataset.summary))

@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.db.models import Dataset, Experiment, Project, Run
-from app.ml.models import build_model
+from app.ml.models import ModelSpecError, build_model
 from app.ml.models.towers import build_dual_encoder
 from app.schemas.access import ProjectLimits
 from app.schemas.experiments import ExperimentCreate
@@ -84,11 +84,13 @@ def check_experiment(session: Session, settings: Settings, project_id: uuid.UUID
                          "(epoch_samples)")
     parameters = model_parameters(request, summary)
     if parameters > limits.model_parameters:
-        field = "width" if request.model.kind == "cnn" and request.task != "retrieval" else "dim"
+        kind = request.model.kind if request.task != "retrieval" else "multimodal"
+        field = _SIZE_FIELD.get(kind, "dim")
         raise FieldError(("body", "model", field),
                          f"the model has {parameters:,} parameters; the project's limit is "
                          f"{limits.model_parameters:,} (model_parameters): make it smaller "
-                         "(model.width, model.depth, model.dim, model.text_dim, model.layers)")
+                         "(model.width, model.depth, model.widen, model.name, model.dim, "
+                         "model.text_dim, model.layers)")
     # running_runs caps how many run at once, at the claim (app.services.runs.claim):
     # a submission past it waits in the queue, within queued_runs
     _, queued = live_runs(session, project_id)
@@ -109,7 +111,7 @@ def live_runs(session: Session, project_id: uuid.UUID) -> tuple[int, int]:
 
 def _categorical(summary: dict[str, Any], kinds: Mapping[str, str],
                  shapes: Mapping[str, tuple[int, ...]]) -> dict[str, dict[int, int]]:
-    """{tabular modality: {column: codes}}, as ``app.ml.train.categorical_columns``
+    """{tabular modality: {column: codes}}, as ``app.ml.training.batches.categorical_columns``
     reads it from a prepared dataset (the summary keeps the same provenance)."""
     meta = (summary.get("provenance") or {}).get("tabular")
     out: dict[str, dict[int, int]] = {}
@@ -123,6 +125,11 @@ def _categorical(summary: dict[str, Any], kinds: Mapping[str, str],
         if categories and numeric + len(categories) == shapes[name][0]:
             out[name] = {numeric + j: len(values) + 1 for j, values in enumerate(categories)}
     return out
+
+
+# the field a model past model_parameters is pointed at, by kind (multimodal: dim)
+_SIZE_FIELD = {"cnn": "width", "preact_resnet18": "width", "wide_resnet": "widen",
+               "torchvision": "name", "timm": "name"}
 
 
 def model_parameters(request: ExperimentCreate, summary: dict[str, Any]) -> int:
@@ -142,7 +149,7 @@ def model_parameters(request: ExperimentCreate, summary: dict[str, Any]) -> int:
                 model: torch.nn.Module = build_dual_encoder(
                     spec, request.retrieval.query, request.retrieval.target, shapes, kinds,
                     vocab, categorical)
-            elif spec.kind == "cnn":
+            elif spec.kind != "multimodal":  # an image classifier
                 images = {m: shapes[m] for m, k in kinds.items() if k == "image"}
                 model = build_model(spec, images, len(summary["classes"]), kinds=kinds)
             else:
@@ -150,6 +157,7 @@ def model_parameters(request: ExperimentCreate, summary: dict[str, Any]) -> int:
                                     vocab_sizes=vocab, categorical=categorical,
                                     multilabel=bool(summary.get("multilabel")))
     except ValueError as exc:  # the worker would fail the same way
-        raise FieldError(("body", "model"), f"cannot build this model for the dataset: "
-                                            f"{exc}") from exc
+        loc = ("body", "model", exc.field) if isinstance(exc, ModelSpecError) \
+            else ("body", "model")
+        raise FieldError(loc, f"cannot build this model for the dataset: {exc}") from exc
     return sum(p.numel() for p in model.parameters())

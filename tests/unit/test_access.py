@@ -88,4 +88,4 @@ def test_a_model_that_cannot_be_built_is_a_field_error() -> None:
     request = ExperimentCreate.model_validate({"dataset_id": str(uuid.uuid4())})
     with pytest.raises(FieldError) as caught:
         model_parameters(request, summary)
-    assert caught.value.loc == ("body", "model")
+    assert caught.value.loc == ("body", "model", "kind")  # the kind needs an image

@@ -13,14 +13,10 @@ from app.ml.mixing import Mixed, embedding_mixup
 from app.ml.mixing.ops import interpolate
 from app.ml.mixing.text import PAD_ID
 from app.ml.models.cnn import conv_blocks
-
-
-def torchvision_available() -> bool:
-    try:
-        import torchvision  # noqa: F401
-    except ImportError:
-        return False
-    return True
+from app.ml.models.image_models import build_image_model
+from app.ml.models.spec import IMAGE_ENCODERS, IMAGE_KINDS, ModelSpecError
+from app.ml.models.vision_libs import MissingPackage, import_torchvision
+from app.ml.models.vision_libs import torchvision_available as torchvision_available
 
 
 class ConvEncoder(nn.Module):
@@ -41,26 +37,39 @@ class ConvEncoder(nn.Module):
 
 
 class ImageEncoder(nn.Module):
-    """Images (N, C, H, W) → (N, dim): ``cnn`` (ConvEncoder) or ``resnet18``
-    (torchvision's, randomly initialised — weights are never downloaded)."""
+    """Images (N, C, H, W) → (N, dim) by ``backbone``: ``cnn`` (ConvEncoder),
+    ``preact_resnet18`` / ``wide_resnet`` / ``torchvision`` / ``timm`` (the image
+    classifier of that kind with ``dim`` outputs, ``app.ml.models.image_models``;
+    ``name`` picks the torchvision/timm model), or ``resnet18``: the tower stored
+    before those existed, torchvision's resnet18 with its ImageNet stem (kept as
+    it was so its checkpoints load). ``width``/``depth`` None take the backbone's
+    default (as ``ModelSpec``). Never downloads weights."""
 
     def __init__(self, in_channels: int, dim: int, image_size: tuple[int, int] = (32, 32),
-                 backbone: str = "cnn", width: int = 32, depth: int = 3) -> None:
+                 backbone: str = "cnn", width: int | None = None, depth: int | None = None,
+                 name: str | None = None, widen: int = 10, dropout: float = 0.0) -> None:
         super().__init__()
         if backbone == "cnn":
-            self.net: nn.Module = ConvEncoder(in_channels, dim, width, depth, min(image_size))
+            self.net: nn.Module = ConvEncoder(in_channels, dim, width or 32, depth or 3,
+                                              min(image_size))
         elif backbone == "resnet18":
-            if not torchvision_available():
-                raise ValueError("image_encoder 'resnet18' needs torchvision, which is not "
-                                 "installed")
-            from torchvision.models import resnet18
-
-            net = resnet18(weights=None, num_classes=dim)
+            try:
+                tv = import_torchvision()
+            except MissingPackage as exc:
+                raise ModelSpecError("image_encoder", f"image_encoder 'resnet18' needs "
+                                                      f"torchvision: {exc}") from exc
+            net = tv.models.resnet18(weights=None, num_classes=dim)
             if in_channels != 3:
                 net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
             self.net = net
+        elif backbone in IMAGE_KINDS:
+            self.net = build_image_model(backbone, in_channels, dim, image_size, width=width,
+                                         depth=depth, widen=widen, dropout=dropout, name=name,
+                                         field="image_encoder")
         else:
-            raise ValueError(f"unknown image encoder {backbone!r}")
+            raise ModelSpecError("image_encoder", f"image_encoder must be one of "
+                                                  f"{', '.join(IMAGE_ENCODERS)}, not "
+                                                  f"{backbone!r}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

@@ -1,5 +1,5 @@
 """A multimodal classifier (one encoder per modality + a fusion head) and
-``build_model``, which builds either it or the image-only SmallCNN from a spec."""
+``build_model``, which builds it or an image classifier (any image kind) from a spec."""
 
 from collections.abc import Mapping
 
@@ -8,7 +8,6 @@ from torch import nn
 
 from app.ml.mixing import Mixed
 from app.ml.mixing.ops import interpolate
-from app.ml.models.cnn import SmallCNN
 from app.ml.models.encoders import (
     AudioEncoder,
     ImageEncoder,
@@ -17,7 +16,8 @@ from app.ml.models.encoders import (
     VideoEncoder,
 )
 from app.ml.models.fusion import Fusion, build_fusion
-from app.ml.models.spec import ModelSpec
+from app.ml.models.image_models import build_image_classifier
+from app.ml.models.spec import IMAGE_KINDS, ModelSpec, ModelSpecError
 
 MIXING_LAYERS = 2
 
@@ -61,7 +61,7 @@ class MultimodalModel(nn.Module):
     partner has it (and the partner's weight is > 0). At manifold layers the
     absent side enters as zeros (inputs zeroed, features zeroed); for inputs
     mixed by ``mix`` the caller must have zeroed absent samples' (normalised)
-    values before mixing, as ``app.ml.train`` does, so that what a missing
+    values before mixing, as ``app.ml.training`` does, so that what a missing
     modality stores never reaches a partner.
     """
 
@@ -182,20 +182,21 @@ def build_encoder(spec: ModelSpec, name: str, kind: str, shape: tuple[int, ...],
                   categorical: Mapping[int, int] | None = None) -> nn.Module:
     """The encoder of modality ``name``; ``categorical`` (tabular) maps column
     index to its number of codes."""
-    if kind == "image":
-        return ImageEncoder(shape[0], spec.dim, (shape[1], shape[2]), spec.image_encoder,
-                            spec.width, spec.depth)
-    if kind == "video":
-        frames = ImageEncoder(shape[1], spec.dim, (shape[2], shape[3]), spec.image_encoder,
-                              spec.width, spec.depth)
-        return VideoEncoder(frames, spec.dim, spec.video_encoder)
+    if kind in ("image", "video"):
+        c, h, w = shape[-3:]
+        tower = ImageEncoder(c, spec.dim, (h, w), spec.image_encoder, spec.width, spec.depth,
+                             spec.name, spec.widen, spec.dropout)
+        return tower if kind == "image" else VideoEncoder(tower, spec.dim, spec.video_encoder)
     if kind == "text":
         if vocab_size is None:
             raise ValueError(f"text modality {name!r} needs a vocabulary size")
         return TextEncoder(vocab_size, spec.dim, shape[0], spec.text_encoder, spec.text_dim,
                            spec.heads, spec.layers, spec.dropout, name=name)
     if kind == "audio":
-        return AudioEncoder(shape, spec.dim, spec.width, spec.depth)
+        # depth is the WRN's depth when the image tower is one: the spectrogram CNN
+        # keeps its default then
+        depth = 3 if spec.image_encoder == "wide_resnet" else int(spec.depth or 3)
+        return AudioEncoder(shape, spec.dim, int(spec.width or 32), depth)
     if kind == "tabular":
         columns = dict(categorical or {})
         return TabularEncoder(shape[0], spec.dim, categorical=list(columns),
@@ -212,7 +213,8 @@ def build_model(spec: ModelSpec,
                 multilabel: bool = False) -> nn.Module:
     """The model ``spec`` describes.
 
-    ``cnn``: ``input_shape`` is the image's per-sample (C, H, W) (or a mapping of
+    An image kind (``cnn``, ``preact_resnet18``, ``wide_resnet``, ``torchvision``,
+    ``timm``): ``input_shape`` is the image's per-sample (C, H, W) (or a mapping of
     modality to shape, from which the image modality is taken).
     ``multimodal``: ``input_shape`` maps modality name to its per-sample shape;
     ``kinds`` maps it to its kind (default: from the name); text modalities
@@ -220,16 +222,15 @@ def build_model(spec: ModelSpec,
     modality to {column: number of codes} for the columns holding category
     codes; ``multilabel`` asks for independent per-class logits.
     """
-    if spec.kind == "cnn":
+    if spec.kind in IMAGE_KINDS:
         if isinstance(input_shape, Mapping):
             images = [m for m in input_shape if _kind(m, kinds) == "image"]
             if not images:
-                raise ValueError("the cnn model needs an image modality")
+                raise ModelSpecError("kind", f"the {spec.kind} model needs an image modality")
             input_shape = input_shape[images[0]]
-        c, h, w = input_shape
-        return SmallCNN(c, num_classes, (h, w), spec.width, spec.depth, spec.dropout)
+        return build_image_classifier(spec, tuple(input_shape), num_classes)
     if spec.kind != "multimodal":
-        raise ValueError(f"unknown model kind {spec.kind!r}")
+        raise ModelSpecError("kind", f"unknown model kind {spec.kind!r}")
     if not isinstance(input_shape, Mapping) or not input_shape:
         raise ValueError("a multimodal model needs a mapping of modality to input shape")
     encoders = {m: build_encoder(spec, m, _kind(m, kinds), tuple(shape),

@@ -2,27 +2,65 @@
 
 from dataclasses import dataclass
 
-KINDS = ("cnn", "multimodal")
+# image classifiers (``IMAGE_KINDS``) and the multimodal model
+IMAGE_KINDS = ("cnn", "preact_resnet18", "wide_resnet", "torchvision", "timm")
+KINDS = (*IMAGE_KINDS, "multimodal")
 FUSIONS = ("early", "late", "attention", "tensor", "gated")
-IMAGE_ENCODERS = ("cnn", "resnet18")
+# the multimodal image tower: any image kind; ``resnet18`` is the value stored
+# before the others existed (torchvision's resnet18 with its ImageNet stem)
+IMAGE_ENCODERS = (*IMAGE_KINDS, "resnet18")
 TEXT_ENCODERS = ("mean", "transformer")
 VIDEO_ENCODERS = ("mean", "temporal_conv")
+# kinds (or image towers) whose architecture comes from ``name``
+NAMED_KINDS = ("torchvision", "timm")
+
+
+class ModelSpecError(ValueError):
+    """A spec field that cannot be built, with the field's name, so the API can
+    point its 422 at it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def image_family(kind: str, image_encoder: str) -> str:
+    """The image network a spec builds: the kind itself, or the multimodal image tower."""
+    return image_encoder if kind == "multimodal" else kind
+
+
+def wide_resnet_blocks(depth: int) -> int:
+    """Blocks per group of WRN-``depth``: depth = 6n + 4 (Zagoruyko & Komodakis)."""
+    if depth < 10 or (depth - 4) % 6:
+        raise ModelSpecError("depth", f"depth must be 6n+4 (10, 16, 22, 28, 34, 40…) for "
+                                      f"wide_resnet, not {depth}")
+    return (depth - 4) // 6
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     """``kind`` ``cnn``: the image-only SmallCNN (width, depth, dropout).
+    ``preact_resnet18``: the mixup paper's CIFAR PreAct ResNet-18, stage widths
+    width·(1, 2, 4, 8) (width 64 by default, the paper's), dropout before the head.
+    ``wide_resnet``: WRN-depth-widen (depth = 6n+4, dropout inside the blocks).
+    ``torchvision`` / ``timm``: the library's model ``name``, randomly initialised.
 
     ``multimodal``: one encoder per modality of the dataset and a fusion head.
-    ``dim`` is every encoder's output width; ``width``/``depth`` size the image
-    (and spectrogram) CNN; ``text_dim``/``heads``/``layers`` the text encoder
-    and the attention fusion; ``rank`` the low-rank tensor fusion;
-    ``modality_dropout`` drops whole modalities per sample while training.
+    ``dim`` is every encoder's output width; ``image_encoder`` is any image kind
+    (its fields as above; ``width``/``depth`` size the spectrogram CNN too, but for
+    a wide_resnet tower ``depth`` is the WRN's and that CNN keeps 3 blocks);
+    ``text_dim``/``heads``/``layers`` the text encoder and the attention fusion;
+    ``rank`` the low-rank tensor fusion; ``modality_dropout`` drops whole
+    modalities per sample while training.
+
+    ``width`` and ``depth`` left as None take the image network's default (width
+    64 for preact_resnet18, else 32; depth 28 for wide_resnet, else 3), so a
+    stored spec always holds numbers.
     """
 
     kind: str = "cnn"
-    width: int = 32
-    depth: int = 3
+    width: int | None = None
+    depth: int | None = None
     dropout: float = 0.0
     fusion: str = "early"
     dim: int = 64
@@ -34,23 +72,42 @@ class ModelSpec:
     layers: int = 1
     modality_dropout: float = 0.0
     rank: int = 4
+    name: str | None = None
+    widen: int = 10
 
     def __post_init__(self) -> None:
         checks = {"kind": KINDS, "fusion": FUSIONS, "image_encoder": IMAGE_ENCODERS,
                   "text_encoder": TEXT_ENCODERS, "video_encoder": VIDEO_ENCODERS}
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}, "
-                                 f"not {getattr(self, name)!r}")
+                raise ModelSpecError(name, f"{name} must be one of {', '.join(allowed)}, "
+                                           f"not {getattr(self, name)!r}")
+        family = image_family(self.kind, self.image_encoder)
+        # frozen: the defaults are resolved once, here
+        if self.width is None:
+            object.__setattr__(self, "width", 64 if family == "preact_resnet18" else 32)
+        if self.depth is None:
+            object.__setattr__(self, "depth", 28 if family == "wide_resnet" else 3)
         if not 0.0 <= self.modality_dropout < 1.0:
-            raise ValueError("modality_dropout must be in [0, 1)")
+            raise ModelSpecError("modality_dropout", "modality_dropout must be in [0, 1)")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError("dropout must be in [0, 1)")
-        for name in ("width", "depth", "dim", "text_dim", "heads", "layers", "rank"):
+            raise ModelSpecError("dropout", "dropout must be in [0, 1)")
+        for name in ("width", "depth", "dim", "text_dim", "heads", "layers", "rank", "widen"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
+                raise ModelSpecError(name, f"{name} must be >= 1")
+        if family in NAMED_KINDS and not self.name:
+            field = "kind" if self.kind == family else "image_encoder"
+            raise ModelSpecError("name", f"name is required for {field} {family!r}: a "
+                                         f"{family} model name such as 'resnet18'")
+        if family not in NAMED_KINDS and self.name is not None:
+            raise ModelSpecError("name", f"name is only used by the torchvision and timm "
+                                         f"models, not by {family!r}")
+        if family == "wide_resnet":
+            wide_resnet_blocks(self.depth)  # type: ignore[arg-type]
         if self.kind == "multimodal":
             if self.dim % self.heads and self.fusion == "attention":
-                raise ValueError("dim must be a multiple of heads for attention fusion")
+                raise ModelSpecError("dim", "dim must be a multiple of heads for attention "
+                                            "fusion")
             if self.text_dim % self.heads and self.text_encoder == "transformer":
-                raise ValueError("text_dim must be a multiple of heads for the text transformer")
+                raise ModelSpecError("text_dim", "text_dim must be a multiple of heads for "
+                                                 "the text transformer")

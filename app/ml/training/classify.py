@@ -27,7 +27,6 @@ from app.ml.resume import ResumePoint
 from app.ml.tasks import CLASSIFICATION, Task, get_task
 from app.ml.training import normalization
 from app.ml.training.augment import augment_batch
-from app.ml.training.checks import recipe_problems
 from app.ml.training.batches import (
     categorical_columns,
     data_device,
@@ -35,6 +34,7 @@ from app.ml.training.batches import (
     vocab_sizes,
     with_own_codes,
 )
+from app.ml.training.checks import recipe_problems
 from app.ml.training.evaluation import Split, predict, robustness
 from app.ml.training.hooks import TrainHooks, TrainResult
 from app.ml.training.loop import Objective, run

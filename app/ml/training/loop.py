@@ -40,7 +40,7 @@ class Objective(ABC):
                    generators: dict[str, torch.Generator]) -> torch.Tensor:
         """The loss of one step on training rows ``idx`` (mixing included)."""
 
-    def after_step(self) -> None:
+    def after_step(self) -> None:  # noqa: B027 - optional, most tasks need nothing here
         """After the optimizer's step (e.g. clamping a learned temperature)."""
 
     def epoch_metrics(self, model: nn.Module) -> dict[str, torch.Tensor]:

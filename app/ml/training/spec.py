@@ -49,28 +49,27 @@ class EarlyStopping:
 
 @dataclass(frozen=True)
 class TrainSpec:
-    """The training recipe. The defaults are the ones ``README.md`` explains:
-    SGD with Nesterov momentum, a cosine schedule after a short warm-up, weight
-    decay on conv/linear weights only, random crops, the last epoch's model.
+    """The training recipe; ``README.md`` explains why the defaults are these.
 
-    ``lr`` is the peak learning rate (reached after ``warmup_epochs``, default
-    5 % of the run, linearly from ``lr / warmup steps``); ``schedule`` decays it per step: ``cosine`` to 0
-    at the end, ``step`` by ``gamma`` at each epoch in ``milestones`` (default:
-    50 % and 75 % of the epochs), ``onecycle`` (torch's OneCycleLR shape: a cosine
-    rise over ``warmup_epochs`` — 30 % of the run when 0 — from lr/25, then a
-    cosine fall to lr/10⁵). ``ema``: the decay of an exponential moving average of
-    the weights, which is then what is validated, tested and saved.
-    ``augment``: ``crop`` (pad by ``crop_padding`` pixels, default ⌈side/8⌉, and
-    crop back at a random offset) and ``flip`` (horizontal, p = ½), on image
-    modalities, batched on the training device; None: ``DEFAULT_AUGMENT`` on the
-    image modalities there are (none on a dataset without images). ``checkpoint``: ``last`` keeps the
-    last epoch's model; ``best`` the epoch with the best ``checkpoint_metric``
-    (default: the task's headline validation metric), and then the run reports
-    the test figures of both (``test_acc`` of the best, ``test_acc_last``).
-    ``log_every_steps``: how often the per-step training loss and the learning
-    rate enter the metric history (None: about 10 times an epoch); they are
-    buffered on the device and read once an epoch. ``calibration``:
-    ``temperature`` fits T on the validation split of the selected model.
+    ``lr`` is the peak learning rate, reached after ``warmup_epochs`` (default:
+    5 % of the run) linearly from ``lr / warm-up steps``; ``schedule`` then
+    sets it per step: ``cosine`` decays to 0 at the end, ``step`` multiplies by
+    ``gamma`` at each epoch of ``milestones`` (default: 50 % and 75 % of the
+    run), ``onecycle`` follows torch's OneCycleLR (a cosine rise from lr/25 over
+    ``warmup_epochs``, or 30 % of the run, then a cosine fall to lr/10⁵).
+    ``ema``: the decay of an exponential moving average of the weights, which
+    is then what is validated, tested and saved. ``augment``: ``crop`` (pad by
+    ``crop_padding``, default ⌈side/8⌉, and crop back at a random offset) and
+    ``flip`` (horizontal, p = ½) on image modalities, batched on the device;
+    None applies ``DEFAULT_AUGMENT`` to the image modalities there are.
+    ``checkpoint``: ``last`` keeps the last epoch's model, ``best`` the epoch
+    with the best ``checkpoint_metric`` (default: the task's headline
+    validation metric), and the run then reports the test figures of both
+    (``test_acc`` of the kept model, ``test_acc_last``). ``log_every_steps``:
+    how often the per-step training loss and the learning rate enter the
+    metric history (None: about 10 times an epoch); they are buffered on the
+    device and read once an epoch. ``calibration``: ``temperature`` fits T on
+    the validation split of the kept model.
     """
 
     epochs: int = 100
