@@ -77,6 +77,8 @@ def worker(queue: Annotated[str | None, typer.Option(
 @cli.command()
 def up(host: str = "127.0.0.1", port: int = 8000,
        data_dir: Annotated[Path | None, typer.Option(help="Embedded state folder.")] = None,
+       concurrency: Annotated[int, typer.Option(
+           min=1, max=64, help="Runs the worker trains side by side.")] = 1,
        ) -> None:
     """Start the API and one worker. With no MIXLAB_DATABASE_URL / MIXLAB_BROKER_URL,
     everything is embedded: SQLite, a filesystem broker and local artifacts."""
@@ -97,7 +99,7 @@ def up(host: str = "127.0.0.1", port: int = 8000,
 
         console.print(f"[bold yellow]WARNING: {AUTH_OFF_WARNING}[/]")
     log = (settings.data_dir / "worker.log").open("ab")
-    worker_proc = subprocess.Popen(worker_command(), stdout=log, stderr=subprocess.STDOUT,
+    worker_proc = subprocess.Popen(worker_command(concurrency=concurrency), stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True, preexec_fn=_die_with_parent)
     # uvicorn re-raises the SIGTERM it caught once it has shut down; turn that
     # into SystemExit so the finally below still stops the worker.
@@ -124,7 +126,7 @@ def stop_process_group(proc: subprocess.Popen[bytes], grace_s: float) -> None:
 
 
 @cli.command()
-def demo(epochs: int = 150, noise: float = 0.4,
+def demo(epochs: int = 100, noise: float = 0.4,
          output: Annotated[Path, typer.Option(help="Where the preview PNGs go.")] = Path(
              "demo-output"),
          port: int = 8765) -> None:

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     # The worker's loop reads an in-memory flag; a helper thread refreshes it
     # from Postgres at this period, so cancel latency is bounded by it.
     control_poll_s: float = Field(default=0.5, gt=0)
+    # torch intra-op threads of each training run (None: torch's default, the
+    # cores); 1 makes CPU results independent of the machine's core count
+    torch_threads: int | None = Field(default=None, ge=1, le=1024)
     progress_flush_s: float = Field(default=1.0, gt=0)
 
     # Access (app.services.auth): unset, API keys are required whenever the service

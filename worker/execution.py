@@ -6,6 +6,8 @@ import traceback
 import uuid
 from dataclasses import dataclass
 
+import torch
+
 from app.db.models import Dataset, Experiment, Run
 from app.db.retry import retry_db
 from app.db.session import session_scope
@@ -119,6 +121,8 @@ def execute_run(run_id: uuid.UUID) -> str:
         return "skipped"
     attempt = claimed.attempt
 
+    if settings.torch_threads is not None:
+        torch.set_num_threads(settings.torch_threads)
     store = get_store()
     limit = claimed.spec.training.time_limit_s
     reporter = RunReporter(run_id, store, claimed.spec.training.epochs,

@@ -13,6 +13,7 @@ from pydantic import (
 )
 
 from app.ml.models import ModelSpec
+from app.ml.models.spec import default_depth, default_width
 from app.ml.training import EarlyStopping, TrainSpec
 from app.schemas.augmentation import AugmentationSpec
 from app.schemas.common import StrictModel
@@ -26,12 +27,14 @@ class ModelSpecIn(StrictModel):
                            "timm: that library's image model `name`, randomly initialised "
                            "(needs the library on the worker). multimodal: one encoder per "
                            "modality of the dataset and a fusion head.")
-    width: int = Field(32, ge=1, le=512, description="Channels of the first conv layer (cnn, "
-                       "preact_resnet18: 64 unless given, multimodal image and spectrogram "
-                       "CNNs).")
-    depth: int = Field(3, ge=1, le=100, description="cnn, multimodal CNNs: number of conv "
-                       "blocks (1-8). wide_resnet (kind or image_encoder): 6n+4 (28 unless "
-                       "given).")
+    width: int | None = Field(None, ge=1, le=512,
+                       description="Channels of the first conv layer: cnn (default 16), "
+                                   "preact_resnet18 (64), the multimodal image and spectrogram "
+                                   "CNNs (32).")
+    depth: int | None = Field(None, ge=1, le=100,
+                       description="cnn, multimodal CNNs: number of conv blocks (1-8, "
+                                   "default 3). wide_resnet (kind or image_encoder): 6n+4 "
+                                   "(default 28).")
     dropout: float = Field(0.0, ge=0, lt=1)
     fusion: Literal["early", "late", "attention", "tensor", "gated"] = Field(
         "early", description="multimodal: how the modalities' features are combined.")
@@ -57,19 +60,14 @@ class ModelSpecIn(StrictModel):
                                          "library's model name, e.g. resnet18.")
     widen: int = Field(10, ge=1, le=20, description="wide_resnet: the widening factor.")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _kind_defaults(cls, data: Any) -> Any:
-        # the paper's sizes where the kind has its own: PreAct ResNet-18 at width 64,
-        # WRN-28
-        if isinstance(data, dict):
-            family = data.get("image_encoder") if data.get("kind") == "multimodal" \
-                else data.get("kind")
-            if family == "preact_resnet18" and "width" not in data:
-                data = {**data, "width": 64}
-            if family == "wide_resnet" and "depth" not in data:
-                data = {**data, "depth": 28}
-        return data
+    @model_validator(mode="after")
+    def _kind_defaults(self) -> "ModelSpecIn":
+        # filled here so a stored spec always holds numbers (app.ml gives the values)
+        if self.width is None:
+            self.width = default_width(self.kind, self.image_encoder)
+        if self.depth is None:
+            self.depth = default_depth(self.kind, self.image_encoder)
+        return self
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "ModelSpecIn":

@@ -315,9 +315,9 @@ def test_schema_cross_field_checks_name_the_field(fields, message):
 
 
 def test_schema_stores_each_kind_with_its_own_fields():
-    assert _spec_in().model_dump() == {"kind": "cnn", "width": 32, "depth": 3, "dropout": 0.0}
+    assert _spec_in().model_dump() == {"kind": "cnn", "width": 16, "depth": 3, "dropout": 0.0}
     assert _spec_in(kind="cnn", fusion="late").model_dump() == {
-        "kind": "cnn", "width": 32, "depth": 3, "dropout": 0.0}
+        "kind": "cnn", "width": 16, "depth": 3, "dropout": 0.0}
     assert _spec_in(kind="preact_resnet18").model_dump() == {
         "kind": "preact_resnet18", "width": 64, "dropout": 0.0}
     assert _spec_in(kind="wide_resnet", widen=4).model_dump() == {

@@ -37,6 +37,21 @@ def wide_resnet_blocks(depth: int) -> int:
     return (depth - 4) // 6
 
 
+def default_width(kind: str, image_encoder: str = "cnn") -> int:
+    """``width`` when a spec leaves it out: 64 for PreAct ResNet-18 (the paper's), 16
+    for the image-only SmallCNN (on small images a wider one memorises noisy labels
+    through mixup; README "Why these defaults"), 32 for the multimodal towers."""
+    family = image_family(kind, image_encoder)
+    if family == "preact_resnet18":
+        return 64
+    return 16 if kind == "cnn" else 32
+
+
+def default_depth(kind: str, image_encoder: str = "cnn") -> int:
+    """``depth`` when a spec leaves it out: WRN-28, else 3 conv blocks."""
+    return 28 if image_family(kind, image_encoder) == "wide_resnet" else 3
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """``kind`` ``cnn``: the image-only SmallCNN (width, depth, dropout).
@@ -53,9 +68,8 @@ class ModelSpec:
     ``rank`` the low-rank tensor fusion; ``modality_dropout`` drops whole
     modalities per sample while training.
 
-    ``width`` and ``depth`` left as None take the image network's default (width
-    64 for preact_resnet18, else 32; depth 28 for wide_resnet, else 3), so a
-    stored spec always holds numbers.
+    ``width`` and ``depth`` left as None take the kind's default
+    (``default_width``, ``default_depth``), so a stored spec always holds numbers.
     """
 
     kind: str = "cnn"
@@ -85,9 +99,9 @@ class ModelSpec:
         family = image_family(self.kind, self.image_encoder)
         # frozen: the defaults are resolved once, here
         if self.width is None:
-            object.__setattr__(self, "width", 64 if family == "preact_resnet18" else 32)
+            object.__setattr__(self, "width", default_width(self.kind, self.image_encoder))
         if self.depth is None:
-            object.__setattr__(self, "depth", 28 if family == "wide_resnet" else 3)
+            object.__setattr__(self, "depth", default_depth(self.kind, self.image_encoder))
         if not 0.0 <= self.modality_dropout < 1.0:
             raise ModelSpecError("modality_dropout", "modality_dropout must be in [0, 1)")
         if not 0.0 <= self.dropout < 1.0:

@@ -73,9 +73,9 @@ class TrainSpec:
     """
 
     epochs: int = 100
-    batch_size: int = 64
+    batch_size: int = 128
     optimizer: str = "sgd"
-    lr: float = 0.05
+    lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
