@@ -99,8 +99,9 @@ def up(host: str = "127.0.0.1", port: int = 8000,
 
         console.print(f"[bold yellow]WARNING: {AUTH_OFF_WARNING}[/]")
     log = (settings.data_dir / "worker.log").open("ab")
-    worker_proc = subprocess.Popen(worker_command(concurrency=concurrency), stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True, preexec_fn=_die_with_parent)
+    worker_proc = subprocess.Popen(worker_command(concurrency=concurrency), stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True,
+                                   preexec_fn=_die_with_parent)
     # uvicorn re-raises the SIGTERM it caught once it has shut down; turn that
     # into SystemExit so the finally below still stops the worker.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
