@@ -63,6 +63,7 @@ def register(cli: typer.Typer) -> None:
     cli.command("preview")(preview)
     cli.add_typer(experiments_app, name="experiments")
     cli.add_typer(runs_app, name="runs")
+    cli.command("predict")(predict)
 
 
 # ── plumbing ──────────────────────────────────────────────────────────────────
@@ -441,6 +442,98 @@ def preview(
                   f"#{s['index_b']} ({escape(s['label_b'])})", f"{s['lam']:.3f}", mixture, *box)
     out.print(t)
     out.print(f"wrote {output} ({len(png):,} bytes)")
+
+
+# ── predict ───────────────────────────────────────────────────────────────────
+
+def _indices_argument(text: str | None) -> list[int] | None:
+    """``0,1,2`` (and ranges ``0-9``) → row positions; exit 2 on anything else."""
+    if text is None:
+        return None
+    indices: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        first, dash, last = part.partition("-")
+        try:
+            if dash:
+                indices.extend(range(int(first), int(last) + 1))
+            else:
+                indices.append(int(part))
+        except ValueError:
+            raise fail(f"--indices: {part!r} is not a row number or range (e.g. 0,1,2 or "
+                       "0-9)", code=2) from None
+    if not indices:
+        raise fail("--indices: give at least one row", code=2)
+    return indices
+
+
+def _label_text(value: str | list[str] | None) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return ", ".join(value) or "(none)"
+    return value
+
+
+def predict(
+        run_id: Annotated[str, typer.Argument(help="A succeeded run (its full id).")],
+        file: Annotated[Path | None, typer.Argument(
+            exists=True, dir_okay=False, readable=True, show_default=False,
+            help="Samples to predict: .npz, .parquet, .zip, .tar.gz / .tgz (labels "
+                 "optional). Or --dataset.")] = None,
+        dataset: Annotated[str | None, typer.Option(
+            "--dataset", help="Predict rows of this dataset's split instead of a file.")]
+        = None,
+        split: Annotated[str, typer.Option(help="train, val or test (with --dataset).")]
+        = "test",
+        indices: Annotated[str | None, typer.Option(
+            help="Rows of the split, e.g. 0,1,2 or 0-99 (default: the whole split).")] = None,
+        spec: SpecOption = None,
+        show: Annotated[int, typer.Option(
+            min=0, help="Rows shown in the table (0: all); --json gives every row.")] = 20,
+        url: Url = DEFAULT_URL, api_key: ApiKey = None, as_json: AsJson = False) -> None:
+    """Predict with a succeeded run's model on a file or a dataset's split: a table of
+    predictions and, where the samples have labels, the accuracy."""
+    if (file is None) == (dataset is None):
+        raise fail("give exactly one of FILE or --dataset", code=2)
+    if file is not None and indices is not None:
+        raise fail("--indices applies to --dataset", code=2)
+    if dataset is not None and spec is not None:
+        raise fail("--spec applies to a FILE", code=2)
+    rows = _indices_argument(indices)
+    body_spec = _spec_argument(spec)
+    with connect(url, api_key) as mx:
+        if file is not None:
+            with err.status(f"uploading {file.name} ({file.stat().st_size:,} bytes)…"):
+                result = mx.predict(run_id, file=file, spec=body_spec)
+        else:
+            with err.status("predicting…"):
+                result = mx.predict(run_id, dataset_id=dataset, split=split, indices=rows)
+    if as_json:
+        return print_json(result)
+    source = escape(file.name) if file is not None else f"{split} split of {dataset[:8]}"
+    items = result["predictions"]
+    shown = items if show == 0 else items[:show]
+    t = table("index", "predicted", "top probability", "label", "",
+              title=f"{source}: {result['n']} samples")
+    for p in shown:
+        best = max(p["probabilities"].items(), key=lambda kv: kv[1])
+        top = f"{best[1]:.3f}" if isinstance(p["predicted"], str) \
+            else f"{escape(best[0])} {best[1]:.3f}"
+        right = (set(p["predicted"]) == set(p["label"]) if isinstance(p["label"], list)
+                 else p["predicted"] == p["label"])
+        mark = "" if p["label"] is None else ("[green]✓[/]" if right else "[red]✗[/]")
+        t.add_row(str(p["index"]), escape(_label_text(p["predicted"])), top,
+                  escape(_label_text(p["label"])), mark)
+    out.print(t)
+    if len(shown) < len(items):
+        out.print(f"… {len(items) - len(shown)} more rows (--show 0 for all, --json for the "
+                  "full reply)")
+    kind = "exact-match accuracy" if result["task"] == "multilabel" else "accuracy"
+    if result["accuracy"] is None:
+        out.print(f"{kind}: - (no sample has a label)")
+    else:
+        out.print(f"{kind}: {result['accuracy']:.4f} over {result['n_labelled']} labelled "
+                  f"of {result['n']} samples")
 
 
 # ── runs: watching ────────────────────────────────────────────────────────────

@@ -174,6 +174,28 @@ class MixlabClient:
     def download_checkpoint(self, run_id: str) -> bytes:
         return self._call("GET", f"/v1/runs/{run_id}/checkpoint").content
 
+    def predict(self, run_id: str, dataset_id: str | None = None, split: str = "test",
+                indices: list[int] | None = None, file: str | Path | None = None,
+                spec: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A succeeded run's predictions on rows of a dataset's ``split`` (all, or
+        ``indices`` of it), or on the samples of ``file`` (any upload format; ``spec``
+        for Parquet / archives); with the accuracy where samples have labels."""
+        if (dataset_id is None) == (file is None):
+            raise ValueError("give exactly one of dataset_id or file")
+        url = f"/v1/runs/{run_id}/predict"
+        if file is None:
+            if spec is not None:
+                raise ValueError("spec applies to a file")
+            body: dict[str, Any] = {"dataset_id": dataset_id, "split": split}
+            if indices is not None:
+                body["indices"] = list(indices)
+            return self._call("POST", url, json=body).json()
+        path = Path(file)
+        with path.open("rb") as fh:
+            files = {"file": (path.name, fh, "application/octet-stream")}
+            data = {"spec": json.dumps(spec)} if spec is not None else {}
+            return self._call("POST", url, files=files, data=data).json()
+
     # API keys of the project (these need a write key)
     def create_key(self, scope: str, name: str = "key") -> dict[str, Any]:
         """A new key; its ``key`` field is the only time the key is shown."""

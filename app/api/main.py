@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from app import __version__
 from app.api import access, errors
 from app.api.deps import authenticate
-from app.api.openapi import add_common_errors, add_dataset_create
+from app.api.openapi import add_body_models, add_common_errors
 from app.api.routes import datasets, experiments, health, keys, runs
 from app.reconciler import Reconciler
 from app.settings import get_settings
@@ -51,7 +51,7 @@ def create_app() -> FastAPI:
     def openapi() -> dict:  # type: ignore[type-arg]
         if app.openapi_schema is None:
             schema = original_openapi()
-            add_dataset_create(schema)
+            add_body_models(schema)
             add_common_errors(schema)
         return app.openapi_schema  # type: ignore[return-value]
 

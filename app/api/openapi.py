@@ -8,19 +8,22 @@ FastAPI documents what each route declares; the errors every route can give
 from typing import Any
 
 from app.schemas.datasets import DatasetCreate
+from app.schemas.predictions import PredictRequest
 
 _ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
 _ERROR_SCHEMA = {"title": "ErrorOut", "type": "object", "required": ["detail"],
                  "properties": {"detail": {"title": "Detail", "type": "string"}}}
 
 
-def add_dataset_create(schema: dict[str, Any]) -> None:
-    """The dataset route reads its body by content type, so FastAPI does not see
-    DatasetCreate; add it (and what it references) to the components."""
-    defs = DatasetCreate.model_json_schema(ref_template="#/components/schemas/{model}")
+def add_body_models(schema: dict[str, Any]) -> None:
+    """The routes that take JSON or a multipart upload read their body by content
+    type, so FastAPI does not see their JSON models (DatasetCreate,
+    PredictRequest); add them (and what they reference) to the components."""
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    components.update(defs.pop("$defs", {}))
-    components["DatasetCreate"] = defs
+    for model in (DatasetCreate, PredictRequest):
+        defs = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(defs.pop("$defs", {}))
+        components[model.__name__] = defs
 
 
 def add_common_errors(schema: dict[str, Any]) -> None:

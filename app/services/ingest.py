@@ -4,15 +4,21 @@
 what is fast to read (an .npz's array headers, a Parquet footer and a few
 cells, a zip's directory and manifest); ``prepare_file`` is the full, streaming
 preparation the worker runs; ``write_prepared`` writes its canonical form.
+``read_samples`` reads a file sent for prediction with the same readers, checks
+and caps (at most ``max_rows`` samples).
 """
 
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from app.ml.data import NpzLimits, PreparedDataset, prepare_npz, to_bytes
-from app.ml.data.archive import prepare_archive, probe_archive
+from app.ml.data.archive import prepare_archive, probe_archive, read_archive_samples
 from app.ml.data.ingest_spec import IngestLimits, IngestSpec, ProgressFn
+from app.ml.data.npz import read_npz_samples
 from app.ml.data.npz_header import probe_npz
-from app.ml.data.parquet import prepare_parquet, probe_parquet
+from app.ml.data.parquet import prepare_parquet, probe_parquet, read_parquet_samples
+from app.ml.data.samples import Samples
 from app.services.errors import FieldError
 from app.settings import Settings
 
@@ -65,6 +71,25 @@ def prepare_file(settings: Settings, path: Path, fmt: str, spec: IngestSpec | No
                                progress=progress)
     return prepare_archive(path, spec, limits(settings), original_name=original_name,
                            progress=progress)
+
+
+def read_samples(settings: Settings, path: Path, fmt: str, spec: IngestSpec | None,
+                 fit: Callable[[IngestSpec], IngestSpec], max_rows: int,
+                 original_name: str, spec_loc: tuple[str, ...] = ("body", "spec")) -> Samples:
+    """A file sent for prediction, read synchronously: the upload checks and caps
+    of its format, and no more than ``max_rows`` samples."""
+    if fmt == "npz":
+        if spec is not None:
+            raise FieldError(spec_loc, "spec applies to .parquet, .zip and .tar.gz "
+                                       "files, not .npz")
+        caps = replace(npz_limits(settings),
+                       max_samples=min(max_rows, settings.max_dataset_samples))
+        probe_npz(path, caps, labelled=False)
+        return read_npz_samples(path, caps, original_name=original_name)
+    table = replace(limits(settings), max_rows=min(max_rows, settings.max_dataset_samples))
+    if fmt == "parquet":
+        return read_parquet_samples(path, spec, fit, table, original_name=original_name)
+    return read_archive_samples(path, spec, fit, table, original_name=original_name)
 
 
 def write_prepared(ds: PreparedDataset, path: Path) -> int:

@@ -35,9 +35,10 @@ OPERATIONS = [(method, path) for path, ops in app.openapi()["paths"].items()
 
 
 def is_write(method: str, path: str) -> bool:
-    """What a read key may not do: change anything (a preview only computes), and
-    manage keys."""
-    return path.startswith("/v1/keys") or (method != "get" and not path.endswith("/preview"))
+    """What a read key may not do: change anything (a preview or a prediction only
+    computes), and manage keys."""
+    return path.startswith("/v1/keys") or (
+        method != "get" and not path.endswith(("/preview", "/predict")))
 
 
 WRITES = [op for op in OPERATIONS if is_write(*op)]
@@ -75,6 +76,8 @@ def _body(method: str, path: str, ids: dict[str, str]) -> dict[str, Any] | None:
         return {"name": "x", "scope": "read"}
     if path.endswith("/preview"):
         return {"n": 2}
+    if path.endswith("/predict"):
+        return {"dataset_id": ids["dataset_id"], "indices": [0, 1]}
     return None
 
 

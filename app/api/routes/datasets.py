@@ -2,13 +2,12 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
-from starlette.datastructures import UploadFile
 
 from app.api.deps import (
     WRITE_RESPONSES,
@@ -19,8 +18,8 @@ from app.api.deps import (
     StoreDep,
     WriterDep,
 )
+from app.api.uploads import body_errors, ingest_spec, save_upload, upload_form
 from app.db.models import Dataset
-from app.ml.data.ingest_spec import IngestSpec
 from app.schemas.common import MAX_OFFSET, Page
 from app.schemas.datasets import (
     DatasetCreate,
@@ -29,7 +28,6 @@ from app.schemas.datasets import (
     PreviewRequest,
     UriSource,
 )
-from app.schemas.ingest import IngestSpecIn
 from app.services import datasets as service
 from app.services import previews
 from app.services.errors import FieldError
@@ -76,42 +74,6 @@ def _accepted(dataset: Dataset, response: Response) -> DatasetOut:
     return to_out(dataset)
 
 
-def _body_errors(exc: ValidationError, prefix: tuple[str, ...] = ("body",)) -> list[Any]:
-    errors = []
-    for e in exc.errors(include_url=False):
-        error = {**e, "loc": (*prefix, *e["loc"])}
-        if isinstance(error.get("input"), bytes):  # a body that is not even UTF-8
-            error["input"] = error["input"].decode("utf-8", "replace")
-        errors.append(error)
-    return errors
-
-
-def _ingest_spec(raw: object) -> IngestSpec | None:
-    """The ``spec`` form field, validated; errors under ``body.spec``."""
-    if raw is None or raw == "":
-        return None
-    if not isinstance(raw, str):
-        raise FieldError(("body", "spec"), "spec must be a JSON form field, not a file")
-    try:
-        return IngestSpecIn.model_validate_json(raw).to_spec()
-    except ValidationError as exc:
-        raise RequestValidationError(_body_errors(exc, ("body", "spec"))) from exc
-
-
-async def _save_upload(upload: UploadFile, limit: int, folder: Path,
-                       filename: str = "upload.npz") -> Path:
-    """Copy the upload to disk in chunks, stopping at ``limit`` bytes."""
-    path = folder / ("upload" + upload_suffix(filename))
-    written = 0
-    with path.open("wb") as out:
-        while chunk := await upload.read(1024 * 1024):
-            written += len(chunk)
-            if written > limit:
-                raise FieldError(("body", "file"), f"file: too large (limit {limit} bytes)")
-            out.write(chunk)
-    return path
-
-
 @router.post(
     "", status_code=202, response_model=DatasetOut,
     summary="Register a dataset: a built-in or a URI (JSON), or a file upload (multipart); "
@@ -133,16 +95,8 @@ async def create_dataset(request: Request, response: Response, session: SessionD
                          principal: WriterDep) -> DatasetOut:
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        declared = int(request.headers.get("content-length") or 0)
-        if declared > settings.max_upload_bytes + 64 * 1024:
-            raise FieldError(("body", "file"), f"file: too large (limit "
-                                               f"{settings.max_upload_bytes} bytes)")
-        form = await request.form(max_files=1, max_fields=4)
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise FieldError(("body", "file"), "missing file part")
-        filename = upload.filename or "upload.npz"
-        spec = _ingest_spec(form.get("spec"))
+        form, upload, filename = await upload_form(request, settings)
+        spec = ingest_spec(form.get("spec"))
         suffix = upload_suffix(filename)
         stem = (filename[:-len(suffix)] if filename.lower().endswith(suffix)
                 else Path(filename).stem) or filename
@@ -152,7 +106,7 @@ async def create_dataset(request: Request, response: Response, session: SessionD
                 raise FieldError(("body", field), f"{field}: must not contain NUL characters")
         folder = Path(tempfile.mkdtemp(prefix="mixlab-upload-"))
         try:
-            path = await _save_upload(upload, settings.max_upload_bytes, folder, filename)
+            path = await save_upload(upload, settings.max_upload_bytes, folder, filename)
             dataset = await run_in_threadpool(service.submit_upload, session,
                                               principal.project_id, store, settings, name,
                                               path, filename, spec)
@@ -166,7 +120,7 @@ async def create_dataset(request: Request, response: Response, session: SessionD
     try:
         body = DatasetCreate.model_validate_json(await request.body())
     except ValidationError as exc:
-        raise RequestValidationError(_body_errors(exc)) from exc
+        raise RequestValidationError(body_errors(exc)) from exc
     submit = service.submit_uri if isinstance(body.source, UriSource) else \
         service.submit_builtin
     dataset = await run_in_threadpool(submit, session, principal.project_id, settings, body)
@@ -225,7 +179,7 @@ def preview_png(dataset_id: uuid.UUID, request: Request, session: SessionDep,
     try:
         spec = PreviewRequest.model_validate(params)
     except ValidationError as exc:
-        raise RequestValidationError(_body_errors(exc, ("query",))) from exc
+        raise RequestValidationError(body_errors(exc, ("query",))) from exc
     if sample is not None and sample >= spec.n:
         raise FieldError(("query", "sample"), f"sample must be below n ({spec.n})")
     dataset = service.get(session, principal.project_id, dataset_id)

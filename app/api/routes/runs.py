@@ -1,20 +1,29 @@
 import json
+import shutil
+import tempfile
 import uuid
+from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, Response
+from pydantic import ValidationError
 
 from app.api.deps import (
     WRITE_RESPONSES,
     BaseUrlDep,
     ReaderDep,
     SessionDep,
+    SettingsDep,
     StoreDep,
     WriterDep,
 )
+from app.api.uploads import body_errors, ingest_spec, save_upload, upload_form
 from app.db.models import Run
 from app.schemas.common import MAX_OFFSET, Page
+from app.schemas.predictions import MAX_PREDICT_SAMPLES, PredictionsOut, PredictRequest
 from app.schemas.runs import (
     EvaluationOut,
     MetricHistory,
@@ -24,8 +33,9 @@ from app.schemas.runs import (
     RunStatus,
     WorkerInfo,
 )
+from app.services import predictions
 from app.services import runs as service
-from app.services.errors import NotFoundError
+from app.services.errors import FieldError, NotFoundError
 from app.storage import evaluation_key
 
 router = APIRouter(prefix="/runs", tags=["runs"])
@@ -108,3 +118,59 @@ def run_evaluation(run_id: uuid.UUID, session: SessionDep, store: StoreDep,
     if run.status != "succeeded" or not store.exists(key):
         raise NotFoundError("evaluation of run", run_id)
     return EvaluationOut(run_id=run.id, **json.loads(store.get(key)))
+
+
+_PREDICT_UPLOAD = {
+    "type": "object",
+    "required": ["file"],
+    "properties": {
+        "file": {"type": "string", "format": "binary",
+                 "description": "Samples in any dataset upload format: .npz (prepared-form "
+                                "arrays: image, text token ids, audio, tabular; label "
+                                "optional), .parquet, or .zip / .tar.gz / .tgz (manifest, "
+                                "class folders, or just files). At most "
+                                f"{MAX_PREDICT_SAMPLES} samples."},
+        "spec": {"type": "string", "description": "JSON IngestSpecIn (Parquet and archives "
+                                                  "only). Default: the columns the run's "
+                                                  "training dataset was read with."},
+    },
+}
+
+
+@router.post(
+    "/{run_id}/predict", response_model=PredictionsOut,
+    summary="Predict with a succeeded run's model: rows of a dataset split (JSON) or the "
+            "samples of a file (multipart); changes nothing, so a read key may call it",
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"},
+                             "example": PredictRequest.model_config["json_schema_extra"]
+                             ["examples"][0]},  # type: ignore[index]
+        "multipart/form-data": {"schema": _PREDICT_UPLOAD}}}},
+    responses={409: {"description": "The run has not succeeded, its checkpoint predates "
+                                    "stored normalisation, or the dataset is not ready"},
+               422: {"description": "Invalid request or file, too many samples, inputs that "
+                                    "do not fit the model (naming the modality), or a "
+                                    "retrieval run; `loc` names the field"}})
+async def predict(run_id: uuid.UUID, request: Request, session: SessionDep, store: StoreDep,
+                  settings: SettingsDep, principal: ReaderDep) -> PredictionsOut:
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        form, upload, filename = await upload_form(request, settings, max_fields=2)
+        spec = ingest_spec(form.get("spec"))
+        folder = Path(tempfile.mkdtemp(prefix="mixlab-predict-"))
+        try:
+            path = await save_upload(upload, settings.max_upload_bytes, folder, filename)
+            return await run_in_threadpool(predictions.predict_file, session, store, settings,
+                                           principal.project_id, run_id, path, filename, spec)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    if not content_type.startswith("application/json"):
+        raise FieldError(("header", "content-type"),
+                         "use application/json (rows of a dataset split) or "
+                         "multipart/form-data (a file of samples)")
+    try:
+        body = PredictRequest.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise RequestValidationError(body_errors(exc)) from exc
+    return await run_in_threadpool(predictions.predict_split, session, store,
+                                   principal.project_id, run_id, body)

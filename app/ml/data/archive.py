@@ -47,6 +47,7 @@ from app.ml.data.ingest_spec import IngestLimits, IngestSpec, ModalitySpec, Prog
 from app.ml.data.issues import Issues
 from app.ml.data.media import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS
 from app.ml.data.prepared import PreparedDataset
+from app.ml.data.samples import Samples
 from app.ml.data.table import (
     SKIP,
     TableBuilder,
@@ -298,6 +299,7 @@ class _Plan:
                  row_names: list[str] | None = None) -> None:
         self.spec, self.rows, self.base, self.layout = spec, rows, base, layout
         self.row_name, self.row_base, self.row_names = row_name, row_base, row_names
+        self.labelled = True  # rows carry a label (always, unless read for prediction)
 
     def file_columns(self) -> list[str]:
         return list(dict.fromkeys(m.column for m in self.spec.modalities.values()
@@ -312,39 +314,52 @@ class _Plan:
 
 
 def _plan(files: list[str], read: Callable[[str], bytes], spec: IngestSpec,
-          limits: IngestLimits) -> _Plan:
+          limits: IngestLimits, fit: Callable[[IngestSpec], IngestSpec] | None = None,
+          ) -> _Plan:
+    """How to read the archive. ``fit`` (samples sent for prediction) adjusts the
+    spec to a model; labels become optional (a manifest without a label column,
+    or files that are not in class folders)."""
     manifests = [f for f in files if posixpath.basename(f) in MANIFESTS and f.count("/") <= 1]
     if len(manifests) > 1:
         raise _fail("archive has more than one manifest: " + ", ".join(manifests))
     if not manifests:
-        spec, rows = _folder_layout(files, spec)
+        spec, rows = _folder_layout(files, spec, unlabelled_ok=fit is not None)
+        if fit is not None:
+            spec = fit(spec)
         check_spec(spec, limits)
-        return _Plan(spec, rows, "", "file", 1, "folders", [r["file"] for r in rows])
+        plan = _Plan(spec, rows, "", "file", 1, "folders", [r["file"] for r in rows])
+        plan.labelled = any("label" in r for r in rows)
+        return plan
     manifest = manifests[0]
     mname = posixpath.basename(manifest)
     columns, rows = _read_manifest(mname, read(manifest), limits)
-    if spec.label not in columns:
+    labelled = spec.label in columns
+    if not labelled and fit is None:
         raise DataValidationError(spec.label, f"{mname} has no label column "
                                   f"(columns: {', '.join(columns)})")
-    if any(is_list(r.get(spec.label)) for r in rows):
+    if labelled and any(is_list(r.get(spec.label)) for r in rows):
         spec = replace(spec, multilabel=True)
     if not spec.modalities:
         spec = _infer_manifest(spec, columns, rows)
     elif spec.split is None and "split" in columns:
         spec = replace(spec, split="split")
-    check_columns(spec, columns)
+    if fit is not None:
+        spec = fit(spec)
+    check_columns(spec, columns, labelled)
     check_spec(spec, limits)
-    return _Plan(spec, rows, posixpath.dirname(manifest), "manifest row", 1, mname)
+    plan = _Plan(spec, rows, posixpath.dirname(manifest), "manifest row", 1, mname)
+    plan.labelled = labelled
+    return plan
 
 
 def _build(plan: _Plan, files: set[str], read: Callable[[str], bytes], limits: IngestLimits,
-           progress: ProgressFn | None) -> TableBuilder:
+           progress: ProgressFn | None, predicting: bool = False) -> TableBuilder:
     rows = plan.rows
     builder = TableBuilder(plan.spec, len(rows), limits, row_name=plan.row_name,
                            row_base=plan.row_base, row_names=plan.row_names,
-                           progress=progress)
+                           progress=progress, predicting=predicting, labelled=plan.labelled)
     file_cols = set(plan.file_columns())
-    needed = needed_columns(plan.spec)
+    needed = needed_columns(plan.spec, plan.labelled)
     for start in range(0, len(rows), limits.batch_size):
         chunk = rows[start:start + limits.batch_size]
         columns: dict[str, list[Any]] = {}
@@ -397,13 +412,17 @@ def prepare_archive(path: Path, spec: IngestSpec | None = None,
         return builder.finish(provenance)
 
 
-def _folder_layout(files: list[str], spec: IngestSpec) -> tuple[IngestSpec,
-                                                                list[dict[str, Any]]]:
+def _folder_layout(files: list[str], spec: IngestSpec, unlabelled_ok: bool = False,
+                   ) -> tuple[IngestSpec, list[dict[str, Any]]]:
+    """Rows of a manifest-less archive. ``unlabelled_ok`` (samples sent for
+    prediction) also takes files with no class folder (at the top, or all in one
+    folder): rows without a label."""
     root = _root(files)
     rel = sorted(f[len(root):] for f in files)
     depths = {f.count("/") for f in rel}
     with_split = depths == {2} and {f.split("/", 1)[0].lower() for f in rel} <= _SPLIT_DIRS
-    if depths != {1} and not with_split:
+    flat = unlabelled_ok and depths == {0}
+    if depths != {1} and not with_split and not flat:
         odd = next(f for f in rel if f.count("/") != 1)
         raise _fail(f"no manifest.csv / manifest.jsonl, and {root + odd!r} is not in a "
                     "<class>/<file> (or <split>/<class>/<file>) layout")
@@ -422,10 +441,32 @@ def _folder_layout(files: list[str], spec: IngestSpec) -> tuple[IngestSpec,
     rows = []
     for f in rel:
         parts = f.split("/")
-        row = {"file": root + f, "label": parts[-2]}
+        row = {"file": root + f} if flat else {"file": root + f, "label": parts[-2]}
         if with_split:
             row["split"] = parts[0]
         rows.append(row)
     out = IngestSpec(modalities={kind: options}, label="label",
                      split="split" if with_split else None)
     return out, rows
+
+
+def read_archive_samples(path: Path, spec: IngestSpec | None,
+                         fit: Callable[[IngestSpec], IngestSpec],
+                         limits: IngestLimits | None = None,
+                         original_name: str = "") -> Samples:
+    """A .zip / .tar.gz sent for prediction, checked and read as an upload is
+    (member checks, caps, manifest or class folders, or just files), with ``fit``
+    making the spec the model's; labels are optional (see ``samples``). Rows
+    are the manifest's, or the files sorted by path."""
+    limits = limits or IngestLimits()
+    fmt = "zip" if zipfile.is_zipfile(path) else "tar"
+    with _open_archive(path, limits) as (all_files, read):
+        files = [f for f in all_files if not _hidden(f)]
+        if not files:
+            raise _fail("archive has no files")
+        plan = _plan(files, read, spec or IngestSpec(), limits, fit)
+        if len(plan.rows) > limits.max_rows:
+            raise _fail(f"{len(plan.rows)} samples is over the limit of {limits.max_rows}")
+        builder = _build(plan, set(files), read, limits, None, predicting=True)
+        return builder.finish_samples({"upload": original_name or path.name, "format": fmt,
+                                       "layout": plan.layout})

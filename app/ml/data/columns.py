@@ -68,17 +68,24 @@ class LabelColumn:
     """The label of every row: one class (int64 (N,)) or several (uint8 (N, K) multi-hot).
 
     Classes are integers (ordered numerically; "7" counts as 7 when every label
-    is an integer string) or else strings (ordered as text).
+    is an integer string) or else strings (ordered as text). ``optional``
+    (samples sent for prediction): a missing label is no problem, the row just
+    has none (``given``), and one class is enough.
     """
 
     def __init__(self, field: str, n: int, multilabel: bool, max_classes: int,
-                 issues: Issues) -> None:
+                 issues: Issues, optional: bool = False) -> None:
         self.field, self.n, self.multilabel = field, n, multilabel
-        self.max_classes, self.issues = max_classes, issues
+        self.max_classes, self.issues, self.optional = max_classes, issues, optional
         self.codes = ValueCodes(track_rows=True)
         self.single = np.zeros(0 if multilabel else n, np.int32)
         self.rows = array("q")  # multi-label: one (row, code) pair per label given
         self.items = array("i")
+        self.given = np.zeros(n, np.bool_)  # rows with a label
+
+    def _missing(self, row: int) -> None:
+        if not self.optional:
+            self.issues.add(self.field, "missing", row)
 
     def add(self, row: int, value: Any) -> None:
         if self.multilabel:
@@ -90,14 +97,16 @@ class LabelColumn:
             return
         key = label_key(value)
         if key is None:
-            self.issues.add(self.field, "missing", row)
+            self._missing(row)
             return
         self.single[row] = self._code(key, row)
+        self.given[row] = True
 
     def _add_many(self, row: int, value: Any) -> None:
         if value is None or (isinstance(value, float) and math.isnan(value)) or value == "":
-            self.issues.add(self.field, "missing", row)
+            self._missing(row)
             return
+        self.given[row] = True
         if is_list(value):
             items = list(value)
         elif isinstance(value, str):
@@ -140,7 +149,7 @@ class LabelColumn:
         position = {k: i for i, k in enumerate(names_sorted)}
         remap = np.array([0, *(position[k] for k in keys)], np.int64)
         names = [str(k) for k in names_sorted]
-        if len(names) < 2:
+        if len(names) < 2 and not self.optional:
             raise DataValidationError(self.field, "needs at least 2 classes")
         if len(names) > self.max_classes:
             raise DataValidationError(self.field, f"too many classes: {len(names)} is over "
@@ -157,6 +166,15 @@ class LabelColumn:
         items = np.frombuffer(self.items, np.int32) if len(self.items) else np.zeros(0, np.int32)
         labels[rows, remap[items]] = 1
         return labels, names
+
+    def per_row(self) -> list[str | list[str] | None]:
+        """Each row's class name (a list of them, multi-label), None where it has none."""
+        labels, names = self.finish()
+        if not self.multilabel:
+            return [names[c] if g else None
+                    for c, g in zip(labels.tolist(), self.given.tolist(), strict=True)]
+        return [[names[k] for k in np.flatnonzero(row)] if g else None
+                for row, g in zip(labels, self.given.tolist(), strict=True)]
 
 
 def strata(labels: np.ndarray) -> np.ndarray:

@@ -29,6 +29,7 @@ import torch
 
 from app.ml.data.errors import DataValidationError
 from app.ml.data.prepared import SPLITS, PreparedDataset
+from app.ml.data.samples import Label, Samples
 from app.ml.data.splits import stratified_split
 
 MODALITY_ARRAYS = ("image", "text", "audio", "tabular")
@@ -49,7 +50,7 @@ class NpzLimits:
     max_features: int = 100_000
 
 
-def _open(path: Path, limits: NpzLimits) -> dict[str, np.ndarray]:
+def _open(path: Path, limits: NpzLimits, labelled: bool = True) -> dict[str, np.ndarray]:
     if not zipfile.is_zipfile(path):
         raise DataValidationError("file", "not an .npz archive (expected a zip of .npy arrays)")
     with zipfile.ZipFile(path) as zf:
@@ -79,7 +80,7 @@ def _open(path: Path, limits: NpzLimits) -> dict[str, np.ndarray]:
     if not any(name in arrays for name in MODALITY_ARRAYS):
         raise DataValidationError("image", "missing array: an .npz needs at least one "
                                   "modality array (image, text, audio or tabular)")
-    if "label" not in arrays:
+    if labelled and "label" not in arrays:
         raise DataValidationError("label", "missing array")
     return arrays
 
@@ -321,10 +322,8 @@ def _split(arrays: dict[str, np.ndarray], labels: np.ndarray) -> np.ndarray:
     return split
 
 
-def prepare_npz(path: Path, limits: NpzLimits | None = None,
-                original_name: str = "") -> PreparedDataset:
-    limits = limits or NpzLimits()
-    arrays = _open(path, limits)
+def _inputs(arrays: dict[str, np.ndarray], limits: NpzLimits) -> dict[str, torch.Tensor]:
+    """The modality arrays, checked and converted, all with the same N."""
     inputs: dict[str, torch.Tensor] = {}
     for name in MODALITY_ARRAYS:
         if name not in arrays:
@@ -345,6 +344,14 @@ def prepare_npz(path: Path, limits: NpzLimits | None = None,
             inputs[name] = _audio(arr, limits)
         else:
             inputs[name] = _tabular(arr, limits)
+    return inputs
+
+
+def prepare_npz(path: Path, limits: NpzLimits | None = None,
+                original_name: str = "") -> PreparedDataset:
+    limits = limits or NpzLimits()
+    arrays = _open(path, limits)
+    inputs = _inputs(arrays, limits)
     vocab = _vocab(arrays, inputs.get("text"), limits)
     reference = next(iter(inputs))
     labels, class_names = _labels(arrays, inputs[reference].shape[0], limits, reference)
@@ -353,3 +360,49 @@ def prepare_npz(path: Path, limits: NpzLimits | None = None,
     if vocab is not None:
         provenance["vocab"] = vocab
     return PreparedDataset.from_arrays(inputs, labels, split, class_names, provenance)
+
+
+def read_npz_samples(path: Path, limits: NpzLimits | None = None,
+                     original_name: str = "") -> Samples:
+    """An ``.npz`` sent for prediction, checked as an upload is and read the same
+    way (arrays in the prepared form: token ids, raw features; labels named as
+    ingestion names them), but ``label`` is optional and ``split`` ignored."""
+    limits = limits or NpzLimits()
+    arrays = _open(path, limits, labelled=False)
+    inputs = _inputs(arrays, limits)
+    _vocab(arrays, inputs.get("text"), limits)
+    reference = next(iter(inputs))
+    n = int(inputs[reference].shape[0])
+    labels = _sample_labels(arrays, n, reference, limits) if "label" in arrays else None
+    return Samples(inputs, {m: m for m in inputs}, labels,
+                   {"upload": original_name or path.name, "format": "npz"})
+
+
+def _sample_labels(arrays: dict[str, np.ndarray], n: int, reference: str,
+                   limits: NpzLimits) -> list[Label]:
+    """Each sample's class name(s), as ``prepare_npz`` would name its classes:
+    indices into ``class_names``, else the label values themselves (a 2-D 0/1
+    label: the columns' ``class_names``, default "0" … "K-1")."""
+    label = arrays["label"]
+    if label.ndim not in (1, 2):
+        raise DataValidationError("label", f"expected shape (N,) of classes or (N, K) of "
+                                  f"0/1 for multi-label data, got {label.shape}")
+    if len(label) != n:
+        raise DataValidationError("label", f"has {len(label)} entries but {reference} has "
+                                  f"{n} samples")
+    if label.ndim == 2:
+        rows, names = _multilabel(arrays, limits)
+        return [[names[k] for k in np.flatnonzero(row)] for row in rows]
+    if "class_names" in arrays:
+        names_array = arrays["class_names"]
+        if names_array.ndim != 1 or names_array.dtype.kind != "U":
+            raise DataValidationError("class_names", "expected a 1-D array of strings")
+        if label.dtype.kind not in "iu":
+            raise DataValidationError("label", "must be integer indices into class_names")
+        names = [str(x) for x in names_array]
+        if len(label) and (label.min() < 0 or label.max() >= len(names)):
+            raise DataValidationError("label", f"indices must be in [0, {len(names)})")
+        return [names[c] for c in label.astype(np.int64).tolist()]
+    if label.dtype.kind not in "iuU" and label.dtype != np.bool_:
+        raise DataValidationError("label", f"dtype {label.dtype} is not integer or string")
+    return [str(v) for v in label]

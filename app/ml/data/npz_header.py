@@ -144,15 +144,16 @@ def _check_label(headers: dict[str, ArrayHeader], first: str, n: int) -> None:
         raise DataValidationError("label", f"dtype {label.dtype} is not integer or string")
 
 
-def probe_npz(path: Path, limits: NpzLimits | None = None) -> None:
-    """Raise the first problem the headers show; silent when the headers look right."""
+def probe_npz(path: Path, limits: NpzLimits | None = None, labelled: bool = True) -> None:
+    """Raise the first problem the headers show; silent when the headers look right.
+    ``labelled=False`` (samples sent for prediction): ``label`` may be absent."""
     limits = limits or NpzLimits()
     headers = read_headers(path, limits)
     modalities = [m for m in MODALITY_ARRAYS if m in headers]
     if not modalities:
         raise DataValidationError("image", "missing array: an .npz needs at least one "
                                   "modality array (image, text, audio or tabular)")
-    if "label" not in headers:
+    if labelled and "label" not in headers:
         raise DataValidationError("label", "missing array")
     first, n = modalities[0], headers[modalities[0]].shape[:1]
     for name in modalities:
@@ -160,7 +161,8 @@ def probe_npz(path: Path, limits: NpzLimits | None = None) -> None:
         if h.shape and h.shape[:1] != n:
             raise DataValidationError(name, f"has {h.shape[0]} samples but {first} has {n[0]}")
         _check_modality(name, h, limits)
-    _check_label(headers, first, n[0])
+    if "label" in headers:
+        _check_label(headers, first, n[0])
     if "split" in headers:
         split = headers["split"]
         if split.shape != (n[0],):

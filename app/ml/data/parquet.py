@@ -23,6 +23,7 @@ index); reading stops once ``max_errors`` problems were seen.
 service can refuse a bad file before queueing its preparation.
 """
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from app.ml.data.errors import DataValidationError
 from app.ml.data.ingest_spec import IngestLimits, IngestSpec, ModalitySpec, ProgressFn
 from app.ml.data.media import looks_like_audio
 from app.ml.data.prepared import PreparedDataset
+from app.ml.data.samples import Samples
 from app.ml.data.table import (
     TableBuilder,
     check_columns,
@@ -153,21 +155,28 @@ def _label_kind(field: Any) -> str:
     return "single"
 
 
-def plan_parquet(pf: Any, spec: IngestSpec, limits: IngestLimits) -> tuple[IngestSpec,
-                                                                          list[str]]:
-    """The spec this file is read with (inferred where not given), and ignored columns."""
+def plan_parquet(pf: Any, spec: IngestSpec, limits: IngestLimits,
+                 fit: Callable[[IngestSpec], IngestSpec] | None = None,
+                 ) -> tuple[IngestSpec, list[str]]:
+    """The spec this file is read with (inferred where not given), and ignored columns.
+
+    ``fit`` (samples sent for prediction) adjusts the planned spec to a model, and
+    the label column becomes optional."""
     names = pf.schema_arrow.names
-    if spec.label not in names:
+    labelled = spec.label in names
+    if not labelled and fit is None:
         raise DataValidationError(spec.label, "no label column (columns: "
                                   f"{', '.join(names[:30])})")
-    if _label_kind(pf.schema_arrow.field(spec.label)) == "multi":
+    if labelled and _label_kind(pf.schema_arrow.field(spec.label)) == "multi":
         spec = replace(spec, multilabel=True)
     ignored: list[str] = []
     if not spec.modalities:
         spec, ignored = _infer(pf, spec)
     elif spec.split is None and "split" in names:
         spec = replace(spec, split="split")
-    check_columns(spec, names)
+    if fit is not None:
+        spec = fit(spec)
+    check_columns(spec, names, labelled)
     check_spec(spec, limits)
     return spec, ignored
 
@@ -205,3 +214,31 @@ def prepare_parquet(path: Path, spec: IngestSpec | None = None,
     if ignored:
         provenance["ignored_columns"] = ignored
     return builder.finish(provenance)
+
+
+def read_parquet_samples(path: Path, spec: IngestSpec | None,
+                         fit: Callable[[IngestSpec], IngestSpec],
+                         limits: IngestLimits | None = None,
+                         original_name: str = "") -> Samples:
+    """A Parquet file sent for prediction, read as an upload is (same checks, caps
+    and streaming), with ``fit`` making the spec the model's; the label column is
+    optional and nothing is fitted to the file (see ``samples``)."""
+    import pyarrow as pa
+
+    limits = limits or IngestLimits()
+    pf = open_parquet(path, limits)
+    spec, _ = plan_parquet(pf, spec or IngestSpec(), limits, fit)
+    labelled = spec.label in pf.schema_arrow.names
+    builder = TableBuilder(spec, pf.metadata.num_rows, limits, predicting=True,
+                           labelled=labelled)
+    needed = needed_columns(spec, labelled)
+    start = 0
+    try:
+        for batch in pf.iter_batches(batch_size=batch_rows(pf, needed, limits),
+                                     columns=needed, use_threads=False):
+            builder.add(start, {c: batch.column(c).to_pylist() for c in needed})
+            start += batch.num_rows
+    except pa.ArrowException as exc:
+        raise DataValidationError("file", f"unreadable Parquet data near row {start}: "
+                                  f"{exc}") from exc
+    return builder.finish_samples({"upload": original_name or path.name, "format": "parquet"})

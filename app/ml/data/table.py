@@ -35,6 +35,7 @@ from app.ml.data.media import (
     resample,
 )
 from app.ml.data.prepared import SPLITS, PreparedDataset
+from app.ml.data.samples import Samples
 from app.ml.data.splits import stratified_split
 
 SPLIT_ALIASES = {"train": 0, "training": 0, "val": 1, "valid": 1, "validation": 1, "dev": 1,
@@ -95,8 +96,8 @@ def modality_name(column: str, taken: set[str]) -> str:
     return name
 
 
-def check_columns(spec: IngestSpec, available: list[str]) -> None:
-    wanted = [spec.label, *([spec.split] if spec.split else [])]
+def check_columns(spec: IngestSpec, available: list[str], labelled: bool = True) -> None:
+    wanted = [*([spec.label] if labelled else []), *([spec.split] if spec.split else [])]
     for name, m in spec.modalities.items():
         if m.kind != "tabular" and not m.column:
             raise DataValidationError(name, f"a {m.kind} modality needs a column")
@@ -107,8 +108,9 @@ def check_columns(spec: IngestSpec, available: list[str]) -> None:
             raise DataValidationError(col, f"no such column (columns: {listed})")
 
 
-def needed_columns(spec: IngestSpec) -> list[str]:
-    return list(dict.fromkeys([spec.label, *([spec.split] if spec.split else []),
+def needed_columns(spec: IngestSpec, labelled: bool = True) -> list[str]:
+    return list(dict.fromkeys([*([spec.label] if labelled else []),
+                               *([spec.split] if spec.split else []),
                                *(c for m in spec.modalities.values()
                                  for c in m.source_columns())]))
 
@@ -140,20 +142,24 @@ def _as_bytes(value: Any, field: str, kind: str, row: int, issues: Issues) -> by
 
 
 class TableBuilder:
-    """Fills preallocated per-modality arrays chunk by chunk, then builds the dataset."""
+    """Fills preallocated per-modality arrays chunk by chunk, then builds the dataset
+    (``finish``) or, for samples sent for prediction (``predicting``: labels
+    optional, no split, nothing fitted to the file), ``finish_samples``."""
 
     def __init__(self, spec: IngestSpec, n: int, limits: IngestLimits,
                  row_name: str = "row", row_base: int = 0,
                  row_names: list[str] | None = None, progress: ProgressFn | None = None,
-                 ) -> None:
+                 *, predicting: bool = False, labelled: bool = True) -> None:
         if n == 0:
             raise DataValidationError("file", "has no rows")
         check_spec(spec, limits)
         self.spec, self.n, self.limits, self.progress = spec, n, limits, progress
+        self.predicting = predicting
         self.issues = Issues(limits.max_errors, row_name, row_base, row_names)
         self.labels = LabelColumn(spec.label, n, spec.multilabel, limits.max_classes,
-                                  self.issues)
-        self.splits = np.full(n, _NO_SPLIT, np.uint8) if spec.split else None
+                                  self.issues, optional=predicting) if labelled else None
+        self.splits = (np.full(n, _NO_SPLIT, np.uint8) if spec.split and not predicting
+                       else None)
         self.images: dict[str, np.ndarray] = {}  # allocated at the first decodable image
         self.audio: dict[str, np.ndarray] = {}
         self.audio_rate: dict[str, tuple[int, int]] = {}  # modality -> (rate, first row)
@@ -176,10 +182,11 @@ class TableBuilder:
     def add(self, start: int, columns: dict[str, list[Any]]) -> None:
         """Rows ``start ..`` of every needed column (python values; SKIP = already reported)."""
         issues = self.issues
-        labels = columns[self.spec.label]
-        for i, value in enumerate(labels):
-            if value is not SKIP:
-                self.labels.add(start + i, value)
+        rows = len(next(iter(columns.values()))) if columns else 0
+        if self.labels is not None:
+            for i, value in enumerate(columns[self.spec.label]):
+                if value is not SKIP:
+                    self.labels.add(start + i, value)
         if self.splits is not None:
             self._splits(start, columns[self.spec.split or "split"])
         for name, m in self.spec.modalities.items():
@@ -197,7 +204,7 @@ class TableBuilder:
                 break
         if issues.full():
             issues.raise_if_any()
-        self.rows_done = max(self.rows_done, start + len(labels))
+        self.rows_done = max(self.rows_done, start + rows)
         if self.progress is not None:
             self.progress("reading", self.rows_done / self.n)
 
@@ -297,9 +304,28 @@ class TableBuilder:
         self.issues.raise_if_any()
         if self.progress is not None:
             self.progress("finishing", 0.0)
+        assert self.labels is not None and not self.predicting
         labels, class_names = self.labels.finish()
         split = self._finish_split(labels)
-        train = split == 0
+        inputs, kinds = self._finish_inputs(split == 0, provenance)
+        return PreparedDataset(inputs=inputs, labels=torch.from_numpy(labels),
+                               clean_labels=torch.from_numpy(labels.copy()),
+                               split=torch.from_numpy(split), class_names=class_names,
+                               modality_kinds=kinds, provenance=provenance)
+
+    def finish_samples(self, provenance: dict[str, Any]) -> Samples:
+        """The rows as samples for prediction: every row counts as seen (the file's
+        own words and categories, coded in order; ``samples.apply_encoding`` maps
+        them to a model's), labels per row where the file gives them."""
+        self.issues.raise_if_any()
+        labels = self.labels.per_row() if self.labels is not None else None
+        inputs, kinds = self._finish_inputs(np.ones(self.n, np.bool_), provenance)
+        return Samples(inputs, kinds, labels, provenance)
+
+    def _finish_inputs(self, train: np.ndarray, provenance: dict[str, Any]
+                       ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """Per-modality tensors; vocabulary, categories and statistics from ``train``
+        rows, recorded in ``provenance``."""
         inputs: dict[str, torch.Tensor] = {}
         kinds: dict[str, str] = {}
         tabular_meta: dict[str, Any] = {}
@@ -319,10 +345,7 @@ class TableBuilder:
             provenance["tabular"] = tabular_meta
         if self.spec.multilabel:
             provenance["multilabel"] = True
-        return PreparedDataset(inputs=inputs, labels=torch.from_numpy(labels),
-                               clean_labels=torch.from_numpy(labels.copy()),
-                               split=torch.from_numpy(split), class_names=class_names,
-                               modality_kinds=kinds, provenance=provenance)
+        return inputs, kinds
 
     def _finish_split(self, labels: np.ndarray) -> np.ndarray:
         if self.splits is None:
