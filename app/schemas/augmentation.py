@@ -33,7 +33,10 @@ class AugmentationSpec(StrictModel):
     lam_mode: Literal["batch", "sample", "pair"] = Field(
         "batch", description="One λ per batch (timm's default), per sample, or per pair.")
     pairing: Literal["permute", "flip", "roll"] = Field(
-        "permute", description="Partner: random permutation, mirror (N-1-i) or next (i+1).")
+        "permute", description="Partner: permute, a random derangement (each sample mixed with "
+                               "the next in a random cyclic order, never with itself; with "
+                               "lam_mode pair, a random matching); flip, the mirror (N-1-i); "
+                               "roll, the next (i+1).")
     prob: float = Field(1.0, ge=0, le=1, description="Share of batches (or samples) mixed.")
     off_epoch: int = Field(0, ge=0, le=10_000, description="No mixing in the last N epochs.")
     cutmix_minmax: tuple[float, float] | None = Field(

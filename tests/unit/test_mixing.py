@@ -697,3 +697,30 @@ def test_register_method_rejects_duplicates():
     assert {"none", "mixup", "cutmix"} <= set(METHODS)
     with pytest.raises(ValueError, match="already registered"):
         register_method("mixup", METHODS["mixup"])
+
+
+def test_permute_pairing_never_pairs_a_sample_with_itself() -> None:
+    from app.ml.mixing.sampling import sample_partners
+
+    gen = torch.Generator().manual_seed(0)
+    for n in (2, 3, 8, 129):
+        for _ in range(50):
+            index = sample_partners(n, gen, torch.device("cpu"))
+            assert sorted(index.tolist()) == list(range(n))  # a permutation
+            assert not (index == torch.arange(n)).any()  # without fixed points
+    # and not one fixed cycle: the order is drawn anew each call
+    draws = {tuple(sample_partners(8, gen, torch.device("cpu")).tolist()) for _ in range(20)}
+    assert len(draws) > 15
+    assert sample_partners(1, gen, torch.device("cpu")).tolist() == [0]
+
+
+def test_previews_show_no_sample_mixed_with_itself() -> None:
+    from app.ml.data import load_digits
+    from app.ml.mixing import MixSpec, mix
+
+    images = load_digits().inputs["image"][:8].float()
+    labels = torch.arange(8)
+    for seed in range(20):
+        mixed = mix({"image": images}, labels, MixSpec("mixup"),
+                    torch.Generator().manual_seed(seed), 10)
+        assert not (mixed.index == torch.arange(8)).any(), seed

@@ -44,18 +44,22 @@ def sample_partners(n: int, generator: torch.Generator, device: torch.device,
                     pairing: str = "permute", involution: bool = False) -> torch.Tensor:
     """Partner index per sample: sample i is mixed with ``index[i]``.
 
-    ``involution`` asks for pairs (index[index[i]] == i): a random perfect
-    matching for ``permute`` (the odd one out is its own partner), the mirror for
-    ``flip``.
+    ``permute``: a random cyclic order of the batch, each sample mixed with the
+    next one in it, so for n ≥ 2 no sample is its own partner (a random
+    derangement; a plain random permutation leaves one fixed point a batch on
+    average, a sample "mixed" with itself). ``involution`` asks for pairs
+    (index[index[i]] == i): a random perfect matching for ``permute`` (the odd
+    one out of an odd batch is its own partner), the mirror for ``flip``.
     """
     if pairing == "flip":
         return torch.arange(n - 1, -1, -1, device=device)
     if pairing == "roll":
         return torch.roll(torch.arange(n, device=device), -1)
     order = torch.randperm(n, generator=generator, device=device)
-    if not involution:
-        return order
     index = torch.arange(n, device=device)
+    if not involution:
+        index[order] = torch.roll(order, -1)
+        return index
     even = order[0:n - n % 2:2]
     odd = order[1:n - n % 2:2]
     index[even] = odd
