@@ -12,7 +12,7 @@ Data: a synthetic, seeded stand-in for Fashion-MNIST: 60,000 training images
 noise) and 2,000 val + 2,000 test images. Throughput does not depend on pixel
 content, only on shapes and dtypes, so the numbers transfer to the real set.
 
-mixlab side: one call of ``app.ml.train.train`` with ``epochs=1``,
+mixlab side: one call of ``app.ml.training.train`` with ``epochs=1``,
 ``MixSpec(method="mixup", alpha=1.0)``, ``ModelSpec(width=32, depth=3)``, AdamW
 lr 3e-3, batch size 128. Its hooks do what the worker's ``RunReporter`` does,
 minus the database: ``on_progress`` keeps the latest ``Progress``, per-epoch
@@ -197,7 +197,9 @@ class ServiceLikeHooks(TrainHooks):
 def run_mixlab(data: PreparedDataset, args: argparse.Namespace, device: torch.device,
                seed: int) -> dict[str, Any]:
     n_train = int((data.split == 0).sum())
-    spec = TrainSpec(epochs=1, batch_size=args.batch_size, lr=3e-3, seed=seed,
+    # the reference loop's recipe: AdamW at a constant 3e-3, no augmentation
+    spec = TrainSpec(epochs=1, batch_size=args.batch_size, optimizer="adamw", lr=3e-3,
+                     weight_decay=0.01, schedule="constant", augment=(), seed=seed,
                      device=str(device), eval_batch_size=args.eval_batch_size)
     with tempfile.TemporaryDirectory(prefix="mixlab-bench-") as tmp:
         hooks = ServiceLikeHooks(Path(tmp))
@@ -430,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"work:    per side and round: 1 training epoch (mixup a=1.0, CNN width 32 depth 3, "
           f"AdamW, batch {args.batch_size}) + 1 val pass + 1 test pass "
           f"(eval batch {args.eval_batch_size}); ratio = reference time / mixlab time")
-    print("mixlab:  app.ml.train.train() with service-like hooks (progress, buffered metrics, "
+    print("mixlab:  app.ml.training.train() with service-like hooks (progress, buffered metrics, "
           "reporter thread, safetensors checkpoint)")
     print("ref:     DataLoader(TensorDataset(uint8, labels), shuffle=True) loop: num_workers=0 "
           f"every round, num_workers=2 {args.workers2}"
