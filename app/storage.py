@@ -3,6 +3,7 @@
 import uuid
 from functools import lru_cache
 from pathlib import Path
+from typing import BinaryIO, cast
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -65,6 +66,11 @@ class ArtifactStore:
 
     def exists(self, key: str) -> bool:
         return self.fs.exists(self._path(key))
+
+    def open(self, key: str) -> BinaryIO:
+        """A blob opened for reading, so a caller can read its start (a header)
+        without fetching the rest from a remote store."""
+        return cast(BinaryIO, self.fs.open(self._path(key), "rb"))
 
     def delete_prefix(self, prefix: str) -> None:
         path = self._path(prefix.rstrip("/"))

@@ -18,8 +18,9 @@ from app.ml.retrieval import train_retrieval
 from app.ml.training import TrainResult, train
 from app.schemas.experiments import ExperimentCreate
 from app.services import datasets as dataset_service
-from app.services import limits
+from app.services import initial_weights, limits
 from app.services import runs as run_service
+from app.services.errors import FieldError, NotFoundError
 from app.settings import get_settings
 from app.storage import (
     ArtifactStore,
@@ -54,15 +55,41 @@ def load_resume_point(store: ArtifactStore, checkpoint_key: str | None) -> Resum
 
 
 def _train(data: PreparedDataset, spec: ExperimentCreate, reporter: RunReporter,
-           resume: ResumePoint | None) -> TrainResult:
+           resume: ResumePoint | None,
+           init_weights: dict[str, torch.Tensor] | None = None) -> TrainResult:
     model, mixing, training = (spec.model.to_ml(), spec.augmentation.to_mix_spec(),
                                spec.training.to_ml())
     if spec.task == "retrieval":
         assert spec.retrieval is not None
         return train_retrieval(data, model, mixing, training, reporter,
                                query=spec.retrieval.query, target=spec.retrieval.target,
-                               m3mix_weight=spec.retrieval.m3mix_weight, resume=resume)
-    return train(data, model, mixing, training, reporter, task=spec.task, resume=resume)
+                               m3mix_weight=spec.retrieval.m3mix_weight, resume=resume,
+                               init_weights=init_weights)
+    return train(data, model, mixing, training, reporter, task=spec.task, resume=resume,
+                 init_weights=init_weights)
+
+
+def load_start(project_id: uuid.UUID, spec: ExperimentCreate, store: ArtifactStore
+               ) -> tuple[initial_weights.WeightsSource, dict[str, torch.Tensor]] | None:
+    """The tensors ``model.weights`` / ``model.init_from_run`` name, resolved again
+    as at submission (a file:// link may point elsewhere now, a run may be gone);
+    None for random weights. A start that no longer loads fails the run with why."""
+    settings = get_settings()
+
+    def locate() -> initial_weights.WeightsSource | None:
+        with session_scope() as session:
+            return initial_weights.locate(session, settings, store, project_id, spec.model)
+
+    try:
+        source = retry_db(locate, "locating the run's initial weights", settings.db_retry_s)
+        if source is None:
+            return None
+        return source, initial_weights.load_tensors(source, store)
+    except FieldError as exc:
+        raise ValueError(f"model.{exc.loc[-1]}: {exc.message}") from None
+    except NotFoundError as exc:
+        field = "init_from_run" if spec.model.init_from_run is not None else "weights"
+        raise ValueError(f"model.{field}: {exc}") from None
 
 
 @dataclass
@@ -71,6 +98,7 @@ class _Claimed:
     dataset: Dataset
     attempt: int
     previous_checkpoint: str | None
+    project_id: uuid.UUID
 
 
 def _claim(run_id: uuid.UUID) -> _Claimed | None:
@@ -85,7 +113,8 @@ def _claim(run_id: uuid.UUID) -> _Claimed | None:
         spec = ExperimentCreate.model_validate({
             "name": experiment.name, "dataset_id": experiment.dataset_id,
             "task": experiment.task, **experiment.spec})
-        return _Claimed(spec, experiment.dataset, run.attempt, run.checkpoint_key)
+        return _Claimed(spec, experiment.dataset, run.attempt, run.checkpoint_key,
+                        experiment.project_id)
 
 
 def _finish(run_id: uuid.UUID, status: str, attempt: int, error: str | None = None) -> bool:
@@ -94,6 +123,11 @@ def _finish(run_id: uuid.UUID, status: str, attempt: int, error: str | None = No
             return run_service.finish(session, run_id, status, error, attempt=attempt)
 
     return retry_db(write, f"finishing run {run_id}", get_settings().db_retry_s)
+
+
+def _record_init(run_id: uuid.UUID, init: dict[str, object], attempt: int) -> bool:
+    with session_scope() as session:
+        return run_service.record_init(session, run_id, init, attempt=attempt)
 
 
 def _exists(run_id: uuid.UUID) -> bool:
@@ -135,7 +169,11 @@ def execute_run(run_id: uuid.UUID) -> str:
                   else None)
         if resume is not None:
             log.info("run %s attempt %d resumes after epoch %d", run_id, attempt, resume.epoch)
-        result = _train(data, claimed.spec, reporter, resume)
+        # loaded on every attempt: one resumed from a point overwrites them, one that
+        # starts over (no point yet) needs them, and both report what the start held
+        source, tensors = load_start(claimed.project_id, claimed.spec, store) or (None, None)
+        result = _train(data, claimed.spec, reporter, resume, tensors)
+        del tensors  # CPU copies: the model holds what loaded
     except Exception as exc:
         log.error("run %s failed:\n%s", run_id, traceback.format_exc())
         retry_db(reporter.close, f"reporting run {run_id}", settings.db_retry_s)
@@ -143,6 +181,12 @@ def execute_run(run_id: uuid.UUID) -> str:
         return "failed"
 
     final = final_metrics(result.metrics)
+    if source is not None and result.init is not None:
+        # written once training is over, from what train() actually loaded (a failed
+        # run has no report; its error says why); guarded by the attempt
+        init = initial_weights.report(source, result.init)
+        retry_db(lambda: _record_init(run_id, init, attempt), f"reporting run {run_id}",
+                 settings.db_retry_s)
     if result.report is not None:
         store.put(evaluation_key(run_id), json.dumps(result.report).encode())
     retry_db(lambda: reporter.close(final if result.status == "completed" else None,

@@ -148,6 +148,9 @@ class Run(Base):
     metrics: Mapped[dict[str, float]] = mapped_column(JSONType, default=dict)
     error: Mapped[str | None] = mapped_column(Text)
     checkpoint_key: Mapped[str | None] = mapped_column(String(500))
+    # what a run started from model.weights / model.init_from_run loaded
+    # (app.services.initial_weights); null for a run from random weights
+    init: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
 
     experiment: Mapped[Experiment] = relationship(back_populates="runs")
 

@@ -56,6 +56,7 @@ from app.ml.mixing import MixSpec, draw_lam, mix
 from app.ml.mixing.geodesic import slerp
 from app.ml.models import ModelSpec
 from app.ml.models.towers import DualEncoder, build_dual_encoder
+from app.ml.models.weights import load_matching
 from app.ml.resume import ResumePoint
 from app.ml.training import normalization
 from app.ml.training.augment import augment_batch
@@ -255,14 +256,16 @@ def paired_rows(data: PreparedDataset, split: str, query: str, target: str) -> t
 def train_retrieval(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixSpec,
                     spec: TrainSpec, hooks: TrainHooks | None = None, *, query: str,
                     target: str, m3mix_weight: float = M3MIX_WEIGHT,
-                    resume: ResumePoint | None = None) -> TrainResult:
+                    resume: ResumePoint | None = None,
+                    init_weights: Mapping[str, torch.Tensor] | None = None) -> TrainResult:
     """Train a two-tower retrieval model from ``query`` to ``target`` on ``data``
     with ``mix_spec.method`` none, mixgen or m3mix (see the module docstring);
     ``m3mix_weight`` scales m³-mix's hard-negative term.
 
     Seeded like ``app.ml.training.train``: the global RNG is seeded from
     ``spec.seed`` inside a forked RNG state; ``resume`` carries a run on after
-    an earlier attempt's epoch, as in ``app.ml.training.train``.
+    an earlier attempt's epoch, and ``init_weights`` start the towers (by name and
+    shape, reported in ``TrainResult.init``), as in ``app.ml.training.train``.
     """
     if not (math.isfinite(m3mix_weight) and m3mix_weight >= 0):
         raise ValueError("retrieval.m3mix_weight: must be a finite number >= 0")
@@ -274,9 +277,13 @@ def train_retrieval(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixS
         torch.manual_seed(spec.seed)
         objective = RetrievalObjective(data, model_spec, mix_spec, spec, device, query, target,
                                        kinds, m3mix_weight)
+        match = (load_matching(objective.model, init_weights) if init_weights is not None
+                 else None)
         # no calibration: a retriever's temperature is learned (reported per epoch)
         recipe = replace(spec, calibration="none")
-        return run(objective, recipe, hooks or TrainHooks(), device, objective.home, resume)
+        result = run(objective, recipe, hooks or TrainHooks(), device, objective.home, resume)
+    result.init = match.to_json() if match is not None else None
+    return result
 
 
 class RetrievalObjective(Objective):

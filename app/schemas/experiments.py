@@ -59,6 +59,23 @@ class ModelSpecIn(StrictModel):
                              description="torchvision, timm (kind or image_encoder): the "
                                          "library's model name, e.g. resnet18.")
     widen: int = Field(10, ge=1, le=20, description="wide_resnet: the widening factor.")
+    weights: str | None = Field(
+        None, min_length=1, max_length=2000,
+        description="Start from a safetensors file: file:///path (under the server's "
+                    "MIXLAB_IMPORT_ROOTS), s3://bucket/key, or store:KEY (a file of one of "
+                    "the project's runs in the artifact store, e.g. its checkpoint key). "
+                    "Tensors load by name and shape; the run reports what loaded (`init`).")
+    init_from_run: uuid.UUID | None = Field(
+        None, description="Start from the checkpoint of a succeeded run of the project "
+                          "(tensors matched by name and shape, as for weights).")
+
+    @field_validator("init_from_run")
+    @classmethod
+    def _one_start(cls, value: uuid.UUID | None, info: ValidationInfo) -> uuid.UUID | None:
+        # declared after weights, so info.data holds it: the 422 points at this field
+        if value is not None and info.data.get("weights") is not None:
+            raise ValueError("give weights or init_from_run, not both")
+        return value
 
     @model_validator(mode="after")
     def _kind_defaults(self) -> "ModelSpecIn":
@@ -107,22 +124,30 @@ class ModelSpecIn(StrictModel):
         data = handler(self)
         if not isinstance(data, dict):
             return data
+        # where the weights start (weights, init_from_run) is kept for every kind when set
+        start = {k: data[k] for k in _START_FIELDS if data.get(k) is not None}
         own = {"cnn": _CNN_FIELDS, "preact_resnet18": ("kind", "width", "dropout"),
                "wide_resnet": ("kind", "depth", "widen", "dropout"),
                "torchvision": ("kind", "name"), "timm": ("kind", "name", "dropout")}
         if self.kind in own:
-            return {k: v for k, v in data.items() if k in own[self.kind]}
+            return {**{k: v for k, v in data.items() if k in own[self.kind]}, **start}
         if self.image_encoder not in ("torchvision", "timm"):
             data.pop("name", None)
         if self.image_encoder != "wide_resnet":
             data.pop("widen", None)
-        return data
+        return {**{k: v for k, v in data.items() if k not in _START_FIELDS}, **start}
 
     def to_ml(self) -> ModelSpec:
-        return ModelSpec(**self.model_dump())
+        # the architecture only: where its weights start is the service's and worker's
+        # business (app.services.initial_weights), not app.ml's
+        data = self.model_dump()
+        for name in _START_FIELDS:
+            data.pop(name, None)
+        return ModelSpec(**data)
 
 
 _CNN_FIELDS = ("kind", "width", "depth", "dropout")
+_START_FIELDS = ("weights", "init_from_run")
 
 
 def _default(name: str) -> Any:

@@ -21,6 +21,24 @@ class WorkerInfo(BaseModel):
     device: str | None
 
 
+class ShapeMismatch(BaseModel):
+    expected: list[int] = Field(description="The model's shape.")
+    got: list[int] = Field(description="The file's shape.")
+
+
+class InitReport(BaseModel):
+    """What model.weights / model.init_from_run loaded into the model."""
+
+    source: str = Field(description="model.weights as given (file://, s3://, store:KEY), or "
+                                    "run:<id> for model.init_from_run.")
+    loaded: int = Field(description="Tensors loaded: same name and shape in model and file.")
+    mismatched: dict[str, ShapeMismatch] = Field(
+        description="Tensors of both with another shape (another head size): left as "
+                    "initialised.")
+    missing: list[str] = Field(description="Model tensors the file lacks: left as initialised.")
+    unexpected: list[str] = Field(description="File tensors the model lacks: ignored.")
+
+
 class RunOut(BaseModel):
     id: uuid.UUID
     experiment_id: uuid.UUID
@@ -36,6 +54,10 @@ class RunOut(BaseModel):
     finished_at: datetime | None
     heartbeat_at: datetime | None
     checkpoint_url: str | None
+    init: InitReport | None = Field(
+        None, description="Runs started from model.weights or model.init_from_run: what "
+                          "loaded, written when training ends (null otherwise, and for a "
+                          "run that failed).")
 
 
 class MetricPointOut(BaseModel):

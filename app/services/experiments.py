@@ -17,7 +17,7 @@ from app.ml.tasks import TASKS
 from app.ml.training.checks import recipe_problems
 from app.queue import enqueue_run
 from app.schemas.experiments import ExperimentCreate
-from app.services import augmentation, datasets, limits, task_checks
+from app.services import augmentation, datasets, initial_weights, limits, task_checks
 from app.services.errors import FieldError, NotFoundError
 from app.settings import get_settings
 from app.storage import ArtifactStore, run_prefix
@@ -95,6 +95,9 @@ def create(session: Session, project_id: uuid.UUID, request: ExperimentCreate) -
         raise FieldError(("body", "dataset_id"), f"dataset {request.dataset_id} does not exist")
     datasets.require_ready(dataset)
     _validate_against_dataset(request, dataset)
+    # model.weights / model.init_from_run: file headers only, before the insert and
+    # outside the project lock check_experiment takes
+    initial_weights.check(session, get_settings(), project_id, request, dataset.summary)
     limits.check_experiment(session, get_settings(), project_id, request, dataset.summary)
     parts = {"model", "augmentation", "training"} | ({"retrieval"} if request.retrieval else set())
     spec = request.model_dump(mode="json", include=parts)

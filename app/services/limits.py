@@ -136,6 +136,13 @@ def model_parameters(request: ExperimentCreate, summary: dict[str, Any]) -> int:
     """Parameters of the model the run will build, counted on the meta device (no
     memory, no initialisation). A text modality without a stored vocabulary is
     counted with the smallest embedding table, so the count is a lower bound there."""
+    return sum(p.numel() for p in meta_model(request, summary).parameters())
+
+
+def meta_model(request: ExperimentCreate, summary: dict[str, Any]) -> torch.nn.Module:
+    """The model the run will build, on the meta device: its state's names and
+    shapes without memory or initialisation (for the parameter count and for
+    checking a weights file). ``FieldError`` where the worker could not build it."""
     spec = request.model.to_ml()
     modalities = summary["modalities"]
     kinds = {m["name"]: m["kind"] for m in modalities}
@@ -160,4 +167,4 @@ def model_parameters(request: ExperimentCreate, summary: dict[str, Any]) -> int:
         loc = ("body", "model", exc.field) if isinstance(exc, ModelSpecError) \
             else ("body", "model")
         raise FieldError(loc, f"cannot build this model for the dataset: {exc}") from exc
-    return sum(p.numel() for p in model.parameters())
+    return model

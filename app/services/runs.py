@@ -8,6 +8,7 @@ win.
 import socket
 import uuid
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from sqlalchemy import Update, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -155,6 +156,15 @@ def _insert_ignoring_duplicates(session: Session, rows: list[dict[str, object]])
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     session.execute(insert(MetricPoint).values(rows).on_conflict_do_nothing())
+
+
+def record_init(session: Session, run_id: uuid.UUID, init: dict[str, Any],
+                attempt: int | None = None) -> bool:
+    """Store what the run's starting weights loaded (``app.services.initial_weights``
+    ``report``); False, writing nothing, once the run is no longer this attempt's."""
+    result = session.execute(_mine(run_id, attempt).values(init=init))
+    session.commit()
+    return result.rowcount == 1  # type: ignore[attr-defined]
 
 
 def record_metrics(session: Session, run_id: uuid.UUID,

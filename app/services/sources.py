@@ -1,11 +1,14 @@
-"""Dataset URIs: ``file://`` under the operator's import roots, ``s3://`` through fsspec.
+"""Dataset (and weights) URIs: ``file://`` under the operator's import roots, ``s3://``
+through fsspec.
 
 A ``file://`` URI is resolved (symlinks followed) and must land inside one of
 ``MIXLAB_IMPORT_ROOTS``; with none configured, file URIs are refused, so a user
 cannot make the service read its own files. ``s3://`` needs the optional
 ``s3fs`` package. The API checks a URI at submission; the worker checks it
 again before reading (a link may have changed since) and copies an s3 object to
-a local file, streaming, under the same size limit as uploads.
+a local file, streaming, under the same size limit as uploads. ``resolve`` takes
+the field (``loc``), the accepted file names and the size limit, so model
+weights (``app.services.initial_weights``) follow the same rules at their field.
 """
 
 import importlib.util
@@ -37,49 +40,60 @@ def s3_available() -> bool:
     return importlib.util.find_spec("s3fs") is not None
 
 
-def resolve(settings: Settings, uri: str) -> ResolvedUri:
+def resolve(settings: Settings, uri: str, *, loc: tuple[str | int, ...] = URI_LOC,
+            suffixes: tuple[str, ...] | None = None,
+            max_bytes: int | None = None) -> ResolvedUri:
     """Check a URI as far as can be done without reading it; ``FieldError`` at
-    ``source.uri`` otherwise."""
+    ``loc`` otherwise. ``suffixes``: the file names accepted (default: the dataset
+    formats); ``max_bytes``: a file:// file's size limit (default: uploads')."""
     parts = urlsplit(uri)
     scheme = parts.scheme.lower()
     name = posixpath.basename(unquote(parts.path))
     if scheme not in ("file", "s3"):
-        raise FieldError(URI_LOC, f"unsupported scheme {scheme + '://' if scheme else '(none)'}"
-                                  "; use file:///path or s3://bucket/key")
+        raise FieldError(loc, f"unsupported scheme {scheme + '://' if scheme else '(none)'}"
+                              "; use file:///path or s3://bucket/key")
     lower = name.lower()
-    if not (lower.endswith(".npz") or any(lower.endswith(s) for s in TABLE_FORMATS)):
-        raise FieldError(URI_LOC, f"cannot tell the format of {name or uri!r} from its name; "
-                                  "expected .npz, .parquet, .zip, .tar.gz or .tgz")
+    if suffixes is None:
+        known = lower.endswith(".npz") or any(lower.endswith(s) for s in TABLE_FORMATS)
+        expected = ".npz, .parquet, .zip, .tar.gz or .tgz"
+    else:
+        known = any(lower.endswith(s) for s in suffixes)
+        expected = " or ".join(suffixes)
+    if not known:
+        raise FieldError(loc, f"cannot tell the format of {name or uri!r} from its name; "
+                              f"expected {expected}")
     if scheme == "s3":
         if not s3_available():
-            raise FieldError(URI_LOC, "s3:// URIs need the s3fs package, which is not "
-                                      "installed on this server (pip install s3fs)")
+            raise FieldError(loc, "s3:// URIs need the s3fs package, which is not "
+                                  "installed on this server (pip install s3fs)")
         if not parts.netloc or not parts.path.strip("/"):
-            raise FieldError(URI_LOC, "expected s3://bucket/key")
+            raise FieldError(loc, "expected s3://bucket/key")
         return ResolvedUri(uri, "s3", name)
-    return ResolvedUri(uri, "file", name, _local_path(settings, parts.netloc, parts.path))
+    limit = settings.max_upload_bytes if max_bytes is None else max_bytes
+    return ResolvedUri(uri, "file", name,
+                       _local_path(settings, parts.netloc, parts.path, loc, limit))
 
 
-def _local_path(settings: Settings, host: str, raw_path: str) -> Path:
+def _local_path(settings: Settings, host: str, raw_path: str, loc: tuple[str | int, ...],
+                max_bytes: int) -> Path:
     if host not in ("", "localhost"):
-        raise FieldError(URI_LOC, "a file:// URI names a path on this server: "
-                                  "file:///path/to/data.parquet")
+        raise FieldError(loc, "a file:// URI names a path on this server: "
+                              "file:///path/to/the/file")
     roots = settings.import_root_paths
     if not roots:
-        raise FieldError(URI_LOC, "file:// URIs are turned off on this server (the operator "
-                                  "allows folders with MIXLAB_IMPORT_ROOTS); upload the file "
-                                  "instead")
+        raise FieldError(loc, "file:// URIs are turned off on this server (the operator "
+                              "allows folders with MIXLAB_IMPORT_ROOTS)"
+                              + ("; upload the file instead" if loc == URI_LOC else ""))
     path = Path(unquote(raw_path))
     real = path.resolve()
     if not any(real.is_relative_to(root) for root in roots):
-        raise FieldError(URI_LOC, f"{path} is outside the folders file:// URIs may read ("
-                                  + ", ".join(str(r) for r in roots) + ")")
+        raise FieldError(loc, f"{path} is outside the folders file:// URIs may read ("
+                              + ", ".join(str(r) for r in roots) + ")")
     if not real.is_file():
-        raise FieldError(URI_LOC, f"{path}: no such file")
+        raise FieldError(loc, f"{path}: no such file")
     size = real.stat().st_size
-    if size > settings.max_upload_bytes:
-        raise FieldError(URI_LOC, f"{path}: too large ({size} bytes; limit "
-                                  f"{settings.max_upload_bytes} bytes)")
+    if size > max_bytes:
+        raise FieldError(loc, f"{path}: too large ({size} bytes; limit {max_bytes} bytes)")
     return real
 
 

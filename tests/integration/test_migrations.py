@@ -1,12 +1,16 @@
 import uuid
 
 import pytest
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import Engine, create_engine, inspect
 
 from app.db.migrate import downgrade, upgrade
 from tests.conftest import PG_URL_BASE, create_database, drop_database
 
 pytestmark = pytest.mark.integration
+
+
+def _columns(engine: Engine, table: str) -> set[str]:
+    return {c["name"] for c in inspect(engine).get_columns(table)}
 
 
 def test_upgrade_head_then_downgrade_base_on_postgres() -> None:
@@ -18,6 +22,12 @@ def test_upgrade_head_then_downgrade_base_on_postgres() -> None:
         upgrade(url)
         assert {"datasets", "experiments", "runs", "metrics"} <= set(
             inspect(engine).get_table_names())
+        # one step down and up again: 0004's runs.init
+        assert "init" in _columns(engine, "runs")
+        downgrade(url, "0003")
+        assert "init" not in _columns(engine, "runs")
+        upgrade(url)
+        assert "init" in _columns(engine, "runs")
         downgrade(url)
         assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
         upgrade(url)

@@ -58,6 +58,20 @@ def _loc(response) -> list:  # type: ignore[no-untyped-def]
     ({"training": {"batch_size": 0}}, ("body", "training", "batch_size")),
     ({"training": {"batch_size": 5000}}, ("body", "training", "batch_size")),
     ({"training": {"device": "tpu"}}, ("body", "training", "device")),
+    ({"training": {"optimizer": "lamb"}}, ("body", "training", "optimizer")),
+    ({"training": {"schedule": "linear"}}, ("body", "training", "schedule")),
+    ({"training": {"augment": ["rotate"]}}, ("body", "training", "augment", 0)),
+    ({"training": {"epochs": 10, "warmup_epochs": 10}}, ("body", "training", "warmup_epochs")),
+    ({"training": {"schedule": "step", "epochs": 10, "milestones": [12]}},
+     ("body", "training", "milestones")),
+    ({"training": {"lr": -0.1}}, ("body", "training", "lr")),
+    ({"training": {"ema": 1.5}}, ("body", "training", "ema")),
+    ({"training": {"checkpoint": "first"}}, ("body", "training", "checkpoint")),
+    ({"training": {"early_stopping": {"metric": "val_map"}}},
+     ("body", "training", "early_stopping", "metric")),
+    ({"training": {"checkpoint": "best", "checkpoint_metric": "val_recall"}},
+     ("body", "training", "checkpoint_metric")),
+    ({"model": {"kind": "torchvision", "name": "no_such_net"}}, ("body", "model", "name")),
     ({"model": {"width": 0}}, ("body", "model", "width")),
     ({"model": {"kind": "transformer"}}, ("body", "model", "kind")),
     ({"model": {"widht": 8}}, ("body", "model", "widht")),
@@ -72,6 +86,38 @@ def test_experiment_rejections_name_the_field(api_client: TestClient, dataset_id
         body[key] = {**body.get(key, {}), **value} if isinstance(value, dict) else value
     assert loc in _loc(api_client.post("/v1/experiments", json=body))
     assert _counts(api_client) == before
+
+
+def test_unknown_choices_list_the_allowed_values(api_client: TestClient,
+                                                 dataset_id: str) -> None:
+    for field, value, allowed in (("optimizer", "lamb", "'sgd' or 'adamw'"),
+                                  ("schedule", "linear", "'step' or 'onecycle'")):
+        response = api_client.post("/v1/experiments", json={
+            "dataset_id": dataset_id, "training": {field: value}})
+        assert response.status_code == 422
+        assert allowed in response.json()["detail"][0]["msg"]
+    response = api_client.post("/v1/experiments", json={
+        "dataset_id": dataset_id, "model": {"kind": "vgg"}})
+    assert "'preact_resnet18'" in response.json()["detail"][0]["msg"]
+
+
+def test_crop_needs_images(api_client: TestClient) -> None:
+    response = api_client.post("/v1/datasets", json={
+        "name": "table", "source": {"kind": "builtin", "name": "synthetic",
+                                    "options": {"num_samples": 200,
+                                                "modalities": ["tabular", "text"]}}})
+    tabular = str(prepared(api_client, response)["id"])
+    before = _counts(api_client)
+    response = api_client.post("/v1/experiments", json={
+        "dataset_id": tabular, "model": {"kind": "multimodal"},
+        "training": {"augment": ["crop"]}})
+    assert _loc(response) == [("body", "training", "augment")]
+    assert "image" in response.json()["detail"][0]["msg"]
+    assert _counts(api_client) == before
+    # the default augmentation applies to images only: accepted without them
+    accepted = api_client.post("/v1/experiments", json={
+        "dataset_id": tabular, "model": {"kind": "multimodal"}, "training": {"epochs": 1}})
+    assert accepted.status_code == 202, accepted.text
 
 
 def test_unknown_or_missing_dataset_id(api_client: TestClient) -> None:

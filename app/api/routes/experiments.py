@@ -34,7 +34,12 @@ def to_out(experiment: Experiment, base: str) -> ExperimentOut:
 
 @router.post("", status_code=202, response_model=ExperimentCreated,
              summary="Create an experiment and queue its run",
-             responses={422: {"description": "Invalid spec, or a size limit of the project "
+             responses={404: {"description": "model.init_from_run (or the run of a "
+                                              "model.weights store: key) is not a run of "
+                                              "the project",
+                              "content": {"application/json": {"schema": {
+                                  "$ref": "#/components/schemas/ErrorOut"}}}},
+                        422: {"description": "Invalid spec, or a size limit of the project "
                                               "(epoch_samples, model_parameters); `loc` "
                                               "names the field"},
                         429: {"description": "The project's running_runs or queued_runs "

@@ -53,7 +53,8 @@ def to_out(run: Run, base: str) -> RunOut:
         worker=WorkerInfo(host=run.worker_host, device=run.device),
         created_at=run.created_at, started_at=run.started_at, finished_at=run.finished_at,
         heartbeat_at=run.heartbeat_at,
-        checkpoint_url=(f"{base}/v1/runs/{run.id}/checkpoint" if run.checkpoint_key else None))
+        checkpoint_url=(f"{base}/v1/runs/{run.id}/checkpoint" if run.checkpoint_key else None),
+        init=run.init)
 
 
 @router.get("", response_model=Page[RunOut], summary="List runs, newest first")
