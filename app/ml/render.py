@@ -63,10 +63,12 @@ def _to_pil(image: torch.Tensor, scale: int):  # type: ignore[no-untyped-def]
 
 
 def render_mix_grid(images_a: torch.Tensor, images_b: torch.Tensor, mixed: torch.Tensor,
-                    captions: list[str], boxes: list[list[int]] | None = None) -> bytes:
+                    captions: list[str],
+                    boxes: Sequence[Sequence[int] | None] | None = None) -> bytes:
     """One row per sample: source A | source B | mixed (cutmix box outlined),
     with a caption; images are (n, C, H, W) floats in [0, 1] (a video's
-    (n, T, C, H, W) shows its middle frame)."""
+    (n, T, C, H, W) shows its middle frame). A sample whose box is None or
+    empty was not cut (mixup_cutmix interpolated it) and gets no outline."""
     from PIL import Image, ImageDraw
 
     if mixed.dim() == 5:
@@ -84,8 +86,9 @@ def render_mix_grid(images_a: torch.Tensor, images_b: torch.Tensor, mixed: torch
         top = _HEADER + row * (cell_h + _GAP)
         for col, image in enumerate((images_a[row], images_b[row], mixed[row])):
             canvas.paste(_to_pil(image, scale), (_GAP + col * (cell_w + _GAP), top))
-        if boxes is not None:
-            y0, x0, y1, x1 = boxes[row]
+        box = boxes[row] if boxes is not None else None
+        if box is not None:
+            y0, x0, y1, x1 = box
             if y1 > y0 and x1 > x0:
                 left = _GAP + 2 * (cell_w + _GAP)
                 draw.rectangle([left + x0 * scale, top + y0 * scale,
@@ -157,10 +160,12 @@ def spectrogram_rects(region: Sequence[int] | None, layout: str | None, freq: in
 
 
 def render_spectrograms(a: torch.Tensor, b: torch.Tensor, mixed: torch.Tensor,
-                        captions: list[str], regions: list[list[int]] | None = None,
+                        captions: list[str],
+                        regions: Sequence[Sequence[int] | None] | None = None,
                         layout: str | None = None, waveform: bool = False) -> bytes:
     """One row per sample: spectrograms of A | B | mixed, the cells taken from B
-    outlined (``layout`` ``bands`` for specmix, ``box`` for spec_cutmix).
+    outlined (``layout`` ``bands`` for specmix, ``box`` for spec_cutmix; a None
+    region: nothing taken).
 
     Spectrograms are (n, F, T) or (n, C, F, T) (channels averaged); with
     ``waveform`` the inputs are (n, L) waveforms, shown as log-magnitude STFTs.

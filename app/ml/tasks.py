@@ -7,6 +7,12 @@ so a task that trains a classifier head is one more ``Task`` in ``TASKS``.
 - ``multilabel``: any set of classes per sample (labels (N, K) multi-hot uint8);
   binary cross-entropy with logits on the mixed targets (mixup of multi-hot rows
   is λ·y + (1−λ)·y′, a per-class probability); mAP is the headline metric.
+
+Label smoothing follows ``Task.multilabel``: a multi-label task's targets are
+smoothed per class towards ½ (each class is its own two-way problem), a
+classification task's towards 1/K. The formula is
+``app.ml.mixing.smooth_targets``; a notebook calling
+``mix(..., multilabel=True)`` on multi-hot targets gets the trainer's targets.
 """
 
 from collections.abc import Callable
@@ -25,16 +31,11 @@ from app.ml.metrics import (
     multilabel_report,
     soft_cross_entropy,
 )
-from app.ml.mixing import MixSpec
+from app.ml.mixing import MixSpec, smooth_targets
 
 Metrics = Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
 Report = Callable[[torch.Tensor, torch.Tensor, list[str]], dict[str, Any]]
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def _smooth_binary(targets: torch.Tensor, smoothing: float) -> torch.Tensor:
-    # each class is its own two-way problem: smoothing pulls it towards 1/2, not 1/K
-    return targets * (1.0 - smoothing) + smoothing / 2.0
 
 
 @dataclass(frozen=True)
@@ -47,19 +48,19 @@ class Task:
     metrics: Metrics  # logits, labels as stored → 0-d tensors
     report: Report  # logits, labels, class names → JSON-ready report
     metric_names: tuple[str, ...] = ()  # the keys ``metrics`` returns (``val_<name>``…)
-    # multi-label targets are smoothed per class after mixing; None: mix() does it
-    smooth: Callable[[torch.Tensor, float], torch.Tensor] | None = None
 
     def mix_spec(self, spec: MixSpec) -> tuple[MixSpec, float]:
-        """The spec ``mix`` gets and the smoothing this task applies itself."""
-        if self.smooth is None or spec.label_smoothing == 0:
+        """The spec the trainer's ``mix`` call gets and the smoothing this task
+        applies itself (``targets``). That call does not say the targets are
+        multi-label, so a multi-label task smooths after mixing, by the same rule;
+        smoothing is affine, so before or after mixing gives the same targets."""
+        if not self.multilabel or spec.label_smoothing == 0:
             return spec, 0.0
         return replace(spec, label_smoothing=0.0), spec.label_smoothing
 
     def targets(self, mixed_targets: torch.Tensor, smoothing: float) -> torch.Tensor:
-        if self.smooth is None or smoothing == 0:
-            return mixed_targets
-        return self.smooth(mixed_targets, smoothing)
+        """Mixed targets with the smoothing ``mix_spec`` kept back folded in."""
+        return smooth_targets(mixed_targets, smoothing, multilabel=self.multilabel)
 
     def mismatch(self, multilabel_data: bool) -> str | None:
         """Why a dataset with (or without) multi-label targets cannot train this
@@ -87,7 +88,7 @@ CLASSIFICATION = Task(
 MULTILABEL = Task(
     name="multilabel", multilabel=True, headline="map",
     loss=multilabel_nll, nll=multilabel_nll,
-    metrics=multilabel_metrics, report=multilabel_report, smooth=_smooth_binary,
+    metrics=multilabel_metrics, report=multilabel_report,
     metric_names=("loss", "map", "f1_micro", "f1_macro", "subset_acc", "ece", "brier"))
 
 TASKS: dict[str, Task] = {t.name: t for t in (CLASSIFICATION, MULTILABEL)}

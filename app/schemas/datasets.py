@@ -327,13 +327,16 @@ class TabularValues(BaseModel):
 
 class ModalityPreview(BaseModel):
     kind: str
-    op: str | None = Field(description="The op that mixed this modality; null when it was "
-                                       "not mixed (method none, or left out by `modalities`).")
+    op: str | None = Field(description="The op that mixed this modality of this sample "
+                                       "(mixup_cutmix: cutmix, or mixup for the samples it "
+                                       "does not cut); null when it was not mixed (method "
+                                       "none, left out by `modalities`, or λ = 1).")
     deferred: bool = Field(False, description="The model mixes this modality itself (e.g. "
                                               "embedding_mixup on token embeddings with λ "
                                               "and the partner): the input is not changed.")
     region: list[int] | None = Field(
-        None, description="What the op took from B: cutmix / spec_cutmix box (y0, x0, y1, x1) "
+        None, description="What the op took from B (null when this sample's op cut nothing): "
+                          "cutmix / spec_cutmix box (y0, x0, y1, x1) "
                           "/ (f0, t0, f1, t1); specmix bands (f0, f1, t0, t1); token_cutmix "
                           "(start, end, partner_start): A's [start, end) holds B's tokens "
                           "from partner_start on; all half-open.")
@@ -356,7 +359,8 @@ class PreviewSample(BaseModel):
     label_a: str
     label_b: str
     label_mixture: dict[str, float] = Field(description="Soft target: class name → weight.")
-    box: list[int] | None = Field(None, description="CutMix box y0, x0, y1, x1 (half-open).")
+    box: list[int] | None = Field(None, description="CutMix box y0, x0, y1, x1 (half-open); "
+                                                    "null when this sample was not cut.")
     image_url: str
     modalities: dict[str, ModalityPreview] = Field(
         default_factory=dict, description="Per modality: the op, what it did, and its PNG.")
@@ -370,7 +374,10 @@ class PreviewOut(BaseModel):
                                        "default modality (the first image, else the first).")
     image_urls: dict[str, str] = Field(default_factory=dict,
                                        description="PNG of every sample, per modality.")
-    ops: dict[str, str] = Field(default_factory=dict, description="Op per mixed modality.")
+    ops: dict[str, str] = Field(default_factory=dict, description=(
+        "Op the method planned per mixed modality; each sample's `modalities[m].op` says "
+        "what ran on it (mixup_cutmix plans cutmix and interpolates the samples it does not "
+        "cut)."))
     deferred: list[str] = Field(default_factory=list,
                                 description="Modalities the model mixes itself.")
     layer: int | None = Field(None, description="manifold_mixup: the hidden layer mixed at.")

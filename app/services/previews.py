@@ -127,8 +127,8 @@ def _features(data: PreparedDataset, modality: str, dims: int) -> list[str]:
 
 
 def _modality_json(data: PreparedDataset, mm: ModalityMix, i: int, url: str) -> ModalityPreview:
-    out = ModalityPreview(kind=mm.kind, op=mm.op, deferred=mm.deferred, image_url=url,
-                          region=mm.region[i].tolist() if mm.region is not None else None)
+    out = ModalityPreview(kind=mm.kind, op=mm.op_at(i), deferred=mm.deferred, image_url=url,
+                          region=mm.region_at(i))
     if mm.kind == "text":
         vocab = _vocab(data, mm.name)
         out.tokens_a = _words(vocab, mm.a[i], MAX_JSON_TOKENS)
@@ -181,8 +181,9 @@ def _caption(data: PreparedDataset, batch: PreviewBatch, i: int, mm: ModalityMix
     top = batch.targets[i].topk(min(2, batch.targets.shape[1]))
     mixture = ", ".join(f"{names[k]}: {w:.2f}" for w, k in
                         zip(top.values.tolist(), top.indices.tolist(), strict=True) if w > 0)
-    op = mm.op or "not mixed"
-    if mm.deferred:
+    # what this sample ran: mixup_cutmix cuts some samples and interpolates others
+    op = mm.op_at(i) or "not mixed"
+    if mm.deferred and mm.op_at(i) is not None:
         op += " (in the model)"
     if batch.layer is not None:
         op = f"manifold mixup at layer {batch.layer}"
@@ -197,7 +198,7 @@ def render(data: PreparedDataset, batch: PreviewBatch, sample: int | None = None
     mm = batch.modalities[modality or default_modality(data)]
     rows = list(range(len(batch.indices_a))) if sample is None else [sample]
     captions = [_caption(data, batch, i, mm) for i in rows]
-    regions = mm.region[rows].tolist() if mm.region is not None else None
+    regions = [mm.region_at(i) for i in rows] if mm.region is not None else None
     if mm.kind in IMAGE_KINDS:
         return render_mix_grid(mm.a[rows], mm.b[rows], mm.mixed[rows], captions, regions)
     if mm.kind == "audio":

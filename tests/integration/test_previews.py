@@ -86,16 +86,24 @@ def test_cross_modal_preview_json(api_client: TestClient, synthetic: dict) -> No
     assert body["spec"]["ops"] == CROSS_MODAL["ops"]
     assert set(body["image_urls"]) == {"image", "text", "audio", "tabular"}
     assert len(body["samples"]) == 6
-    sources = set()
+    sources, unmixed = set(), 0
     for sample in body["samples"]:
         assert 0 < sample["lam"] <= 1
+        assert sample["index_a"] != sample["index_b"]  # permute: never mixed with itself
         assert sum(sample["label_mixture"].values()) == pytest.approx(1.0, abs=1e-5)
         assert set(sample["label_mixture"]) <= {sample["label_a"], sample["label_b"]}
         mods = sample["modalities"]
         assert set(mods) == {"image", "text", "audio", "tabular"}
-        assert mods["image"]["op"] == "cutmix" and mods["image"]["region"] == sample["box"]
-        assert mods["audio"]["op"] == "specmix" and len(mods["audio"]["region"]) == 4
+        assert mods["image"]["region"] == sample["box"]
         text = mods["text"]
+        if sample["lam"] == 1:  # the box came out empty: nothing taken, in any modality
+            assert {m["op"] for m in mods.values()} == {None}
+            assert sample["box"] is None and text["region"] is None
+            assert {t["source"] for t in text["tokens"]} == {"a"}
+            unmixed += 1
+            continue
+        assert mods["image"]["op"] == "cutmix" and len(sample["box"]) == 4
+        assert mods["audio"]["op"] == "specmix" and len(mods["audio"]["region"]) == 4
         start, end, _partner_start = text["region"]
         for token in text["tokens"]:
             assert token["source"] == ("b" if start <= token["position"] < end else "a")
@@ -107,7 +115,38 @@ def test_cross_modal_preview_json(api_client: TestClient, synthetic: dict) -> No
         lam = sample["lam"]
         for a, b, mixed in zip(values["a"], values["b"], values["mixed"], strict=True):
             assert mixed == pytest.approx(lam * a + (1 - lam) * b, abs=1e-4)
-    assert sources == {"a", "b"}
+    assert sources == {"a", "b"} and unmixed < 6
+
+
+@pytest.mark.parametrize("lam_mode", ["batch", "sample"])
+def test_mixup_cutmix_preview_says_what_each_sample_ran(api_client: TestClient, synthetic: dict,
+                                                        lam_mode: str) -> None:
+    """mixup_cutmix cuts some samples and interpolates the others: each sample's op is
+    the one that ran on it, and only a sample that was cut has a box."""
+    url = f"/v1/datasets/{synthetic['id']}/preview"
+    seen = set()
+    for seed in range(4):
+        body = api_client.post(url, json={"method": "mixup_cutmix", "lam_mode": lam_mode,
+                                          "n": 6, "seed": seed}).json()
+        assert body["ops"]["image"] == "cutmix"  # the plan
+        ops = []
+        for sample in body["samples"]:
+            image, lam = sample["modalities"]["image"], sample["lam"]
+            assert image["region"] == sample["box"]
+            if image["op"] == "cutmix":
+                y0, x0, y1, x1 = sample["box"]
+                assert lam == pytest.approx(1 - (y1 - y0) * (x1 - x0) / 256, abs=1e-6)
+            else:  # interpolated (mixup), or nothing taken (λ = 1): no box
+                assert image["op"] in ("mixup", None) and sample["box"] is None
+                assert (image["op"] is None) == (lam == 1.0)
+            values = sample["modalities"]["tabular"]["values"]
+            assert values["mixed"][0] == pytest.approx(
+                lam * values["a"][0] + (1 - lam) * values["b"][0], abs=1e-4)
+            ops.append(image["op"])
+        if lam_mode == "batch":
+            assert len(set(ops)) == 1
+        seen.update(ops)
+    assert {"mixup", "cutmix"} <= seen
 
 
 def test_same_seed_same_json(api_client: TestClient, synthetic: dict) -> None:

@@ -82,7 +82,7 @@ def test_experiment_reply_and_listing(client: MixlabClient, stack, digits: dict)
     body = response.json()
     assert response.headers["location"].endswith(f"/v1/runs/{body['run_ids'][0]}")
     exp = client.get_experiment(body["experiment_id"])
-    assert exp["spec"]["model"] == {"kind": "cnn", "width": 32, "depth": 3, "dropout": 0.0}
+    assert exp["spec"]["model"] == {"kind": "cnn", "width": 16, "depth": 3, "dropout": 0.0}
     assert exp["spec"]["augmentation"]["method"] == "mixup"
     assert [r["id"] for r in exp["runs"]] == body["run_ids"]
     page = client.list_experiments(limit=1)

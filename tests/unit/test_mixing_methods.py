@@ -22,11 +22,20 @@ import torch.nn.functional as F
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from app.ml.mixing import MODALITY_OPS, Mixed, MixSpec, draw_lam, embedding_mixup, mix
+from app.ml.mixing import (
+    MODALITY_OPS,
+    Mixed,
+    MixSpec,
+    draw_lam,
+    embedding_mixup,
+    mix,
+    smooth_targets,
+)
 from app.ml.mixing.registry import METHODS, PlanRequest
 from app.ml.mixing.sampling import sample_partners
 from app.ml.mixing.text import PAD_ID
 from app.ml.models.cnn import SmallCNN
+from app.ml.tasks import CLASSIFICATION, MULTILABEL
 
 CPU = torch.device("cpu")
 FAST = settings(max_examples=40, deadline=None)
@@ -336,6 +345,8 @@ def assert_same_mixed(a: Mixed, b: Mixed) -> None:
     assert_same_batch(a.regions, b.regions)
     assert_same_batch(a.masks, b.masks)
     assert (a.ops, a.deferred, a.layer, a.method) == (b.ops, b.deferred, b.layer, b.method)
+    assert_same_batch(a.op_mask, b.op_mask)
+    assert a.fallback_ops == b.fallback_ops
 
 
 # ------------------------------------------------------------------- every method, generic
@@ -1082,6 +1093,73 @@ def test_mixup_cutmix_batch_mode_switches_per_batch():
     assert any(chose_cutmix) and not all(chose_cutmix)
 
 
+def check_sample_ops(batch: dict[str, torch.Tensor], out: Mixed, h: int, w: int) -> list[str]:
+    """What ``out`` reports per sample is what ran on the image: a "cutmix" sample has
+    its box's cells from the partner and its own elsewhere, a "mixup" one is
+    interpolated with its λ and has an all-zero box."""
+    ops = out.sample_ops("image")
+    assert out.ops["image"] == "cutmix" and out.fallback_ops == {"image": "mixup"}
+    assert out.op_mask["image"].dtype == torch.bool
+    assert ops == ["cutmix" if cut else "mixup" for cut in out.op_mask["image"].tolist()]
+    assert out.sample_ops("tabular") == ["mixup"] * len(ops)  # not switched: its op throughout
+    cut = out.op_mask["image"]
+    assert (out.boxes[~cut] == 0).all()
+    assert_cells_from_partner(out.inputs["image"], batch["image"], out.index,
+                              box_mask(out.boxes, h, w), rows=cut)
+    assert_interpolated(out.inputs["image"], batch["image"], out.lam, out.index, rows=~cut)
+    return ops
+
+
+@pytest.mark.parametrize("seed", [2, 5])
+def test_mixup_cutmix_reports_mixup_for_the_batches_it_interpolates(seed):
+    """Issue 10: in batch mode, seeds 2 and 5 of a batch of four pick mixup; the report
+    used to say cutmix with a [0, 0, 0, 0] box for images that were interpolated."""
+    n, h = 4, 16
+    images = torch.rand(n, 3, h, h, generator=gen(100))
+    out = mix({"image": images}, torch.arange(n) % 3, MixSpec("mixup_cutmix"), gen(seed), 3)
+    lam = out.lam.view(-1, 1, 1, 1)
+    assert torch.allclose(out.inputs["image"], lam * images + (1 - lam) * images[out.index])
+    assert out.sample_ops("image") == ["mixup"] * n
+    assert not out.op_mask["image"].any() and (out.boxes == 0).all()
+    cut = mix({"image": images}, torch.arange(n) % 3, MixSpec("mixup_cutmix"), gen(0), 3)
+    assert cut.sample_ops("image") == ["cutmix"] * n and (cut.boxes[:, 2:] > 0).all()
+
+
+@FAST
+@given(n=st.integers(2, 10), h=st.integers(2, 8), lam_mode=all_lam_modes,
+       switch_prob=st.sampled_from([0.0, 0.5, 1.0]), prob=st.sampled_from([1.0, 0.5]),
+       seed=seeds)
+def test_mixup_cutmix_reports_the_op_each_sample_ran(n, h, lam_mode, switch_prob, prob, seed):
+    batch = make_batch(n, seed, h=h, w=h)
+    spec = MixSpec("mixup_cutmix", lam_mode=lam_mode, switch_prob=switch_prob, prob=prob)
+    out = mix(batch, torch.arange(n) % 3, spec, gen(seed), 3)
+    ops = check_sample_ops(batch, out, h, h)
+    if lam_mode == "batch":
+        assert len(set(ops)) == 1
+    if lam_mode == "pair":  # both samples of a pair: one op
+        assert all(ops[i] == ops[j] for i, j in enumerate(out.index.tolist()))
+    if switch_prob in (0.0, 1.0):
+        assert set(ops) == {"mixup" if switch_prob == 0.0 else "cutmix"}
+
+
+def test_mixup_cutmix_sample_mode_reports_both_ops_in_one_batch():
+    n, h = 32, 8
+    batch = make_batch(n, 0, h=h, w=h)
+    out = mix(batch, torch.arange(n) % 3, MixSpec("mixup_cutmix", lam_mode="sample"), gen(0),
+              3)
+    ops = check_sample_ops(batch, out, h, h)
+    assert ops.count("cutmix") >= 5 and ops.count("mixup") >= 5
+
+
+@pytest.mark.parametrize("method", [m for m in METHOD_NAMES if m != "mixup_cutmix"])
+def test_other_methods_run_their_planned_op_on_every_sample(method):
+    n = 6
+    out = mix(make_batch(n, 3), torch.arange(n) % 3, method_spec(method), gen(3), 3)
+    assert out.op_mask == {} and out.fallback_ops == {}
+    for m in make_batch(n, 3):
+        assert out.sample_ops(m) == [out.ops.get(m)] * n
+
+
 # ------------------------------------------------------------------------------- labels
 
 
@@ -1097,6 +1175,50 @@ def test_multi_label_targets_are_mixed_linearly(n, k, method, lam_mode, seed):
     expected = lam * multi.double() + (1 - lam) * multi.double()[out.index]
     torch.testing.assert_close(out.targets.double(), expected, atol=1e-6, rtol=0)
     assert ((out.targets >= 0) & (out.targets <= 1)).all()
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+@pytest.mark.parametrize("n", [1, 7])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.3])
+def test_multi_label_smoothing_in_mix_equals_the_trainers(method, n, smoothing):
+    """One rule: mix(multilabel=True) on multi-hot targets gives the targets the
+    multilabel task trains on (the trainer mixes without smoothing, then smooths)."""
+    k = 5
+    batch = make_batch(n, 4)
+    multi = (torch.rand(n, k, generator=gen(5)) < 0.4).to(torch.uint8)
+    spec = method_spec(method, lam_mode="sample", label_smoothing=smoothing)
+    direct = mix(batch, multi, spec, gen(6), k, multilabel=True)
+    task_spec, kept_back = MULTILABEL.mix_spec(spec)
+    trained = MULTILABEL.targets(mix(batch, multi, task_spec, gen(6), k).targets, kept_back)
+    torch.testing.assert_close(direct.targets, trained, atol=1e-6, rtol=0)
+    # per class towards ½: a present tag ends at 1 − s/2 at most, an absent one at s/2 at least
+    assert (direct.targets >= smoothing / 2 - 1e-6).all()
+    assert (direct.targets <= 1 - smoothing / 2 + 1e-6).all()
+    lam = direct.lam.double()[:, None]
+    smoothed = multi.double() * (1 - smoothing) + smoothing / 2
+    torch.testing.assert_close(direct.targets.double(),
+                               lam * smoothed + (1 - lam) * smoothed[direct.index],
+                               atol=1e-6, rtol=0)
+
+
+def test_multi_label_smoothing_goes_towards_one_half_not_one_over_k():
+    y = torch.tensor([[1, 0, 0, 0]], dtype=torch.uint8)
+    spec = MixSpec("none", label_smoothing=0.2)
+    batch = {"tabular": torch.zeros(1, 2)}
+    torch.testing.assert_close(mix(batch, y, spec, gen(0), multilabel=True).targets,
+                               torch.tensor([[0.9, 0.1, 0.1, 0.1]]))
+    # rows not said to be multi-label are class rows: smoothed towards 1/K
+    torch.testing.assert_close(mix(batch, y, spec, gen(0)).targets,
+                               torch.tensor([[0.85, 0.05, 0.05, 0.05]]))
+    assert smooth_targets(y.float(), 0.2, multilabel=True).tolist() == \
+        MULTILABEL.targets(y.float(), 0.2).tolist()
+    # classification keeps smoothing in mix(), so its trainer path is mix() itself
+    assert CLASSIFICATION.mix_spec(spec) == (spec, 0.0)
+
+
+def test_multi_label_needs_rows_not_class_indices():
+    with pytest.raises(ValueError, match="multi-hot rows"):
+        mix(make_batch(4, 0), torch.arange(4), MixSpec("mixup"), gen(0), 4, multilabel=True)
 
 
 @pytest.mark.parametrize("method", METHOD_NAMES)

@@ -1,5 +1,6 @@
 """Preview rendering: every modality gives a valid PNG, and what an op took from
-the partner is drawn. Also ``preview_mix`` on a multimodal dataset."""
+the partner is drawn. Also ``preview_mix`` on a multimodal dataset, and previews
+saying per sample what ran (mixup_cutmix cuts some samples, interpolates others)."""
 
 import io
 import math
@@ -233,3 +234,83 @@ def test_service_renders_every_modality(synth):
     assert all(not t.token.startswith("#") for t in text.tokens)  # words from the vocab
     values = out.samples[0].modalities["tabular"].values
     assert values is not None and len(values.a) == len(values.mixed) == 8
+
+
+# ------------------------------------- previews say, per sample, what actually ran
+
+
+def _what_ran(batch, i: int) -> str:  # type: ignore[no-untyped-def]
+    """Check sample ``i``'s image against its reported op; return that op."""
+    image = batch.modalities["image"]
+    op, box = image.op_at(i), batch.boxes[i]
+    a, b, mixed, lam = image.a[i], image.b[i], image.mixed[i], batch.lam[i]
+    assert box == image.region_at(i)
+    if op == "mixup":
+        assert box is None
+        assert torch.allclose(mixed, lam * a + (1 - lam) * b, atol=1e-6)
+    elif op == "cutmix":
+        y0, x0, y1, x1 = box
+        assert y1 > y0 and x1 > x0
+        inside = torch.zeros(a.shape[-2:], dtype=torch.bool)
+        inside[y0:y1, x0:x1] = True
+        assert torch.equal(mixed, torch.where(inside, b, a))
+        assert lam == pytest.approx(1 - (y1 - y0) * (x1 - x0) / inside.numel())
+    else:  # λ = 1: nothing taken from the partner (an empty box), whatever was planned
+        assert op is None and box is None and lam == 1.0 and torch.equal(mixed, a)
+    return op or "not mixed"
+
+
+@pytest.mark.parametrize("lam_mode", ["batch", "sample"])
+def test_mixup_cutmix_preview_captions_and_outlines_what_each_sample_ran(synth, lam_mode):
+    from app.schemas.datasets import PreviewRequest
+    from app.services import previews
+
+    seen = set()
+    for seed in range(6):
+        request = PreviewRequest.model_validate({"method": "mixup_cutmix", "n": 4,
+                                                 "seed": seed, "lam_mode": lam_mode})
+        batch = previews.compute(synth, request)
+        image = batch.modalities["image"]
+        out = previews.describe(uuid.uuid4(), synth, request, batch, "http://h")
+        assert out.ops["image"] == "cutmix"  # the plan; each sample says what ran
+        ran = [_what_ran(batch, i) for i in range(4)]
+        if lam_mode == "batch":
+            assert len(set(ran)) == 1
+        seen.update(ran)
+        for i, op in enumerate(ran):
+            sample = out.samples[i]
+            assert sample.modalities["image"].op == (None if op == "not mixed" else op)
+            assert sample.box == sample.modalities["image"].region == batch.boxes[i]
+            caption = previews._caption(synth, batch, i, image)
+            assert caption.endswith(f"image: {op}")
+            rows = [i]
+            plain = render_mix_grid(image.a[rows], image.b[rows], image.mixed[rows], [caption])
+            outlined = render_mix_grid(image.a[rows], image.b[rows], image.mixed[rows],
+                                       [caption], [batch.boxes[i]])
+            png = previews.render(synth, batch, i, "image")
+            assert png == outlined
+            assert (png == plain) == (op != "cutmix")  # outlined only when it was cut
+    assert {"mixup", "cutmix"} <= seen
+
+
+def test_preview_partners_are_never_the_sample_itself(synth):
+    from app.services import previews
+
+    for seed in range(10):
+        batch = preview_mix(synth, MixSpec(method="mixup"), seed=seed, n=8)
+        image = batch.modalities["image"]
+        for i, (a, b) in enumerate(zip(batch.indices_a, batch.indices_b, strict=True)):
+            assert a != b
+            assert not previews._caption(synth, batch, i, image).startswith(f"#{a} + #{a}\n")
+
+
+def test_multilabel_preview_smooths_each_class_towards_one_half():
+    data = load_synthetic(num_samples=100, num_classes=5, seed=0, modalities=("tabular",),
+                          labels_per_sample=3)
+    batch = preview_mix(data, MixSpec(method="mixup", label_smoothing=0.2), seed=1, n=6)
+    labels = data.labels.float()
+    smoothed = labels * 0.8 + 0.1  # towards ½ per class, as the multilabel task trains
+    lam = torch.tensor(batch.lam)[:, None]
+    expected = (lam * smoothed[torch.tensor(batch.indices_a)]
+                + (1 - lam) * smoothed[torch.tensor(batch.indices_b)])
+    torch.testing.assert_close(batch.targets, expected)

@@ -9,6 +9,7 @@ from app.ml.mixing.registry import (
     mix,
     register_method,
     register_op,
+    smooth_targets,
     soft_targets,
 )
 from app.ml.mixing.sampling import sample_beta, sample_partners
@@ -30,5 +31,6 @@ __all__ = [
     "register_op",
     "sample_beta",
     "sample_partners",
+    "smooth_targets",
     "soft_targets",
 ]

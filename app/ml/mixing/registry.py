@@ -7,6 +7,12 @@ either is one function and one ``register_*`` call.
 ``mix`` draws one λ and one partner per sample, shared by every modality.
 Region ops (cutmix, token_cutmix, specmix…) run first; the first one's exact
 kept share becomes the λ that the other modalities and the labels use.
+
+Label smoothing has one rule (``smooth_targets``): a class row is pulled
+towards 1/K, a multi-label row per class towards ½, since each class of a
+multi-label target is its own two-way problem (towards 1/K, an absent tag of
+a 20-tag problem would be smoothed to 0.005 and a present one to 0.905, so
+smoothing would barely touch the negatives it is meant to soften).
 """
 
 from collections.abc import Callable
@@ -52,11 +58,16 @@ DEFAULT_OPS = {"image": "mixup", "video": "mixup", "audio": "mixup", "tabular": 
                "text": "embedding_mixup"}
 
 
+# What the samples an op skips (``Plan.only``) get instead: interpolation.
+FALLBACK_OP = "mixup"
+
+
 @dataclass
 class Plan:
     ops: dict[str, str]  # modality -> op name
     lam: torch.Tensor | None = None  # replaces the drawn λ (mixgen's fixed weight)
-    only: dict[str, torch.Tensor] = field(default_factory=dict)  # op applies to these samples
+    # op applies to these samples (bool (N,)); the others get FALLBACK_OP
+    only: dict[str, torch.Tensor] = field(default_factory=dict)
     layer: int | None = None  # manifold mixup: hidden layer to mix at
 
 
@@ -164,23 +175,35 @@ register_method("manifold_mixup", _manifold)
 register_method("mixgen", _mixgen)
 
 
+def smooth_targets(dense: torch.Tensor, smoothing: float,
+                   multilabel: bool = False) -> torch.Tensor:
+    """Label smoothing of dense (N, K) targets, the one rule every path uses: a
+    class row towards the uniform 1/K; a multi-label row per class towards ½
+    (each class is its own two-way problem). Affine, so smoothing before or
+    after mixing gives the same targets. ``dense`` itself when smoothing is 0."""
+    if smoothing <= 0:
+        return dense
+    return dense * (1.0 - smoothing) + smoothing / (2 if multilabel else dense.shape[1])
+
+
 def soft_targets(targets: torch.Tensor, num_classes: int | None, smoothing: float = 0.0,
-                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                 dtype: torch.dtype = torch.float32, multilabel: bool = False) -> torch.Tensor:
     """Dense (N, K) targets from class indices, or soft / one-hot / multi-label
-    rows as given; smoothing folded in."""
+    rows as given; smoothing folded in (``smooth_targets``)."""
     if targets.dim() == 1:
+        if multilabel:
+            raise ValueError("multi-label targets are (N, K) multi-hot rows, not class indices")
         if num_classes is None:
             raise ValueError("num_classes is needed for class-index targets")
         dense = F.one_hot(targets.long(), num_classes).to(dtype)
     else:
         dense = targets.to(dtype)
-    if smoothing > 0:
-        dense = dense * (1.0 - smoothing) + smoothing / dense.shape[1]
-    return dense
+    return smooth_targets(dense, smoothing, multilabel)
 
 
 def mix_targets(targets: torch.Tensor, num_classes: int | None, smoothing: float,
-                lam: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+                lam: torch.Tensor, index: torch.Tensor,
+                multilabel: bool = False) -> torch.Tensor:
     """``lam * dense + (1 - lam) * dense[index]`` of the dense, smoothed targets.
 
     For class indices no one-hot matrix and no gathered copy of it are built:
@@ -188,8 +211,8 @@ def mix_targets(targets: torch.Tensor, num_classes: int | None, smoothing: float
     are scattered in. Each entry is the same float32 expression as in the dense
     formula, so both paths agree bit for bit.
     """
-    if targets.dim() != 1:
-        dense = soft_targets(targets, num_classes, smoothing)
+    if targets.dim() != 1 or multilabel:
+        dense = soft_targets(targets, num_classes, smoothing, multilabel=multilabel)
         w = lam[:, None].to(dense.dtype)
         return w * dense + (1.0 - w) * dense[index]
     if num_classes is None:
@@ -264,11 +287,14 @@ def _check(spec: MixSpec, kinds: dict[str, str], batch: dict[str, torch.Tensor])
 def mix(batch: dict[str, torch.Tensor], targets: torch.Tensor, spec: MixSpec,
         generator: torch.Generator, num_classes: int | None = None, *,
         kinds: dict[str, str] | None = None,
-        host_generator: torch.Generator | None = None) -> Mixed:
+        host_generator: torch.Generator | None = None, multilabel: bool = False) -> Mixed:
     """Mix a batch of one or more modalities, one partner and one λ per sample.
 
     ``batch`` maps modality name to a tensor whose first dim is the batch;
     ``targets`` are class indices (N,) or soft / one-hot / multi-label rows (N, K).
+    ``multilabel`` says the rows are multi-hot (a set of classes per sample), so
+    ``label_smoothing`` pulls each class towards ½ as the multilabel task does; it
+    is an argument because a one-hot row and a one-tag multi-hot row look alike.
     ``kinds`` maps modality to kind (inferred from names if omitted). The
     generator must live on the batch's device. A batch of one comes back
     unmixed with λ = 1. Nothing is written into the caller's tensors.
@@ -283,7 +309,7 @@ def mix(batch: dict[str, torch.Tensor], targets: torch.Tensor, spec: MixSpec,
     _check(spec, kinds, batch)
 
     if spec.method == "none" or n < 2:
-        dense = soft_targets(targets, num_classes, spec.label_smoothing)
+        dense = soft_targets(targets, num_classes, spec.label_smoothing, multilabel=multilabel)
         return Mixed(inputs=dict(batch), targets=dense, lam=torch.ones(n, device=device),
                      index=torch.arange(n, device=device), method=spec.method)
 
@@ -318,7 +344,9 @@ def mix(batch: dict[str, torch.Tensor], targets: torch.Tensor, spec: MixSpec,
         if active is not None:
             # samples this op skips (mixup_cutmix chose mixup) are interpolated
             value = torch.where(active.view(-1, *([1] * (x.dim() - 1))), value,
-                                ops.mix_rows(x, index, lam))
+                                MODALITY_OPS[FALLBACK_OP].fn(x, ops.OpContext(
+                                    lam, index, spec, generator, shared)).value)
+            out.op_mask[modality], out.fallback_ops[modality] = active, FALLBACK_OP
             if kept is not None:
                 kept = torch.where(active, kept, lam)
             if result.region is not None:
@@ -336,5 +364,6 @@ def mix(batch: dict[str, torch.Tensor], targets: torch.Tensor, spec: MixSpec,
     out.lam, out.deferred = lam, tuple(deferred)
     image_regions = [m for m in out.regions if kinds[m] in ("image", "video")]
     out.boxes = out.regions[image_regions[0]] if image_regions else None
-    out.targets = mix_targets(targets, num_classes, spec.label_smoothing, lam, index)
+    out.targets = mix_targets(targets, num_classes, spec.label_smoothing, lam, index,
+                              multilabel)
     return out

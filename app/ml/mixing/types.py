@@ -102,6 +102,14 @@ class Mixed:
     ``deferred`` lists modalities the model must mix itself (embedding_mixup on
     token embeddings via ``app.ml.mixing.text.embedding_mixup``); ``layer`` is
     the hidden layer for manifold mixup.
+
+    ``ops`` is the op the method planned per modality (its keys are the
+    modalities mixed at the input). A method may run that op on some samples
+    only (``mixup_cutmix`` cuts some, interpolates the rest): then
+    ``op_mask[k]`` is True for the samples that ran ``ops[k]`` and the others
+    ran ``fallback_ops[k]``; their region rows (and ``boxes``) are all zero.
+    ``sample_ops(k)`` spells that out per sample. Masks stay on the device, so
+    reporting costs the training step no sync.
     """
 
     inputs: dict[str, torch.Tensor]
@@ -116,3 +124,17 @@ class Mixed:
     deferred: tuple[str, ...] = ()
     layer: int | None = None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    op_mask: dict[str, torch.Tensor] = field(default_factory=dict)
+    fallback_ops: dict[str, str] = field(default_factory=dict)
+
+    def sample_ops(self, modality: str) -> list[str | None]:
+        """The op each sample of ``modality`` ran (None: the modality was not
+        mixed). Reads ``op_mask`` back to the host: for previews and tests, not
+        for the training step."""
+        n = self.lam.shape[0]
+        op = self.ops.get(modality)
+        mask = self.op_mask.get(modality)
+        if op is None or mask is None:
+            return [op] * n
+        fallback = self.fallback_ops[modality]
+        return [op if ran else fallback for ran in mask.tolist()]
