@@ -40,7 +40,7 @@ def wide_resnet_blocks(depth: int) -> int:
 def default_width(kind: str, image_encoder: str = "cnn") -> int:
     """``width`` when a spec leaves it out: 64 for PreAct ResNet-18 (the paper's), 16
     for the image-only SmallCNN (on small images a wider one memorises noisy labels
-    through mixup; README "Why these defaults"), 32 for the multimodal towers."""
+    through mixup; docs/training.md "Why these defaults"), 32 for the multimodal towers."""
     family = image_family(kind, image_encoder)
     if family == "preact_resnet18":
         return 64

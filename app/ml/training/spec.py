@@ -49,7 +49,7 @@ class EarlyStopping:
 
 @dataclass(frozen=True)
 class TrainSpec:
-    """The training recipe; ``README.md`` explains why the defaults are these.
+    """The training recipe; ``docs/training.md`` explains why the defaults are these.
 
     ``lr`` is the peak learning rate, reached after ``warmup_epochs`` (default:
     5 % of the run) linearly from ``lr / warm-up steps``; ``schedule`` then
