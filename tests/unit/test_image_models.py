@@ -358,3 +358,15 @@ def test_parameter_limit_counts_every_kind(kind):
     assert model_parameters(request, summary) == count
     if kind == "preact_resnet18":
         assert count == 11_171_146
+
+
+def test_a_plain_library_state_dict_loads_under_the_wrapper():
+    from app.ml.models.weights import best_match, load_matching
+
+    model = build_model(ModelSpec(kind="torchvision", name="resnet18"), (3, 32, 32), 10)
+    plain = {k.removeprefix("net."): v.clone() + 1 for k, v in model.state_dict().items()}
+    prefix, match = best_match(model.state_dict(), plain)
+    assert prefix == "net." and match.complete
+    assert load_matching(model, plain).complete
+    assert all(torch.equal(v, plain[k.removeprefix("net.")])
+               for k, v in model.state_dict().items())

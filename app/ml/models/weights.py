@@ -67,14 +67,30 @@ def match_state(model_state: Mapping[str, Any], tensors: Mapping[str, Any],
                        sorted(k[len(prefix):] for k in given.keys() - model.keys()))
 
 
+# where a file's names may sit in a model's state: as they are, or under the
+# torchvision/timm wrapper (``ZooModel.net``), so a plain library state dict loads
+PREFIXES = ("", "net.")
+
+
+def best_match(model_state: Mapping[str, Any], tensors: Mapping[str, Any],
+               prefixes: tuple[str, ...] = PREFIXES) -> tuple[str, WeightMatch]:
+    """The prefix (of ``prefixes``) under which most of ``tensors`` fit, and that match."""
+    matches = [(p, match_state(model_state, tensors, p)) for p in prefixes]
+    return max(matches, key=lambda pm: len(pm[1].loaded))
+
+
 @torch.no_grad()
 def load_matching(model: nn.Module, tensors: Mapping[str, torch.Tensor],
-                  prefix: str = "") -> WeightMatch:
+                  prefix: str | None = None) -> WeightMatch:
     """Copy into ``model`` the tensors of ``tensors`` whose name (``prefix`` + name)
     and shape match a parameter or buffer of its state, cast to that tensor's
-    dtype and device; leave the rest as they are and return the match."""
+    dtype and device; leave the rest as they are and return the match. Without a
+    ``prefix``, the one of ``PREFIXES`` under which most tensors fit."""
     state = model.state_dict(keep_vars=True)
-    match = match_state(state, tensors, prefix)
+    if prefix is None:
+        prefix, match = best_match(state, tensors)
+    else:
+        match = match_state(state, tensors, prefix)
     for name in match.loaded:
         target = state[name]
         target.data.copy_(tensors[name[len(prefix):]].to(dtype=target.dtype))
@@ -82,7 +98,7 @@ def load_matching(model: nn.Module, tensors: Mapping[str, torch.Tensor],
 
 
 def load_matching_file(model: nn.Module, path: str | os.PathLike[str],
-                       prefix: str = "") -> WeightMatch:
+                       prefix: str | None = None) -> WeightMatch:
     """``load_matching`` from safetensors file ``path``, on the CPU."""
     from safetensors.torch import load_file
 
