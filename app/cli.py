@@ -1,21 +1,39 @@
-"""The ``mixlab`` command line."""
+"""The ``mixlab`` command line.
 
+Exit codes of the service commands (migrate, api, worker, up, demo): 0 ok; 1 a
+demo run did not succeed; 2 the options do not fit, the port is taken, or the
+database cannot be used.
+"""
+
+import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+from rich.markup import escape
 
 from app.cli_admin import admin_app
+from app.cli_client import App, make_console
 from app.cli_client import register as register_client_commands
 
-cli = typer.Typer(help="mixlab: train models with mixup-style augmentation.",
-                  no_args_is_help=True, add_completion=False)
-console = Console(stderr=True)
+cli = App(help="mixlab: train models with mixup-style augmentation.",
+          no_args_is_help=True, add_completion=False)
+console = make_console(stderr=True)
+
+DataDir = Annotated[Path | None, typer.Option(
+    show_default=False,
+    help="Embedded state folder (SQLite, broker, artifacts), when MIXLAB_DATABASE_URL is "
+         "unset. Default: MIXLAB_DATA_DIR, else ./.mixlab.")]
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    console.print(f"[red]error: {escape(message)}[/]", soft_wrap=True)
+    return typer.Exit(code)
 
 
 def _die_with_parent() -> None:
@@ -45,13 +63,67 @@ def worker_command(queue: str | None = None, concurrency: int = 1,
             "--loglevel", loglevel, "--without-gossip", "--without-mingle"]
 
 
-@cli.command()
-def migrate(revision: str = "head") -> None:
-    """Apply database migrations (Alembic) up to REVISION."""
-    from app.db.migrate import upgrade
+def port_problem(host: str, port: int) -> str | None:
+    """Why the API could not listen on host:port (None: it can), found by binding a
+    socket there as uvicorn will (SO_REUSEADDR) and closing it at once."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"cannot listen on {host}:{port}: the host does not resolve ({exc.strerror})"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return (f"cannot listen on {host}:{port}: {exc.strerror or exc} (is another "
+                    "mixlab or another server on it? choose a free port with --port)")
+    return None
 
-    upgrade(revision=revision)
-    console.print(f"[green]database migrated to {revision}[/]")
+
+def _database_problem(exc: Exception) -> str:
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return f"cannot use the database ({type(exc).__name__}: {first})"
+
+
+def _revision(rev: str | None, head: str) -> str:
+    if rev is None:
+        return "base (empty)"
+    return f"{rev} (head)" if rev == head else rev
+
+
+@cli.command()
+def migrate(revision: Annotated[str, typer.Option(
+                help="Where to take the schema: head (the newest), base (empty), or a "
+                     "revision such as 0003. One older than the database's downgrades.")]
+            = "head",
+            data_dir: DataDir = None) -> None:
+    """Upgrade or downgrade the database schema to a revision (Alembic).
+
+    A revision newer than the database's is reached by Alembic's upgrade, an older
+    one by its downgrade (what the dropped tables and columns held is lost). The
+    command says which way it went; an unknown revision is refused (exit 2).
+    """
+    _data_dir_option(data_dir)
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from app.db.migrate import UnknownRevision, migrate_to
+
+    try:
+        done = migrate_to(revision)
+    except UnknownRevision as exc:
+        raise _fail(str(exc)) from None
+    except SQLAlchemyError as exc:
+        raise _fail(_database_problem(exc)) from None
+    before, after = _revision(done.before, done.head), _revision(done.after, done.head)
+    if done.direction == "unchanged":
+        console.print(f"database already at {after}: nothing to do")
+    elif done.direction == "upgraded":
+        console.print(f"[green]database upgraded from {before} to {after}[/]")
+    else:
+        console.print(f"[yellow]database downgraded from {before} to {after}[/] (mixlab "
+                      "migrate upgrades it to head again)")
 
 
 @cli.command()
@@ -59,6 +131,9 @@ def api(host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve the REST API (no worker)."""
     import uvicorn
 
+    problem = port_problem(host, port)
+    if problem:
+        raise _fail(problem)
     uvicorn.run("app.api.main:app", host=host, port=port, log_level="info")
 
 
@@ -68,36 +143,62 @@ def worker(queue: Annotated[str | None, typer.Option(
                     "MIXLAB_INGEST_QUEUE, i.e. training runs and dataset preparation).")
            ] = None,
            concurrency: int = 1) -> None:
-    """Run a worker: training runs (one process per GPU, one run at a time) and
-    dataset preparation jobs. In production give preparation its own CPU workers:
-    ``mixlab worker --queue ingest`` (and ``--queue gpu`` on the GPU ones)."""
+    """Run a worker: training runs and dataset preparation jobs.
+
+    One process per GPU, one run at a time. In production give preparation its own
+    CPU workers: mixlab worker --queue ingest (and --queue gpu on the GPU ones).
+    """
     os.execv(sys.executable, worker_command(queue, concurrency))
+
+
+class _AlreadySaid(logging.Filter):
+    """Drops one log message that the command has printed itself."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__()
+        self.message = message
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != self.message
 
 
 @cli.command()
 def up(host: str = "127.0.0.1", port: int = 8000,
-       data_dir: Annotated[Path | None, typer.Option(help="Embedded state folder.")] = None,
+       data_dir: DataDir = None,
        concurrency: Annotated[int, typer.Option(
            min=1, max=64, help="Runs the worker trains side by side.")] = 1,
        ) -> None:
-    """Start the API and one worker. With no MIXLAB_DATABASE_URL / MIXLAB_BROKER_URL,
-    everything is embedded: SQLite, a filesystem broker and local artifacts."""
+    """Start the API and one worker.
+
+    With no MIXLAB_DATABASE_URL / MIXLAB_BROKER_URL, everything is embedded: SQLite,
+    a filesystem broker and local artifacts. A port in use is refused (exit 2)
+    before anything starts.
+    """
     _data_dir_option(data_dir)
     import uvicorn
+    from sqlalchemy.exc import SQLAlchemyError
 
     from app.db.migrate import upgrade
     from app.settings import get_settings
 
+    problem = port_problem(host, port)
+    if problem:
+        raise _fail(problem)
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade()
+    try:
+        upgrade()
+    except SQLAlchemyError as exc:
+        raise _fail(f"{_database_problem(exc)}; is it up?") from None
     mode = "embedded" if settings.is_embedded else "external services"
     console.print(f"[bold]mixlab[/] ({mode}) data in {settings.data_dir.resolve()}; "
-                  f"API on http://{host}:{port}  (docs at /docs)")
+                  f"API on http://{host}:{port}  (docs at /docs)", soft_wrap=True)
     if not settings.auth_enabled:
         from app.api.access import AUTH_OFF_WARNING
 
-        console.print(f"[bold yellow]WARNING: {AUTH_OFF_WARNING}[/]")
+        console.print(f"[bold yellow]WARNING: {AUTH_OFF_WARNING}[/]", soft_wrap=True)
+        # the API logs it too when it starts: once is enough
+        logging.getLogger("mixlab.access").addFilter(_AlreadySaid(AUTH_OFF_WARNING))
     log = (settings.data_dir / "worker.log").open("ab")
     worker_proc = subprocess.Popen(worker_command(concurrency=concurrency), stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True,
@@ -127,12 +228,18 @@ def stop_process_group(proc: subprocess.Popen[bytes], grace_s: float) -> None:
 
 
 @cli.command()
-def demo(epochs: int = 100, noise: float = 0.4,
+def demo(epochs: Annotated[int, typer.Option(min=1, help="Epochs of each run.")] = 100,
+         noise: Annotated[float, typer.Option(
+             min=0.0, max=0.9, help="Share of training labels flipped.")] = 0.4,
          output: Annotated[Path, typer.Option(help="Where the preview PNGs go.")] = Path(
              "demo-output"),
-         port: int = 8765) -> None:
-    """Start the embedded stack, train ERM and mixup on noisy digits side by side,
-    print test accuracy and calibration, save previews, stop everything."""
+         port: Annotated[int, typer.Option(help="Port of the demo's API.")] = 8765) -> None:
+    """Train ERM and mixup on noisy digits, side by side, on the embedded stack.
+
+    Starts the stack, prints test accuracy and calibration, saves previews and stops
+    everything. Its state goes to MIXLAB_DATA_DIR/demo when MIXLAB_DATA_DIR is set,
+    else to ./.mixlab-demo; the demo empties that folder only if it made it.
+    """
     from app.demo import run_demo
 
     raise typer.Exit(run_demo(epochs=epochs, noise=noise, output=output, port=port))

@@ -6,11 +6,12 @@ which wants a key); afterwards a write key manages its project's keys through
 the embedded SQLite file under ``--data-dir``), migrated (``mixlab migrate``).
 
 Exit codes: 0 ok; 1 refused (a name taken, an unknown project or key, a bad
-limit); 2 the database cannot be used.
+limit); 2 the database cannot be used, or the options do not fit (a key id
+prefix that matches several keys among them).
 """
 
 import os
-import sys
+import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,23 +21,26 @@ from typing import Annotated
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-# piped output gets wide tables, so ids are never folded
-out = Console(width=160 if not sys.stdout.isatty() and "COLUMNS" not in os.environ else None)
-err = Console(stderr=True)
+from app.cli_client import App, make_console
 
-admin_app = typer.Typer(help="Projects and API keys, in the database itself (bootstraps the "
-                             "first key of a project).", no_args_is_help=True)
+# piped output gets wide tables, so ids are never folded
+out = make_console()
+err = make_console(stderr=True)
+
+admin_app = App(help="Projects and API keys, in the database itself (bootstraps the first key "
+                     "of a project).\n\nThese act on the configured database "
+                     "(MIXLAB_DATABASE_URL, or the embedded SQLite file under --data-dir), "
+                     "migrated (mixlab migrate).", no_args_is_help=True)
 
 LimitOption = Annotated[list[str] | None, typer.Option(
-    "--limit", help="A per-project limit NAME=VALUE (repeatable): running_runs, queued_runs, "
-                    "dataset_bytes, epoch_samples, model_parameters. VALUE 'default' drops "
-                    "an override.")]
+    "--limit", metavar="NAME=VALUE",
+    help="A per-project limit (repeatable): running_runs, queued_runs, dataset_bytes, "
+         "epoch_samples, model_parameters. VALUE 'default' drops an override.")]
 
 
 @admin_app.callback()
@@ -174,16 +178,41 @@ def _when(stamp: datetime | None) -> str:
     return stamp.strftime("%Y-%m-%d %H:%M:%S") if stamp is not None else "-"
 
 
+def _find_key(session: Session, text: str) -> uuid.UUID:
+    """A key's id from its id, a unique start of it, or its prefix (mxl_…)."""
+    from app.cli_client import match_id
+    from app.db.models import Project
+    from app.services import auth
+
+    typed = text.strip().lower()
+    try:
+        return uuid.UUID(typed)
+    except ValueError:
+        pass
+    names = {p.id: p.name for p in session.query(Project)}
+    keys = [{"id": str(k.id), "prefix": k.prefix, "name": k.name,
+             "project": names.get(k.project_id, "?"), "revoked": k.revoked_at is not None}
+            for k in auth.list_keys(session)]
+    by_prefix = typed.startswith("mxl_")
+    if not by_prefix and (not re.fullmatch(r"[0-9a-f-]+", typed)
+                          or not typed.replace("-", "")):
+        raise _fail(f"{text!r} is not a key id (hexadecimal, e.g. the first 8 characters) "
+                    "nor a key prefix (mxl_…)", code=2)
+    return uuid.UUID(match_id(
+        typed, keys, "key",
+        lambda k: f"{k['prefix']}… {k['name']} of project {k['project']}"
+                  + (" (revoked)" if k["revoked"] else ""), "mixlab admin list-keys",
+        field="prefix" if by_prefix else "id"))
+
+
 @admin_app.command("revoke-key")
-def revoke_key(key_id: Annotated[str, typer.Argument(help="The key's id (mixlab admin "
-                                                          "list-keys).")]) -> None:
+def revoke_key(key: Annotated[str, typer.Argument(
+        metavar="KEY", show_default=False,
+        help="The key's id, a unique start of it, or the key's prefix (mxl_…), as mixlab "
+             "admin list-keys shows them.")]) -> None:
     """Revoke an API key: its next request is refused (401)."""
     from app.services import auth
 
-    try:
-        parsed = uuid.UUID(key_id)
-    except ValueError:
-        raise _fail(f"{key_id!r} is not a key id (a UUID)", code=2) from None
     with _session() as session:
-        key = auth.revoke_key(session, parsed)
-        out.print(f"revoked key {key.id} ({key.prefix}…)")
+        found = auth.revoke_key(session, _find_key(session, key))
+        out.print(f"revoked key {found.id} ({found.prefix}…)")

@@ -1,19 +1,24 @@
 """The ``mixlab`` commands that talk to a running API: datasets, preview,
 experiments and runs. Each takes ``--url`` (env ``MIXLAB_URL``) and ``--api-key``
 (env ``MIXLAB_API_KEY``), and most take ``--json`` for the raw reply instead of
-a table.
+a table. Wherever an id is typed, a unique start of it will do (the tables print
+the first 8 characters): it is resolved through the list endpoints.
 
-Exit codes: 0 ok; 1 the API refused (``error: <status> <detail>``), a watched
-run did not succeed, or a dataset failed to prepare; 2 the API could not be
-reached (or the options do not fit); 130 interrupted.
+Exit codes: 0 ok; 1 the API refused (``error: <status> <detail>``), an id
+matches nothing, a watched run did not succeed, or a dataset failed to prepare;
+2 the API could not be reached, or the options do not fit (an ambiguous id
+prefix among them); 130 interrupted.
 """
 
+import inspect
 import json
 import os
+import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,23 +28,78 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer.core import TyperCommand, TyperGroup
 
 from app.client import TERMINAL, MixlabClient, MixlabError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 POLL_S = 0.5
+# the width of tables when stdout is not a terminal and COLUMNS is unset (rich's
+# default there is 80, which folds tables into an unreadable grid)
+PIPED_WIDTH = 160
 
 
-
-def _console(stderr: bool) -> Console:
-    """Piped output gets wide tables and lines, so ids are never folded."""
+def make_console(stderr: bool = False) -> Console:
+    """A console as wide as COLUMNS, else the terminal; when the stream is not a
+    terminal and COLUMNS is unset, PIPED_WIDTH, so ids and tables are not folded."""
     stream = sys.stderr if stderr else sys.stdout
     wide = not stream.isatty() and "COLUMNS" not in os.environ
-    return Console(stderr=stderr, width=160 if wide else None)
+    return Console(stderr=stderr, width=PIPED_WIDTH if wide else None)
 
 
-out = _console(stderr=False)
-err = _console(stderr=True)
+out = make_console(stderr=False)
+err = make_console(stderr=True)
+
+
+# ── help texts ────────────────────────────────────────────────────────────────
+
+def plain_help(text: str | None) -> str | None:
+    """A docstring as help: each paragraph (blank-line separated) on one line, so
+    the terminal wraps it, never the source's line breaks."""
+    if not text:
+        return text
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(p if p.startswith("\b") else " ".join(p.split())
+                       for p in paragraphs)
+
+
+def _untyped_flags(params: list[Any]) -> list[Any]:
+    """Flags (``--json``, ``--wait/--no-wait``, ``--help``) take no value: show no
+    type for them (typer would print ``<bool>``)."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class HelpCommand(TyperCommand):
+    def __init__(self, *args: Any, help: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, help=plain_help(help), **kwargs)
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _untyped_flags(super().get_params(ctx))
+
+
+class HelpGroup(TyperGroup):
+    def __init__(self, *args: Any, help: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, help=plain_help(help), **kwargs)
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _untyped_flags(super().get_params(ctx))
+
+
+class App(typer.Typer):
+    """typer.Typer whose commands and groups show plain help (see HelpCommand)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("cls", HelpGroup)
+        kwargs.setdefault("rich_markup_mode", "rich")
+        super().__init__(**kwargs)
+
+    def command(self, name: str | None = None, **kwargs: Any) -> Any:  # type: ignore[override]
+        kwargs.setdefault("cls", HelpCommand)
+        return super().command(name, **kwargs)
+
 
 Url = Annotated[str, typer.Option("--url", envvar="MIXLAB_URL", show_envvar=True,
                                   help="Base URL of the mixlab API.")]
@@ -50,11 +110,20 @@ ApiKey = Annotated[str | None, typer.Option(
 AsJson = Annotated[bool, typer.Option("--json", help="Print the raw JSON reply.")]
 Limit = Annotated[int, typer.Option(min=1, max=500, help="Page size.")]
 Offset = Annotated[int, typer.Option(min=0, help="Items to skip.")]
+RunArg = Annotated[str, typer.Argument(
+    metavar="RUN", show_default=False,
+    help="A run's id, or a unique start of it (e.g. the 8 characters tables print).")]
+ExperimentArg = Annotated[str, typer.Argument(
+    metavar="EXPERIMENT", show_default=False,
+    help="An experiment's id, or a unique start of it.")]
+DatasetArg = Annotated[str, typer.Argument(
+    metavar="DATASET", show_default=False, help="A dataset's id, or a unique start of it.")]
 
-datasets_app = typer.Typer(help="Register, list, describe and delete datasets.",
-                           no_args_is_help=True)
-experiments_app = typer.Typer(help="Submit and inspect experiments.", no_args_is_help=True)
-runs_app = typer.Typer(help="Follow, cancel and read runs.", no_args_is_help=True)
+datasets_app = App(help="Register, list, describe and delete datasets.", no_args_is_help=True)
+experiments_app = App(help="Submit, list, inspect and delete experiments.",
+                      no_args_is_help=True)
+runs_app = App(help="List, follow, cancel and read runs: metrics, evaluation, checkpoint.",
+               no_args_is_help=True)
 
 
 def register(cli: typer.Typer) -> None:
@@ -151,6 +220,116 @@ def kv_table(rows: dict[str, Any], title: str | None = None) -> Table:
     return t
 
 
+def column_width(header: str, cells: Iterable[str]) -> int:
+    """Characters a table column takes: its widest cell, padding and a border."""
+    return max([len(header), *(len(c) for c in cells)]) + 3
+
+
+def fitted_tables(title: str, fixed: list[tuple[str, list[str]]],
+                  columns: list[tuple[str, list[str]]], width: int) -> list[Table]:
+    """One table of the ``fixed`` columns (row labels, repeated) and ``columns``;
+    several when they do not fit in ``width`` characters, each with as many of
+    ``columns`` as fit, so that no header or cell is ever cut."""
+    room = width - 1 - sum(column_width(h, c) for h, c in fixed)
+    chunks: list[list[tuple[str, list[str]]]] = [[]]
+    used = 0
+    for header, cells in columns:
+        need = column_width(header, cells)
+        if chunks[-1] and used + need > room:
+            chunks.append([])
+            used = 0
+        chunks[-1].append((header, cells))
+        used += need
+    tables = []
+    for i, chunk in enumerate(chunks):
+        part = f" ({i + 1}/{len(chunks)})" if len(chunks) > 1 else ""
+        # at least as wide as the title, which would wrap otherwise
+        t = Table(title=f"{title}{part}", min_width=min(len(title) + len(part), width))
+        for header, _ in fixed:
+            t.add_column(header, no_wrap=True)
+        for header, _ in chunk:
+            t.add_column(header, no_wrap=True, justify="right")
+        rows = len(fixed[0][1]) if fixed else len(chunk[0][1]) if chunk else 0
+        for r in range(rows):
+            t.add_row(*(escape(c[r]) for _, c in fixed), *(escape(c[r]) for _, c in chunk))
+        tables.append(t)
+    return tables
+
+
+# ── ids: a unique start of one will do ────────────────────────────────────────
+
+FULL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+MAX_CANDIDATES = 10
+
+
+def every_item(list_page: Callable[[int, int], dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Every item of a paged list endpoint (``list_page(limit, offset)``)."""
+    offset = 0
+    while True:
+        page = list_page(500, offset)
+        yield from page["items"]
+        offset += len(page["items"])
+        if not page["items"] or offset >= page["total"]:
+            return
+
+
+def match_id(text: str, items: Iterable[dict[str, Any]], noun: str,
+             describe: Callable[[dict[str, Any]], str], lister: str,
+             field: str = "id") -> str:
+    """The id of the one item whose ``field`` (its id) starts with ``text`` (dashes
+    and case aside). Exit 1 when none does, 2 (listing them) when several do."""
+    prefix = text.strip().lower().replace("-", "")
+    candidates = [item for item in items
+                  if str(item[field]).lower().replace("-", "").startswith(prefix)]
+    if len(candidates) == 1:
+        return str(candidates[0]["id"])
+    if not candidates:
+        raise fail(f"no {noun} {'id' if field == 'id' else field} starts with {text!r} "
+                   f"({lister} lists them)")
+    err.print(f"[red]error: {escape(repr(text))} is ambiguous: it starts {len(candidates)} "
+              f"{noun}s' {'ids' if field == 'id' else field + 'es'}; give more of it:[/]",
+              soft_wrap=True)
+    for item in candidates[:MAX_CANDIDATES]:
+        err.print(f"  {item['id']}  {escape(describe(item))}", soft_wrap=True, highlight=False)
+    if len(candidates) > MAX_CANDIDATES:
+        err.print(f"  … and {len(candidates) - MAX_CANDIDATES} more")
+    raise typer.Exit(2)
+
+
+def resolve_id(text: str, noun: str, list_page: Callable[[int, int], dict[str, Any]],
+               describe: Callable[[dict[str, Any]], str], lister: str) -> str:
+    """A full id as it is (the API answers 404 for an unknown one); a start of one
+    resolved through the list endpoint."""
+    typed = text.strip().lower()
+    if FULL_ID.fullmatch(typed):
+        return typed
+    if not re.fullmatch(r"[0-9a-f-]+", typed) or not typed.replace("-", ""):
+        article = "an" if noun[0] in "aeiou" else "a"
+        raise fail(f"{text!r} is not {article} {noun} id: ids are hexadecimal (e.g. "
+                   "6adc50ba, or the whole id)", code=2)
+    return match_id(typed, every_item(list_page), noun, describe, lister)
+
+
+def resolve_run(mx: MixlabClient, text: str) -> str:
+    return resolve_id(
+        text, "run", lambda limit, offset: mx.list_runs(limit=limit, offset=offset),
+        lambda r: f"{r['status']}, experiment {r['experiment_id'][:8]}, created "
+                  f"{when(r['created_at'])}", "mixlab runs list")
+
+
+def resolve_experiment(mx: MixlabClient, text: str) -> str:
+    return resolve_id(
+        text, "experiment",
+        lambda limit, offset: mx.list_experiments(limit=limit, offset=offset),
+        lambda e: f"{e['name']}, created {when(e['created_at'])}", "mixlab experiments list")
+
+
+def resolve_dataset(mx: MixlabClient, text: str) -> str:
+    return resolve_id(
+        text, "dataset", lambda limit, offset: mx.list_datasets(limit=limit, offset=offset),
+        lambda d: f"{d['name']}, {d['status']}", "mixlab datasets list")
+
+
 # ── datasets ──────────────────────────────────────────────────────────────────
 
 def _splits(sizes: dict[str, int] | None) -> str:
@@ -236,9 +415,8 @@ SpecOption = Annotated[str | None, typer.Option(
 
 
 @datasets_app.command("list")
-def datasets_list(url: Url = DEFAULT_URL,
-                  api_key: ApiKey = None, as_json: AsJson = False, limit: Limit = 50,
-                  offset: Offset = 0) -> None:
+def datasets_list(url: Url = DEFAULT_URL, api_key: ApiKey = None, as_json: AsJson = False,
+                  limit: Limit = 50, offset: Offset = 0) -> None:
     """List datasets, newest first."""
     with connect(url, api_key) as mx:
         page = mx.list_datasets(limit=limit, offset=offset)
@@ -256,11 +434,11 @@ def datasets_list(url: Url = DEFAULT_URL,
 
 
 @datasets_app.command("show")
-def datasets_show(dataset_id: str, url: Url = DEFAULT_URL,
+def datasets_show(dataset: DatasetArg, url: Url = DEFAULT_URL,
                   api_key: ApiKey = None, as_json: AsJson = False) -> None:
     """Describe a dataset: status, then (once ready) modalities, classes, split sizes."""
     with connect(url, api_key) as mx:
-        ds = mx.get_dataset(dataset_id)
+        ds = mx.get_dataset(resolve_dataset(mx, dataset))
     if as_json:
         return print_json(ds)
     rows: dict[str, Any] = {"id": ds["id"], "name": ds["name"], "status": _status(ds),
@@ -326,15 +504,18 @@ def datasets_create(
         uri: Annotated[str | None, typer.Option(
             help="Let the server read file:///… (under its import roots) or s3://…")] = None,
         option: Annotated[list[str] | None, typer.Option(
-            "--option", "-o", help="Built-in option KEY=VALUE (repeatable), e.g. "
-                                   "label_noise=0.4.")] = None,
+            "--option", "-o", metavar="KEY=VALUE",
+            help="Built-in option (repeatable), e.g. label_noise=0.4.")] = None,
         spec: SpecOption = None,
         name: Annotated[str | None, typer.Option(help="Defaults to the source's name.")]
         = None,
         wait: Wait = True, url: Url = DEFAULT_URL,
         api_key: ApiKey = None, as_json: AsJson = False) -> None:
-    """Register a dataset from exactly one of --builtin, --file or --uri; it is prepared
-    by a worker, and --wait (the default) follows it until ready."""
+    """Register a dataset from a built-in, a file or a URI.
+
+    Give exactly one of --builtin, --file or --uri. A worker prepares the dataset;
+    --wait (the default) follows it until it is ready.
+    """
     if sum(x is not None for x in (builtin, file, uri)) != 1:
         raise fail("give exactly one of --builtin, --file or --uri", code=2)
     if option and builtin is None:
@@ -357,18 +538,35 @@ def datasets_create(
 @datasets_app.command("add-builtin")
 def datasets_add_builtin(
         builtin: Annotated[str, typer.Argument(
+            metavar="BUILTIN",
             help="Built-in dataset: digits, fashion-mnist, avmnist, synthetic.")] = "digits",
-        label_noise: Annotated[float, typer.Option(help="Share of training labels flipped.")]
-        = 0.0,
-        seed: Annotated[int, typer.Option(help="Seed of the label noise.")] = 0,
+        label_noise: Annotated[float | None, typer.Option(
+            show_default=False,
+            help="Share of training labels flipped (digits, fashion-mnist, avmnist; "
+                 "default 0).")] = None,
+        seed: Annotated[int | None, typer.Option(
+            show_default=False,
+            help="Seed of the built-in's randomness: its label noise, or the synthetic "
+                 "data (default 0).")] = None,
+        option: Annotated[list[str] | None, typer.Option(
+            "--option", "-o", metavar="KEY=VALUE",
+            help="Any other option of the built-in (repeatable), e.g. num_samples=400 for "
+                 "synthetic; VALUE is read as JSON when it parses.")] = None,
         name: Annotated[str | None, typer.Option(help="Defaults to the built-in's name.")]
         = None,
         wait: Wait = True, url: Url = DEFAULT_URL,
         api_key: ApiKey = None, as_json: AsJson = False) -> None:
-    """Register a built-in dataset, optionally with label noise (other options:
-    mixlab datasets create --builtin NAME -o KEY=VALUE)."""
+    """Register a built-in dataset, optionally with label noise.
+
+    Only the options given are sent; the built-in's defaults fill in the rest.
+    """
+    options = _options(option or [])
+    if label_noise is not None:
+        options["label_noise"] = label_noise
+    if seed is not None:
+        options["seed"] = seed
     with connect(url, api_key) as mx:
-        ds = mx.create_builtin_dataset(builtin, name=name, label_noise=label_noise, seed=seed)
+        ds = mx.create_builtin_dataset(builtin, name=name, **options)
         _created(mx, ds, wait, as_json, "registered")
 
 
@@ -391,9 +589,11 @@ def datasets_upload(
 
 
 @datasets_app.command("delete")
-def datasets_delete(dataset_id: str, url: Url = DEFAULT_URL, api_key: ApiKey = None) -> None:
+def datasets_delete(dataset: DatasetArg, url: Url = DEFAULT_URL,
+                    api_key: ApiKey = None) -> None:
     """Delete a dataset no experiment uses (one still preparing is cancelled)."""
     with connect(url, api_key) as mx:
+        dataset_id = resolve_dataset(mx, dataset)
         mx.delete_dataset(dataset_id)
     out.print(f"deleted dataset {dataset_id}")
 
@@ -401,7 +601,7 @@ def datasets_delete(dataset_id: str, url: Url = DEFAULT_URL, api_key: ApiKey = N
 # ── preview ───────────────────────────────────────────────────────────────────
 
 def preview(
-        dataset_id: str,
+        dataset: DatasetArg,
         method: Annotated[str, typer.Option(
             help="none, mixup, cutmix, mixup_cutmix, cross_modal, manifold_mixup, mixgen.")
         ] = "mixup",
@@ -421,8 +621,9 @@ def preview(
     """Mix N samples of a dataset (seeded), save the PNG grid and show λ and labels."""
     extra = _json_object(spec, "--spec") if spec else {}
     with connect(url, api_key) as mx:
-        result = mx.preview(dataset_id, **{"method": method, "alpha": alpha, "seed": seed,
-                                           "n": n, "split": split, **extra})
+        result = mx.preview(resolve_dataset(mx, dataset),
+                            **{"method": method, "alpha": alpha, "seed": seed, "n": n,
+                               "split": split, **extra})
         urls = result.get("image_urls") or {}
         if modality is not None and modality not in urls:
             raise fail(f"--modality: the dataset has {', '.join(urls) or 'no'} modalities")
@@ -475,14 +676,17 @@ def _label_text(value: str | list[str] | None) -> str:
 
 
 def predict(
-        run_id: Annotated[str, typer.Argument(help="A succeeded run (its full id).")],
+        run: Annotated[str, typer.Argument(
+            metavar="RUN", show_default=False,
+            help="A succeeded run: its id, or a unique start of it.")],
         file: Annotated[Path | None, typer.Argument(
             exists=True, dir_okay=False, readable=True, show_default=False,
             help="Samples to predict: .npz, .parquet, .zip, .tar.gz / .tgz (labels "
                  "optional). Or --dataset.")] = None,
         dataset: Annotated[str | None, typer.Option(
-            "--dataset", help="Predict rows of this dataset's split instead of a file.")]
-        = None,
+            "--dataset", metavar="DATASET",
+            help="Predict rows of this dataset's split instead of a file (an id, or a "
+                 "unique start of one).")] = None,
         split: Annotated[str, typer.Option(help="train, val or test (with --dataset).")]
         = "test",
         indices: Annotated[str | None, typer.Option(
@@ -491,8 +695,10 @@ def predict(
         show: Annotated[int, typer.Option(
             min=0, help="Rows shown in the table (0: all); --json gives every row.")] = 20,
         url: Url = DEFAULT_URL, api_key: ApiKey = None, as_json: AsJson = False) -> None:
-    """Predict with a succeeded run's model on a file or a dataset's split: a table of
-    predictions and, where the samples have labels, the accuracy."""
+    """Predict with a succeeded run's model on a file or a dataset's split.
+
+    Prints a table of predictions and, where the samples have labels, the accuracy.
+    """
     if (file is None) == (dataset is None):
         raise fail("give exactly one of FILE or --dataset", code=2)
     if file is not None and indices is not None:
@@ -502,15 +708,19 @@ def predict(
     rows = _indices_argument(indices)
     body_spec = _spec_argument(spec)
     with connect(url, api_key) as mx:
+        run_id = resolve_run(mx, run)
         if file is not None:
             with err.status(f"uploading {file.name} ({file.stat().st_size:,} bytes)…"):
                 result = mx.predict(run_id, file=file, spec=body_spec)
         else:
+            assert dataset is not None
+            dataset = resolve_dataset(mx, dataset)
             with err.status("predicting…"):
                 result = mx.predict(run_id, dataset_id=dataset, split=split, indices=rows)
     if as_json:
         return print_json(result)
-    source = escape(file.name) if file is not None else f"{split} split of {dataset[:8]}"
+    source = (escape(file.name) if file is not None
+              else f"{split} split of {(dataset or '')[:8]}")
     items = result["predictions"]
     shown = items if show == 0 else items[:show]
     t = table("index", "predicted", "top probability", "label", "",
@@ -573,20 +783,20 @@ def watch_runs(mx: MixlabClient, run_ids: list[str],
     return final
 
 
-def metrics_table(runs: list[dict[str, Any]]) -> Table:
-    """Latest metrics: one row per key, one column per run."""
-    t = table("metric", *(r["id"][:8] for r in runs), title="final metrics")
+def metrics_tables(runs: list[dict[str, Any]]) -> list[Table]:
+    """Latest metrics: one row per key, one column per run (split in several tables
+    when the runs do not fit side by side)."""
     keys = sorted({k for r in runs for k in r["metrics"]})
-    for key in keys:
-        t.add_row(key, *(number(r["metrics"][key]) if key in r["metrics"] else "-"
-                         for r in runs))
-    return t
+    return fitted_tables("final metrics", [("metric", keys)],
+                         [(r["id"][:8], [number(r["metrics"][k]) if k in r["metrics"] else "-"
+                                         for k in keys]) for r in runs], out.width)
 
 
 def report_outcome(runs: list[dict[str, Any]]) -> int:
     """Print the final metrics and any errors; 0 when every run succeeded."""
     if any(r["metrics"] for r in runs):
-        out.print(metrics_table(runs))
+        for t in metrics_tables(runs):
+            out.print(t)
     for r in runs:
         if r["status"] != "succeeded":
             reason = f": {r['error']}" if r["error"] else ""
@@ -619,7 +829,7 @@ def _read_spec(spec: typer.FileText) -> dict[str, Any]:
 @experiments_app.command("submit")
 def experiments_submit(
         spec: Annotated[typer.FileText, typer.Argument(
-            help="Experiment spec (JSON file, or - for stdin).")],
+            metavar="SPEC", help="Experiment spec (JSON file, or - for stdin).")],
         watch: Annotated[bool, typer.Option("--watch", "-w",
                                             help="Follow the runs until they end.")] = False,
         url: Url = DEFAULT_URL, api_key: ApiKey = None, as_json: AsJson = False) -> None:
@@ -648,9 +858,8 @@ def experiments_submit(
 
 
 @experiments_app.command("list")
-def experiments_list(url: Url = DEFAULT_URL,
-                     api_key: ApiKey = None, as_json: AsJson = False, limit: Limit = 50,
-                     offset: Offset = 0) -> None:
+def experiments_list(url: Url = DEFAULT_URL, api_key: ApiKey = None, as_json: AsJson = False,
+                     limit: Limit = 50, offset: Offset = 0) -> None:
     """List experiments, newest first."""
     with connect(url, api_key) as mx:
         page = mx.list_experiments(limit=limit, offset=offset)
@@ -668,11 +877,11 @@ def experiments_list(url: Url = DEFAULT_URL,
 
 
 @experiments_app.command("show")
-def experiments_show(experiment_id: str, url: Url = DEFAULT_URL, api_key: ApiKey = None,
+def experiments_show(experiment: ExperimentArg, url: Url = DEFAULT_URL, api_key: ApiKey = None,
                      as_json: AsJson = False) -> None:
     """Show an experiment: its spec and its runs."""
     with connect(url, api_key) as mx:
-        exp = mx.get_experiment(experiment_id)
+        exp = mx.get_experiment(resolve_experiment(mx, experiment))
         runs = [mx.get_run(str(r["id"])) for r in exp["runs"]]
     if as_json:
         return print_json({**exp, "runs": runs})
@@ -692,99 +901,282 @@ def experiments_show(experiment_id: str, url: Url = DEFAULT_URL, api_key: ApiKey
     out.print(t)
 
 
+@experiments_app.command("delete")
+def experiments_delete(
+        experiment: ExperimentArg,
+        yes: Annotated[bool, typer.Option("--yes", "-y", help="Delete without asking.")]
+        = False,
+        url: Url = DEFAULT_URL, api_key: ApiKey = None) -> None:
+    """Delete an experiment with its runs, their metrics and checkpoints.
+
+    Live runs are cancelled first: a running one stops at its next step. Asks before
+    deleting unless --yes is given (without a terminal to ask on, --yes is needed).
+    """
+    with connect(url, api_key) as mx:
+        experiment_id = resolve_experiment(mx, experiment)
+        exp = mx.get_experiment(experiment_id)
+        runs = exp["runs"]
+        live = [r for r in runs if r["status"] not in TERMINAL]
+        what = (f"experiment {exp['id']} ({exp['name']}) with its {len(runs)} run(s)"
+                + (f", {len(live)} of them live" if live else ""))
+        if not yes:
+            if not sys.stdin.isatty():
+                raise fail(f"not deleting {what} without --yes (no terminal to ask on)",
+                           code=2)
+            if not typer.confirm(f"Delete {what}, their metrics and checkpoints?", err=True):
+                raise fail("not deleted")
+        mx.delete_experiment(experiment_id)
+    out.print(f"deleted {escape(what)}" + ("; the live ones were cancelled" if live else ""))
+
+
 # ── runs ──────────────────────────────────────────────────────────────────────
 
-@runs_app.command("show")
-def runs_show(run_id: str, url: Url = DEFAULT_URL,
-              api_key: ApiKey = None, as_json: AsJson = False) -> None:
-    """Status, progress, latest metrics, worker and error of a run."""
+class StatusFilter(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+@runs_app.command("list")
+def runs_list(
+        status: Annotated[StatusFilter | None, typer.Option(
+            case_sensitive=False, show_default=False, metavar="STATUS",
+            help="Only runs in this state: queued, running, succeeded, failed or cancelled.")]
+        = None,
+        experiment: Annotated[str | None, typer.Option(
+            metavar="EXPERIMENT", show_default=False,
+            help="Only this experiment's runs (an id, or a unique start of one).")] = None,
+        limit: Limit = 50, offset: Offset = 0,
+        url: Url = DEFAULT_URL, api_key: ApiKey = None, as_json: AsJson = False) -> None:
+    """List runs, newest first: status, progress, test accuracy, device."""
     with connect(url, api_key) as mx:
-        run = mx.get_run(run_id)
+        experiment_id = resolve_experiment(mx, experiment) if experiment else None
+        page = mx.list_runs(limit=limit, offset=offset,
+                            status=status.value if status else None,
+                            experiment_id=experiment_id)
     if as_json:
-        return print_json(run)
-    p = run["progress"]
-    rows: dict[str, Any] = {
-        "id": run["id"], "experiment": run["experiment_id"],
-        "status": run["status"] + (" (cancel requested)" if run["cancel_requested"]
-                                   and run["status"] == "running" else ""),
-        "progress": f"step {p['step']}/{p['total_steps']}, epoch {p['epoch']}/{p['epochs']}",
-        "samples/s": f"{p['samples_per_s']:.0f}" if p["samples_per_s"] else "-",
-        "ETA": duration(p["eta_s"]) if run["status"] == "running" else "-",
-        "attempt": run["attempt"],
-        "worker": f"{run['worker']['host'] or '-'} · {run['worker']['device'] or '-'}",
-        "created": when(run["created_at"]), "started": when(run["started_at"]),
-        "finished": when(run["finished_at"]), "checkpoint": run["checkpoint_url"] or "-"}
-    if run["error"]:
-        rows["error"] = run["error"]
-    out.print(kv_table(rows, title=f"run {run['id'][:8]}"))
-    if run["metrics"]:
-        out.print(metrics_table([run]))
-
-
-@runs_app.command("watch")
-def runs_watch(run_id: str, url: Url = DEFAULT_URL,
-               api_key: ApiKey = None, as_json: AsJson = False) -> None:
-    """Follow a run until it ends; exit 1 if it failed or was cancelled."""
-    with connect(url, api_key) as mx:
-        try:
-            run = watch_runs(mx, [run_id])[run_id]
-        except KeyboardInterrupt:
-            raise _stopped_watching([run_id]) from None
-    if as_json:
-        print_json(run)
-        raise typer.Exit(0 if run["status"] == "succeeded" else 1)
-    raise typer.Exit(report_outcome([run]))
-
-
-@runs_app.command("cancel")
-def runs_cancel(run_id: str, url: Url = DEFAULT_URL,
-                api_key: ApiKey = None, as_json: AsJson = False) -> None:
-    """Cancel a run: a queued one at once, a running one within a step or two."""
-    with connect(url, api_key) as mx:
-        run = mx.cancel_run(run_id)
-    if as_json:
-        return print_json(run)
-    if run["status"] == "cancelled":
-        out.print(f"run {run['id']} cancelled")
-    else:
-        out.print(f"run {run['id']} {run['status']}: cancel requested, it stops within a "
-                  f"step or two (mixlab runs watch {run['id']})")
-
-
-@runs_app.command("metrics")
-def runs_metrics(run_id: str,
-                 key: Annotated[str | None, typer.Option(help="One metric, e.g. val_acc.")]
-                 = None,
-                 url: Url = DEFAULT_URL, api_key: ApiKey = None, as_json: AsJson = False) -> None:
-    """Metric history of a run, one row per epoch/step."""
-    with connect(url, api_key) as mx:
-        history = mx.metrics(run_id, key)
-    if as_json:
-        return print_json(history)
-    if not history:
-        err.print(f"no {'metric ' + key if key else 'metrics'} recorded for run {run_id}")
-        return
-    keys = sorted(history)
-    rows: dict[tuple[int, int], dict[str, float]] = {}
-    for k in keys:
-        for point in history[k]:
-            rows.setdefault((point["epoch"], point["step"]), {})[k] = point["value"]
-    t = table("epoch", "step", *keys, title=f"run {run_id[:8]} metrics")
-    for (epoch, step), values in sorted(rows.items()):
-        t.add_row(str(epoch), str(step),
-                  *(number(values[k]) if k in values else "" for k in keys))
+        return print_json(page)
+    filters = ", ".join(f for f in (status.value if status else "",
+                                    f"experiment {experiment_id[:8]}" if experiment_id else "")
+                        if f)
+    t = table("id", "experiment", "status", "epoch", "step", "test_acc", "device", "created",
+              "finished", title=f"runs{f' ({filters})' if filters else ''}: "
+                                f"{len(page['items'])} of {page['total']}")
+    for r in page["items"]:
+        p = r["progress"]
+        acc = r["metrics"].get("test_acc")
+        t.add_row(r["id"], r["experiment_id"][:8], r["status"],
+                  f"{p['epoch']}/{p['epochs']}", f"{p['step']}/{p['total_steps'] or '?'}",
+                  number(acc) if acc is not None else "-", r["worker"]["device"] or "-",
+                  when(r["created_at"]), when(r["finished_at"]))
     out.print(t)
 
 
+@runs_app.command("show")
+def runs_show(run: RunArg, url: Url = DEFAULT_URL,
+              api_key: ApiKey = None, as_json: AsJson = False) -> None:
+    """Status, progress, latest metrics, worker and error of a run."""
+    with connect(url, api_key) as mx:
+        found = mx.get_run(resolve_run(mx, run))
+    if as_json:
+        return print_json(found)
+    p = found["progress"]
+    rows: dict[str, Any] = {
+        "id": found["id"], "experiment": found["experiment_id"],
+        "status": found["status"] + (" (cancel requested)" if found["cancel_requested"]
+                                     and found["status"] == "running" else ""),
+        "progress": f"step {p['step']}/{p['total_steps']}, epoch {p['epoch']}/{p['epochs']}",
+        "samples/s": f"{p['samples_per_s']:.0f}" if p["samples_per_s"] else "-",
+        "ETA": duration(p["eta_s"]) if found["status"] == "running" else "-",
+        "attempt": found["attempt"],
+        "worker": f"{found['worker']['host'] or '-'} · {found['worker']['device'] or '-'}",
+        "created": when(found["created_at"]), "started": when(found["started_at"]),
+        "finished": when(found["finished_at"]), "checkpoint": found["checkpoint_url"] or "-"}
+    if found["error"]:
+        rows["error"] = found["error"]
+    out.print(kv_table(rows, title=f"run {found['id'][:8]}"))
+    if found["metrics"]:
+        for t in metrics_tables([found]):
+            out.print(t)
+
+
+@runs_app.command("watch")
+def runs_watch(run: RunArg, url: Url = DEFAULT_URL,
+               api_key: ApiKey = None, as_json: AsJson = False) -> None:
+    """Follow a run until it ends; exit 1 if it failed or was cancelled."""
+    with connect(url, api_key) as mx:
+        run_id = resolve_run(mx, run)
+        try:
+            final = watch_runs(mx, [run_id])[run_id]
+        except KeyboardInterrupt:
+            raise _stopped_watching([run_id]) from None
+    if as_json:
+        print_json(final)
+        raise typer.Exit(0 if final["status"] == "succeeded" else 1)
+    raise typer.Exit(report_outcome([final]))
+
+
+@runs_app.command("cancel")
+def runs_cancel(run: RunArg, url: Url = DEFAULT_URL,
+                api_key: ApiKey = None, as_json: AsJson = False) -> None:
+    """Cancel a run: a queued one at once, a running one within a step or two."""
+    with connect(url, api_key) as mx:
+        found = mx.cancel_run(resolve_run(mx, run))
+    if as_json:
+        return print_json(found)
+    if found["status"] == "cancelled":
+        out.print(f"run {found['id']} cancelled")
+    else:
+        out.print(f"run {found['id']} {found['status']}: cancel requested, it stops within a "
+                  f"step or two (mixlab runs watch {found['id'][:8]})")
+
+
+def metric_history_tables(history: dict[str, list[dict[str, Any]]], keys: list[str],
+                          title: str, width: int) -> list[Table]:
+    """Metric history laid out to stay readable however many keys there are.
+
+    Keys recorded at the same (epoch, step) points share a table, one row per point
+    (per step: train_loss_step, lr; per epoch: train_loss, val_acc, …), split into
+    several tables when its columns do not fit in ``width``. Keys recorded once
+    (test_acc, temperature, …) go in one long table, a row per key.
+    """
+    groups: dict[tuple[tuple[int, int], ...], list[str]] = {}
+    once: list[str] = []
+    for key in keys:
+        points = tuple(sorted({(p["epoch"], p["step"]) for p in history[key]}))
+        if len(points) == 1:
+            once.append(key)
+        else:
+            groups.setdefault(points, []).append(key)
+    tables: list[Table] = []
+    for points, group in sorted(groups.items(), key=lambda g: -len(g[0])):
+        values = {k: {(p["epoch"], p["step"]): p["value"] for p in history[k]} for k in group}
+        per = "step" if len({e for e, _ in points}) < len(points) else "epoch"
+        tables += fitted_tables(
+            f"{title} by {per}",
+            [("epoch", [str(e) for e, _ in points]), ("step", [str(s) for _, s in points])],
+            [(k, [number(values[k][pt]) for pt in points]) for k in group], width)
+    if once:
+        t = Table(title=f"{title} recorded once" if groups else title)
+        for col in ("metric", "value", "epoch", "step"):
+            t.add_column(col, no_wrap=True, justify="left" if col == "metric" else "right")
+        for key in once:
+            point = history[key][-1]
+            t.add_row(escape(key), number(point["value"]), str(point["epoch"]),
+                      str(point["step"]))
+        tables.append(t)
+    return tables
+
+
+@runs_app.command("metrics")
+def runs_metrics(
+        run: RunArg,
+        key: Annotated[list[str] | None, typer.Option(
+            "--key", "-k", metavar="KEY",
+            help="A metric to show, e.g. val_acc (repeatable; default: every metric).")]
+        = None,
+        url: Url = DEFAULT_URL, api_key: ApiKey = None, as_json: AsJson = False) -> None:
+    """Metric history of a run, by epoch and step.
+
+    Metrics recorded at the same points share a table (split to fit the width);
+    those recorded once, such as test_acc, are listed a row each.
+    """
+    asked = list(dict.fromkeys(key or []))
+    with connect(url, api_key) as mx:
+        run_id = resolve_run(mx, run)
+        if asked:
+            history: dict[str, list[dict[str, Any]]] = {}
+            for k in asked:
+                history.update(mx.metrics(run_id, k))
+            missing = [k for k in asked if not history.get(k)]
+            recorded = sorted(mx.metrics(run_id)) if missing else []
+        else:
+            history = mx.metrics(run_id)
+            missing, recorded = [], []
+    if as_json:
+        return print_json(history)
+    for k in missing:
+        err.print(f"no metric {escape(k)} recorded for run {run_id[:8]}"
+                  + (f" (it has {escape(', '.join(recorded))})" if recorded else ""),
+                  soft_wrap=True)
+    keys = [k for k in asked if history.get(k)] if asked else sorted(history)
+    if not keys:
+        if not asked:
+            err.print(f"no metrics recorded for run {run_id[:8]}")
+        return
+    for t in metric_history_tables(history, keys, f"run {run_id[:8]} metrics", out.width):
+        out.print(t)
+
+
+@runs_app.command("evaluation")
+def runs_evaluation(run: RunArg, url: Url = DEFAULT_URL, api_key: ApiKey = None,
+                    as_json: AsJson = False) -> None:
+    """A succeeded run's scores on the test split.
+
+    Per class: precision, recall, F1 and support (multi-label: also AP and the counts
+    at the threshold); for classification, the confusion matrix and the accuracy.
+    """
+    with connect(url, api_key) as mx:
+        run_id = resolve_run(mx, run)
+        ev = mx.evaluation(run_id)
+    if as_json:
+        return print_json(ev)
+    short = run_id[:8]
+    scores = ev["per_class"]
+    multilabel = ev.get("class_confusion") is not None
+    title = (f"run {short}: {ev['split']} split, per class"
+             + (f" (threshold {ev['threshold']:g})" if multilabel
+                and ev.get("threshold") is not None else ""))
+    t = Table(title=title, show_footer=len(scores) > 1, min_width=min(len(title), out.width))
+    mean = (lambda k: sum(c[k] for c in scores) / len(scores)) if scores else (lambda k: 0.0)
+    columns: list[tuple[str, str]] = [("precision", f"{mean('precision'):.3f}"),
+                                      ("recall", f"{mean('recall'):.3f}"),
+                                      ("F1", f"{mean('f1'):.3f}"),
+                                      ("support", str(sum(c["support"] for c in scores)))]
+    if multilabel:
+        aps = [c["ap"] for c in scores if c.get("ap") is not None]
+        columns.append(("AP", f"{sum(aps) / len(aps):.3f}" if aps else "-"))
+        columns += [(name, "") for name in ("TN", "FP", "FN", "TP")]
+    t.add_column("class", footer="macro mean", no_wrap=True)
+    for name, footer in columns:
+        t.add_column(name, footer=footer, justify="right", no_wrap=True)
+    for i, c in enumerate(scores):
+        row = [f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}",
+               str(c["support"])]
+        if multilabel:
+            (tn, fp), (fn, tp) = ev["class_confusion"][i]
+            row += [f"{c['ap']:.3f}" if c.get("ap") is not None else "-",
+                    str(tn), str(fp), str(fn), str(tp)]
+        t.add_row(escape(c["class"]), *row)
+    out.print(t)
+    matrix = ev.get("confusion_matrix")
+    if matrix:
+        names = ev["class_names"]
+        for part in fitted_tables(
+                f"run {short}: confusion matrix (rows: true class, columns: predicted)",
+                [("true \\ predicted", names)],
+                [(name, [str(row[j]) for row in matrix]) for j, name in enumerate(names)],
+                out.width):
+            out.print(part)
+        total = sum(map(sum, matrix))
+        right = sum(matrix[i][i] for i in range(len(matrix)))
+        if total:
+            out.print(f"accuracy {right / total:.4f} ({right} of {total} test samples)")
+
+
 @runs_app.command("checkpoint")
-def runs_checkpoint(run_id: str,
+def runs_checkpoint(run: RunArg,
                     output: Annotated[Path | None, typer.Option(
                         "--output", "-o", dir_okay=False,
                         help="File to write (default RUN_ID.safetensors).")] = None,
                     url: Url = DEFAULT_URL, api_key: ApiKey = None) -> None:
     """Download a run's latest checkpoint (safetensors)."""
-    with connect(url, api_key) as mx, err.status("downloading checkpoint…"):
-        data = mx.download_checkpoint(run_id)
+    with connect(url, api_key) as mx:
+        run_id = resolve_run(mx, run)
+        with err.status("downloading checkpoint…"):
+            data = mx.download_checkpoint(run_id)
     path = output or Path(f"{run_id}.safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)

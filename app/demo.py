@@ -5,6 +5,11 @@ with 40 % of training labels flipped, trains the default CNN with the default
 recipe without mixing and with mixup at α = 1, shows progress while polling
 over HTTP, prints test accuracy and calibration, saves preview PNGs (drawn
 with the same α) and stops everything.
+
+The folder is ``$MIXLAB_DATA_DIR/demo`` when MIXLAB_DATA_DIR is set, else
+``./.mixlab-demo``. The demo writes a marker file into the folder it makes, and
+empties a folder at the next run only if it carries that marker: a folder of
+the user's (not empty, no marker) is refused, never deleted.
 """
 
 import os
@@ -14,53 +19,113 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from app.cli import stop_process_group
-from app.cli_client import watch_runs
-from app.client import MixlabClient, wait_until_ready
+from app.cli import port_problem, stop_process_group
+from app.cli_client import make_console, watch_runs
+from app.client import MixlabClient, MixlabError, wait_until_ready
 
-console = Console()
-DEMO_DIR = Path(".mixlab-demo")
+console = make_console()
+errors = make_console(stderr=True)
+DEFAULT_DIR = Path(".mixlab-demo")
+MARKER = ".mixlab-demo-folder"  # written by the demo into the folder it made
+# what ./.mixlab-demo held when demos wrote no marker yet (they deleted it each run)
+UNMARKED_DEMO = {"stack.log", "worker.log", "mixlab.db", "mixlab.db-wal", "mixlab.db-shm",
+                 "broker", "artifacts"}
 # the mixup paper's default; the recipe's defaults are chosen so that it shows its gain
 ALPHA = 1.0
 
 
-def _start_stack(port: int) -> subprocess.Popen[bytes]:
-    if DEMO_DIR.exists():
-        shutil.rmtree(DEMO_DIR)
-    DEMO_DIR.mkdir(parents=True)
+class DemoError(RuntimeError):
+    """The demo cannot go on; the message says why."""
+
+
+def demo_dir(environ: dict[str, str] | None = None) -> Path:
+    """MIXLAB_DATA_DIR/demo when MIXLAB_DATA_DIR is set, else ./.mixlab-demo."""
+    data_dir = (os.environ if environ is None else environ).get("MIXLAB_DATA_DIR")
+    return Path(data_dir) / "demo" if data_dir else DEFAULT_DIR
+
+
+def fresh_folder(folder: Path) -> None:
+    """Make ``folder`` an empty folder of the demo's, with its marker. A folder the
+    demo made before (it has the marker) is emptied; an empty one is taken; any
+    other is refused (DemoError), never deleted."""
+    if folder.exists():
+        if (folder / MARKER).is_file() or _unmarked_demo(folder):
+            shutil.rmtree(folder)
+        elif not folder.is_dir() or any(folder.iterdir()):
+            raise DemoError(f"{folder} exists and the demo did not make it (it has no "
+                            f"{MARKER} file); the demo will not empty it: move it away, or "
+                            "point MIXLAB_DATA_DIR elsewhere (the demo uses "
+                            "$MIXLAB_DATA_DIR/demo)")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MARKER).write_text("made by mixlab demo, which empties this folder when it "
+                                 "runs again\n")
+
+
+def _unmarked_demo(folder: Path) -> bool:
+    """./.mixlab-demo as an earlier demo, which wrote no marker, left it."""
+    if folder != DEFAULT_DIR or not folder.is_dir():
+        return False
+    names = {p.name for p in folder.iterdir()}
+    return "stack.log" in names and names <= UNMARKED_DEMO
+
+
+def _start_stack(folder: Path, port: int) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MIXLAB_")}
-    env["MIXLAB_DATA_DIR"] = str(DEMO_DIR)
+    env["MIXLAB_DATA_DIR"] = str(folder)
     # each run on one thread, the two side by side: the same figures on any machine
     # (a CPU's results depend on how its sums are split across threads)
     env["MIXLAB_TORCH_THREADS"] = "1"
-    log = (DEMO_DIR / "stack.log").open("wb")
+    log = (folder / "stack.log").open("wb")
     return subprocess.Popen([sys.executable, "-m", "app.cli", "up", "--port", str(port),
                              "--concurrency", "2"],
                             env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
 
 
-def _wait_ready(base_url: str, proc: subprocess.Popen[bytes], timeout: float = 90) -> None:
+def _wait_ready(base_url: str, proc: subprocess.Popen[bytes], log: Path,
+                timeout: float = 90) -> None:
     with console.status("starting the embedded stack (API, worker, SQLite, broker)…"):
         if not wait_until_ready(base_url, timeout, lambda: proc.poll() is None):
-            raise RuntimeError(f"the stack did not become ready; see {DEMO_DIR / 'stack.log'}")
+            tail = log.read_text(errors="replace").splitlines()[-12:]
+            raise DemoError("the stack did not become ready; the end of its log "
+                            f"({log}):\n" + "\n".join(tail))
 
 
 def run_demo(epochs: int, noise: float, output: Path, port: int) -> int:
-    base_url = f"http://127.0.0.1:{port}"
-    proc = _start_stack(port)
+    """0 when both runs succeeded, 1 when one did not (or the demo failed on the
+    way), 2 when it could not start: the port is taken, or the folder is not its."""
+    folder = demo_dir()
+    problem = port_problem("127.0.0.1", port)
     try:
-        _wait_ready(base_url, proc)
+        if problem:
+            raise DemoError(problem)
+        fresh_folder(folder)
+    except (DemoError, OSError) as exc:
+        errors.print(f"[red]error: {escape(str(exc))}[/]", soft_wrap=True)
+        return 2
+    errors.print(f"demo state in {folder.resolve()}", highlight=False, soft_wrap=True)
+    try:
+        return _run(epochs, noise, output, port, folder)
+    except (DemoError, MixlabError, TimeoutError) as exc:
+        errors.print(f"[red]error: {escape(str(exc))}[/]", soft_wrap=True)
+        return 1
+
+
+def _run(epochs: int, noise: float, output: Path, port: int, folder: Path) -> int:
+    base_url = f"http://127.0.0.1:{port}"
+    proc = _start_stack(folder, port)
+    try:
+        _wait_ready(base_url, proc, folder / "stack.log")
         with MixlabClient(base_url) as mx:
             created = mx.create_builtin_dataset("digits", name="digits-noisy",
                                                 label_noise=noise, seed=0)
             with console.status("preparing the dataset…"):
                 ds = mx.wait_for_dataset(created["id"], timeout=120)
             if ds["status"] != "ready":
-                raise RuntimeError(f"the dataset failed to prepare: {ds['errors']}")
+                raise DemoError(f"the dataset failed to prepare: {ds['errors']}")
             console.print(f"registered [bold]digits[/]: {ds['num_samples']} images 8x8, "
                           f"splits {ds['split_sizes']}, {ds['noisy_train_labels']} training "
                           f"labels flipped ({noise:.0%})")
@@ -94,7 +159,7 @@ def _report(mx: MixlabClient, final: dict[str, dict[str, Any]]) -> None:
     table = Table(title="noisy digits: test split (clean labels)")
     for col in ("run", "status", "test acc", "test ECE", "ECE after T", "best val acc (epoch)",
                 "device", "train time"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=True)
     for label, run in final.items():
         m = run["metrics"]
         history = mx.metrics(run["id"], key="val_acc").get("val_acc", [])
