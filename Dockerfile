@@ -45,6 +45,7 @@ WORKDIR /srv/mixlab
 # whether or not the file exists.
 COPY pyproject.toml alembic.ini README.md* ./
 COPY app ./app
+COPY mixlab ./mixlab
 COPY worker ./worker
 COPY migrations ./migrations
 
@@ -52,14 +53,18 @@ COPY migrations ./migrations
 # /tmp, so from site-packages). The sources also stay in /srv/mixlab, where
 # `python -m celery` (the worker) imports them from the working directory: same
 # code; precompiled here because the non-root user cannot write __pycache__.
-RUN pip install . \
+# [vision]: the torchvision and timm model kinds, pinned in pyproject.toml to the
+# releases built for this torch (pip keeps the pinned torch: they require it exactly)
+RUN pip install ".[vision]" \
  && if [ -n "$EXTRA_PIP" ]; then pip install $EXTRA_PIP; fi \
  && rm -rf build ./*.egg-info \
- && python -m compileall -q app worker migrations \
+ && python -m compileall -q app mixlab worker migrations \
  && python -c "import sys, torch; v = torch.__version__.split('+')[0]; \
 sys.exit(0 if v == '${TORCH_VERSION}' else f'torch {torch.__version__} != ${TORCH_VERSION}')" \
  && cd /tmp \
- && MIXLAB_DATA_DIR=/tmp/mixlab-import-check python -c "import app.api.main, worker.celery_app, worker.tasks" \
+ && MIXLAB_DATA_DIR=/tmp/mixlab-import-check python -c "import app.api.main, worker.celery_app, worker.tasks, mixlab; \
+from app.ml.models import timm_available, torchvision_available; \
+assert torchvision_available() and timm_available()" \
  && rm -rf /tmp/mixlab-import-check \
  && mixlab --help > /dev/null
 
