@@ -133,6 +133,9 @@ def register(cli: typer.Typer) -> None:
     cli.add_typer(experiments_app, name="experiments")
     cli.add_typer(runs_app, name="runs")
     cli.command("predict")(predict)
+    from app import cli_sweeps  # imports this module: registered last, not at import
+
+    cli_sweeps.register(cli)
 
 
 # ── plumbing ──────────────────────────────────────────────────────────────────

@@ -163,9 +163,63 @@ class MixlabClient:
     def cancel_run(self, run_id: str) -> dict[str, Any]:
         return self._call("POST", f"/v1/runs/{run_id}/cancel").json()
 
-    def metrics(self, run_id: str, key: str | None = None) -> dict[str, list[dict[str, Any]]]:
-        params = {"key": key} if key else {}
+    def metrics(self, run_id: str, key: str | None = None, after_step: int | None = None,
+                max_points: int | None = None) -> dict[str, list[dict[str, Any]]]:
+        """Metric history by key: points after ``after_step`` only (incremental
+        fetches), each curve down-sampled to at most ``max_points`` (extremes kept)."""
+        params: dict[str, Any] = {"key": key} if key else {}
+        if after_step is not None:
+            params["after_step"] = after_step
+        if max_points is not None:
+            params["max_points"] = max_points
         return self._call("GET", f"/v1/runs/{run_id}/metrics", params=params).json()["metrics"]
+
+    def compare_runs(self, run_ids: list[str], keys: list[str] | None = None,
+                     max_points: int | None = None) -> dict[str, Any]:
+        """2-20 runs side by side: runs (metrics, spec), differs, histories."""
+        params: dict[str, Any] = {"ids": ",".join(run_ids)}
+        if keys:
+            params["keys"] = ",".join(keys)
+        if max_points is not None:
+            params["max_points"] = max_points
+        return self._call("GET", "/v1/runs/compare", params=params).json()
+
+    # sweeps
+    def create_sweep(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """POST a sweep (name, base, grid and/or random): its id and run ids."""
+        return self._call("POST", "/v1/sweeps", json=spec).json()
+
+    def sweep(self, sweep_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/sweeps/{sweep_id}").json()
+
+    def sweeps(self, limit: int = 50, offset: int = 0) -> dict[str, Any]:
+        return self._call("GET", "/v1/sweeps", params={"limit": limit, "offset": offset}).json()
+
+    def sweep_summary(self, sweep_id: str, metric: str = "test_acc") -> dict[str, Any]:
+        return self._call("GET", f"/v1/sweeps/{sweep_id}/summary",
+                          params={"metric": metric}).json()
+
+    def cancel_sweep(self, sweep_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/sweeps/{sweep_id}/cancel").json()
+
+    def delete_sweep(self, sweep_id: str) -> None:
+        self._call("DELETE", f"/v1/sweeps/{sweep_id}")
+
+    def wait_for_sweep(self, sweep_id: str, timeout: float = 3600.0, interval: float = 1.0,
+                       on_update: Callable[[dict[str, Any]], None] | None = None
+                       ) -> dict[str, Any]:
+        """Poll until every run of the sweep ended."""
+        deadline = time.monotonic() + timeout
+        while True:
+            sweep = self.sweep(sweep_id)
+            if on_update:
+                on_update(sweep)
+            if sweep["done"]:
+                return sweep
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"sweep {sweep_id}: {sweep['finished']} of "
+                                   f"{sweep['total']} runs ended after {timeout}s")
+            time.sleep(interval)
 
     def evaluation(self, run_id: str) -> dict[str, Any]:
         """The test split's confusion matrix and per-class scores."""

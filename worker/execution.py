@@ -34,7 +34,7 @@ from worker.reporter import RunReporter
 log = logging.getLogger(__name__)
 
 
-_FINAL_KEYS = ("train_time_s", "temperature")
+_FINAL_KEYS = ("train_time_s", "temperature", "temperature_at_bound")
 
 
 def final_metrics(metrics: dict[str, float]) -> dict[str, float]:

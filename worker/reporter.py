@@ -22,7 +22,8 @@ from app.services import runs as run_service
 from app.storage import ArtifactStore, checkpoint_key, resume_key
 from worker.periodic import PeriodicFlush
 
-Checkpoint = tuple[dict[str, torch.Tensor], dict[str, str], ResumePoint | None]
+# (epoch, tensors, metadata, resume point)
+Checkpoint = tuple[int, dict[str, torch.Tensor], dict[str, str], ResumePoint | None]
 
 
 class RunReporter(TrainHooks):
@@ -76,7 +77,8 @@ class RunReporter(TrainHooks):
         # the tensors are a copy (train() snapshots them), so the thread may write
         # them later; a newer epoch's checkpoint replaces one not yet written
         with self._lock:
-            self._checkpoint = (tensors, {**metadata, "run_id": str(self.run_id)}, resume)
+            self._checkpoint = (epoch, tensors, {**metadata, "run_id": str(self.run_id)},
+                                resume)
 
     def should_stop(self) -> bool:
         if self._deadline is not None and time.monotonic() > self._deadline:
@@ -90,9 +92,9 @@ class RunReporter(TrainHooks):
             metrics, self._pending_metrics = self._pending_metrics, []
             checkpoint, self._checkpoint = self._checkpoint, None
         try:
-            key = None
+            key = epoch = None
             if checkpoint is not None:
-                tensors, metadata, point = checkpoint
+                epoch, tensors, metadata, point = checkpoint
                 # the resume point first: the key recorded below says both are there
                 if point is not None:
                     self.store.put(resume_key(self.run_id, self.attempt), resume_bytes(point))
@@ -104,7 +106,7 @@ class RunReporter(TrainHooks):
                     run_service.record_metrics(session, self.run_id, metrics,
                                                attempt=self.attempt, commit=False)
                 if run_service.record_progress(session, self.run_id, self._progress, key,
-                                               attempt=self.attempt):
+                                               attempt=self.attempt, checkpoint_epoch=epoch):
                     self._cancel.set()
         except BaseException:
             # keep what was not recorded for the next flush (metric writes are

@@ -12,11 +12,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from app.ml.data import DataValidationError
-from app.services.errors import ConflictError, FieldError, NotFoundError
+from app.ml.data.errors import plain
+from app.services.errors import ConflictError, FieldError, Loc, NotFoundError
 
 
-def field_error_body(loc: tuple[str | int, ...], message: str) -> dict[str, object]:
-    return {"detail": [{"loc": list(loc), "msg": message, "type": "value_error"}]}
+def field_error_body(*problems: tuple[Loc, str]) -> dict[str, object]:
+    """FastAPI's 422 body: one ``detail`` entry per (loc, message)."""
+    return {"detail": [{"loc": list(loc), "msg": plain(message), "type": "value_error"}
+                       for loc, message in problems]}
 
 
 def allowed_methods(request: Request) -> list[str]:
@@ -42,15 +45,15 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(NotFoundError)
     async def _not_found(_: Request, exc: NotFoundError) -> JSONResponse:
-        return JSONResponse(status_code=404, content={"detail": str(exc)})
+        return JSONResponse(status_code=404, content={"detail": plain(exc)})
 
     @app.exception_handler(ConflictError)
     async def _conflict(_: Request, exc: ConflictError) -> JSONResponse:
-        return JSONResponse(status_code=409, content={"detail": str(exc)})
+        return JSONResponse(status_code=409, content={"detail": plain(exc)})
 
     @app.exception_handler(FieldError)
     async def _field(_: Request, exc: FieldError) -> JSONResponse:
-        return JSONResponse(status_code=422, content=field_error_body(exc.loc, exc.message))
+        return JSONResponse(status_code=422, content=field_error_body(*exc.problems))
 
     @app.exception_handler(DataValidationError)
     async def _data(_: Request, exc: DataValidationError) -> JSONResponse:
@@ -58,7 +61,7 @@ def install(app: FastAPI) -> None:
             loc: tuple[str, ...] = ("body", *exc.field.split("."))
         else:  # an uploaded file's arrays / columns
             loc = ("body", "file", exc.field) if exc.field != "file" else ("body", "file")
-        return JSONResponse(status_code=422, content=field_error_body(loc, str(exc)))
+        return JSONResponse(status_code=422, content=field_error_body((loc, str(exc))))
 
     @app.exception_handler(OperationalError)
     async def _db_down(_: Request, exc: OperationalError) -> JSONResponse:

@@ -6,10 +6,11 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, Depends, FastAPI
 
 from app import __version__
-from app.api import access, errors
+from app.api import access, docs, errors
 from app.api.deps import authenticate
-from app.api.openapi import add_body_models, add_common_errors
-from app.api.routes import datasets, experiments, health, keys, runs
+from app.api.examples import add_examples
+from app.api.openapi import add_body_models, add_common_errors, add_links, operation_id
+from app.api.routes import datasets, experiments, health, keys, runs, sweeps
 from app.reconciler import Reconciler
 from app.settings import get_settings
 
@@ -17,8 +18,10 @@ DESCRIPTION = """
 mixlab trains models with mixup-style augmentation. Register a dataset, preview
 what a mixing spec does to it, post an experiment, poll its run, read metrics.
 
-Errors: body problems are 422 with `detail[].loc` naming the field; other
-errors are `{"detail": "..."}`.
+Errors: request problems are 422 with one `detail[]` entry per field, `loc`
+naming it (every problem of a request at once); other errors are
+`{"detail": "..."}`. Operations that create an object link to those that take
+its id (OpenAPI `links`).
 """
 
 
@@ -34,14 +37,18 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app() -> FastAPI:
+    # docs_url/redoc_url None: FastAPI's pages load from a CDN; app.api.docs serves
+    # the same pages from an installed package
     app = FastAPI(title="mixlab", version=__version__, description=DESCRIPTION,
-                  lifespan=lifespan)
+                  lifespan=lifespan, docs_url=None, redoc_url=None,
+                  generate_unique_id_function=operation_id)
+    docs.install(app)
     errors.install(app)
     access.install(app, get_settings())
     # every /v1 route needs an API key (routes that write also ask for the write
     # scope); health and readiness stay open for probes
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)])
-    for module in (datasets, experiments, runs, keys):
+    for module in (datasets, experiments, sweeps, runs, keys):
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router)
@@ -53,6 +60,8 @@ def create_app() -> FastAPI:
             schema = original_openapi()
             add_body_models(schema)
             add_common_errors(schema)
+            add_links(schema)
+            add_examples(schema)
         return app.openapi_schema  # type: ignore[return-value]
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -101,6 +101,25 @@ class Dataset(Base):
     experiments: Mapped[list["Experiment"]] = relationship(back_populates="dataset")
 
 
+class Sweep(Base):
+    """A base experiment spec and a grid or random space over its dotted fields: one
+    experiment (with its run) per point (``app.services.sweeps``). ``spec`` holds the
+    request as posted (base, grid, random)."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    project_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("projects.id", ondelete="RESTRICT"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+    experiments: Mapped[list["Experiment"]] = relationship(
+        back_populates="sweep", cascade="all, delete-orphan", passive_deletes=True,
+        order_by="Experiment.created_at")
+
+
 class Experiment(Base):
     __tablename__ = "experiments"
 
@@ -114,8 +133,13 @@ class Experiment(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow,
                                                  index=True)
+    # the sweep that made it, and its point there ({dotted field: value}); null otherwise
+    sweep_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("sweeps.id", ondelete="CASCADE"), index=True, nullable=True)
+    sweep_point: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
 
     dataset: Mapped[Dataset] = relationship(back_populates="experiments")
+    sweep: Mapped[Sweep | None] = relationship(back_populates="experiments")
     runs: Mapped[list["Run"]] = relationship(back_populates="experiment",
                                              cascade="all, delete-orphan",
                                              order_by="Run.created_at")
@@ -148,6 +172,8 @@ class Run(Base):
     metrics: Mapped[dict[str, float]] = mapped_column(JSONType, default=dict)
     error: Mapped[str | None] = mapped_column(Text)
     checkpoint_key: Mapped[str | None] = mapped_column(String(500))
+    # the epoch whose weights that checkpoint holds (a succeeded run's: the kept one)
+    checkpoint_epoch: Mapped[int | None] = mapped_column(Integer)
     # what a run started from model.weights / model.init_from_run loaded
     # (app.services.initial_weights); null for a run from random weights
     init: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)

@@ -6,6 +6,12 @@ import torch
 import torch.nn.functional as F
 
 
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """float32 at least: float64 stays float64 (sharpened logits need it, their
+    NLL underflows to 0 in float32), bf16/fp16 are widened."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy against dense (N, K) target distributions."""
     return -(targets * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1).mean()
@@ -18,8 +24,12 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor,
     confidence, predicted = probs.max(dim=-1)
     correct = (predicted == labels).float()
     bins = (torch.ceil(confidence * n_bins).long() - 1).clamp(0, n_bins - 1)
-    conf_sum = torch.zeros(n_bins, device=probs.device).scatter_add_(0, bins, confidence.float())
-    acc_sum = torch.zeros(n_bins, device=probs.device).scatter_add_(0, bins, correct)
+    confidence = _wide(confidence)
+    correct = correct.to(confidence.dtype)
+    conf_sum = torch.zeros(n_bins, device=probs.device, dtype=confidence.dtype).scatter_add_(
+        0, bins, confidence)
+    acc_sum = torch.zeros(n_bins, device=probs.device, dtype=confidence.dtype).scatter_add_(
+        0, bins, correct)
     return (conf_sum - acc_sum).abs().sum() / max(labels.shape[0], 1)
 
 
@@ -55,7 +65,7 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor,
                            n_bins: int = 15) -> dict[str, torch.Tensor]:
     """loss (NLL), acc, ece, f1_macro (over all K classes) and brier for logits
     (N, K) against class indices (N,); 0-d tensors, no host sync."""
-    logits = logits.float()
+    logits = _wide(logits)
     probs = logits.softmax(dim=-1)
     predicted = probs.argmax(dim=-1)
     confusion = confusion_matrix(predicted, labels, logits.shape[-1])
@@ -90,7 +100,7 @@ def multilabel_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy with logits, summed over the K classes and averaged
     over samples: the negative log-likelihood of each sample's whole label set.
     ``targets`` are multi-hot or soft (mixed, smoothed) rows in [0, 1]."""
-    logits = logits.float()
+    logits = _wide(logits)
     per_entry = F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype),
                                                    reduction="none")
     return per_entry.sum(dim=-1).mean()
@@ -160,8 +170,8 @@ def multilabel_metrics(logits: torch.Tensor, targets: torch.Tensor,
       confidence of its predicted side, max(p, 1 − p);
     - ``brier``: mean over samples of Σ_k (p_k − y_k)².
     """
-    logits = logits.float()
-    truth = targets.float()
+    logits = _wide(logits)
+    truth = targets.to(logits.dtype)
     probs = logits.sigmoid()
     ap = average_precision(logits, truth)  # logits rank exactly; sigmoid can saturate into ties
     has_ap = ~ap.isnan()

@@ -39,6 +39,19 @@ class InitReport(BaseModel):
     unexpected: list[str] = Field(description="File tensors the model lacks: ignored.")
 
 
+class CheckpointOut(BaseModel):
+    url: str = Field(description="GET it for the safetensors file (self-contained: see "
+                                 "POST /v1/runs/{run_id}/predict).")
+    epoch: int | None = Field(description="The epoch whose weights it holds (a succeeded "
+                                          "run's: the kept model, the best epoch with "
+                                          "training.checkpoint best); null for runs "
+                                          "checkpointed before this was recorded.")
+    partial: bool = Field(description="True unless the run succeeded: the weights of the "
+                                      "last finished epoch of a run that is still running, "
+                                      "was cancelled or failed, not a trained model (no "
+                                      "temperature, no test figures).")
+
+
 class RunOut(BaseModel):
     id: uuid.UUID
     experiment_id: uuid.UUID
@@ -53,7 +66,10 @@ class RunOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     heartbeat_at: datetime | None
-    checkpoint_url: str | None
+    checkpoint_url: str | None = Field(description="The checkpoint's URL (`checkpoint.url`); "
+                                                   "see `checkpoint.partial`.")
+    checkpoint: CheckpointOut | None = Field(
+        description="The run's latest checkpoint, null until its first epoch is saved.")
     init: InitReport | None = Field(
         None, description="Runs started from model.weights or model.init_from_run: what "
                           "loaded, written when training ends (null otherwise, and for a "

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from app.db.base import utcnow
 from app.db.models import Dataset, Experiment
 from app.ml.data import DataValidationError, PreparedDataset, from_bytes
+from app.ml.data.errors import plain, reason
 from app.ml.data.fashion_mnist import FILES as FASHION_MNIST_FILES
 from app.ml.data.fashion_mnist import missing_message
 from app.ml.data.ingest_spec import IngestSpec
@@ -55,7 +56,7 @@ def _queue(session: Session, dataset: Dataset, store: ArtifactStore | None = Non
     except Exception as exc:  # the row is committed: say why nothing will prepare it
         log.exception("publishing the preparation of dataset %s failed", dataset.id)
         _fail_unclaimed(session, dataset.id, f"could not queue the preparation "
-                                             f"({type(exc).__name__}: {exc}); delete the "
+                                             f"({reason(exc)}); delete the "
                                              "dataset and submit it again")
         if store is not None:
             store.delete_prefix(dataset_prefix(dataset.id))
@@ -264,7 +265,7 @@ def mark_ready(session: Session, dataset_id: uuid.UUID, attempt: int, summary: d
 def mark_failed(session: Session, dataset_id: uuid.UUID, attempt: int,
                 errors: list[tuple[str, str]], total: int) -> bool:
     """``failed`` with the first ``MAX_LISTED_ERRORS`` problems and how many there were."""
-    listed = [{"field": f, "message": m} for f, m in errors[:MAX_LISTED_ERRORS]]
+    listed = [{"field": f, "message": plain(m)} for f, m in errors[:MAX_LISTED_ERRORS]]
     result = session.execute(_mine(dataset_id, attempt).values(
         status="failed", errors=listed, error_count=max(total, len(errors)),
         finished_at=utcnow(), heartbeat_at=utcnow()))

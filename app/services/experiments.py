@@ -15,10 +15,11 @@ from app.ml.models.spec import ModelSpecError
 from app.ml.retrieval import METRIC_NAMES as RETRIEVAL_METRICS
 from app.ml.tasks import TASKS
 from app.ml.training.checks import recipe_problems
+from app.ml.training.clock import StepPlan
 from app.queue import enqueue_run
 from app.schemas.experiments import ExperimentCreate
 from app.services import augmentation, datasets, initial_weights, limits, task_checks
-from app.services.errors import FieldError, NotFoundError
+from app.services.errors import FieldError, FieldErrorCollector, NotFoundError
 from app.settings import get_settings
 from app.storage import ArtifactStore, run_prefix
 
@@ -34,54 +35,106 @@ def _check_task(request: ExperimentCreate, summary: dict[str, Any]) -> None:
         raise FieldError(("body", "task"), problem)
 
 
-def _check_recipe(request: ExperimentCreate, kinds: dict[str, str]) -> None:
+def _check_recipe(request: ExperimentCreate, kinds: dict[str, str],
+                  found: FieldErrorCollector) -> None:
     """The training recipe against what the model reads and the task reports."""
     if request.task == "retrieval":
-        assert request.retrieval is not None
+        if request.retrieval is None:  # reported by check_task_fields
+            return
         names: tuple[str, ...] = RETRIEVAL_METRICS
         read = [kinds.get(request.retrieval.query, ""), kinds.get(request.retrieval.target, "")]
     else:
         names = TASKS[request.task].metric_names
         read = list(kinds.values()) if request.model.kind == "multimodal" else ["image"]
     for field, problem in recipe_problems(request.training.to_ml(), names, read):
-        raise FieldError(("body", "training", *field.split(".")), problem)
+        found.add(("body", "training", *field.split(".")), problem)
 
 
-def _validate_against_dataset(request: ExperimentCreate, dataset: Dataset) -> None:
-    task_checks.check_task_fields(request)
-    _check_task(request, dataset.summary)
-    _check_recipe(request, augmentation.modality_kinds(dataset.summary))
-    train_size = dataset.summary["split_sizes"]["train"]
-    if request.training.batch_size > train_size:
-        raise FieldError(("body", "training", "batch_size"),
-                         f"batch_size {request.training.batch_size} is larger than the "
-                         f"dataset's training split ({train_size} samples)")
-    if request.task == "retrieval":  # two towers, mixing at the embedding level
-        task_checks.check_retrieval(request, dataset.summary)
-        return
-    kinds = augmentation.modality_kinds(dataset.summary)
+def _check_image_model(request: ExperimentCreate, summary: dict[str, Any],
+                       kinds: dict[str, str]) -> int:
+    """An image classifier's model against the dataset; the layers it mixes at."""
     model = request.model
-    if model.kind != "multimodal":  # an image classifier
-        if "image" not in kinds.values():
-            raise FieldError(("body", "model", "kind"),
-                             f"the {model.kind} model needs an image modality")
-        image = next(m for m in dataset.summary["modalities"] if m["kind"] == "image")
-        if image.get("missing"):
-            raise FieldError(("body", "model", "kind"),
-                             f"the {model.kind} model needs every sample's image, but "
-                             f"{image['missing']} samples have none; use the multimodal "
-                             "model, which handles missing modalities")
-        try:
-            mixing_layers = image_mixing_layers(model.to_ml(), tuple(image["shape"]))
-        except ValueError as exc:  # an unknown name, a library the server lacks
-            field = exc.field if isinstance(exc, ModelSpecError) else "kind"
-            raise FieldError(("body", "model", field), str(exc)) from exc
-    else:
-        mixing_layers = MULTIMODAL_MIXING_LAYERS
-    augmentation.check_against_dataset(request.augmentation, kinds, ("body", "augmentation"),
-                                       augmentation.modality_shapes(dataset.summary))
-    augmentation.check_manifold_layers(request.augmentation, mixing_layers,
-                                       ("body", "augmentation"))
+    if "image" not in kinds.values():
+        raise FieldError(("body", "model", "kind"),
+                         f"the {model.kind} model needs an image modality")
+    image = next(m for m in summary["modalities"] if m["kind"] == "image")
+    if image.get("missing"):
+        raise FieldError(("body", "model", "kind"),
+                         f"the {model.kind} model needs every sample's image, but "
+                         f"{image['missing']} samples have none; use the multimodal "
+                         "model, which handles missing modalities")
+    try:
+        return image_mixing_layers(model.to_ml(), tuple(image["shape"]))
+    except ValueError as exc:  # an unknown name, a library the server lacks
+        field = exc.field if isinstance(exc, ModelSpecError) else "kind"
+        raise FieldError(("body", "model", field), str(exc)) from exc
+
+
+def _validate_against_dataset(request: ExperimentCreate, dataset: Dataset,
+                              found: FieldErrorCollector) -> None:
+    """Every check of the request against its dataset that does not build the
+    model; each failing one adds its field errors to ``found``, so a request
+    hears about all of them at once."""
+    summary = dataset.summary
+    kinds = augmentation.modality_kinds(summary)
+    with found.check():
+        task_checks.check_task_fields(request)
+    with found.check():
+        _check_task(request, summary)
+    _check_recipe(request, kinds, found)
+    train_size = summary["split_sizes"]["train"]
+    if request.training.batch_size > train_size:
+        found.add(("body", "training", "batch_size"),
+                  f"batch_size {request.training.batch_size} is larger than the dataset's "
+                  f"training split ({train_size} samples)")
+    if request.task == "retrieval":  # two towers, mixing at the embedding level
+        if request.retrieval is not None:
+            with found.check():
+                task_checks.check_retrieval(request, summary)
+        return
+    mixing_layers: int | None = MULTIMODAL_MIXING_LAYERS
+    if request.model.kind != "multimodal":  # an image classifier
+        mixing_layers = None
+        with found.check():
+            mixing_layers = _check_image_model(request, summary, kinds)
+    with found.check():
+        augmentation.check_against_dataset(request.augmentation, kinds,
+                                           ("body", "augmentation"),
+                                           augmentation.modality_shapes(summary))
+    if mixing_layers is not None:
+        with found.check():
+            augmentation.check_manifold_layers(request.augmentation, mixing_layers,
+                                               ("body", "augmentation"))
+
+
+def validate(session: Session, project_id: uuid.UUID, request: ExperimentCreate,
+             dataset: Dataset) -> None:
+    """Every field error of the request against its dataset, raised together
+    (``FieldErrors``): the dataset checks, then the project's size limits and
+    what the model's starting weights hold, which build the model and so run
+    when the model and the task pass. Then the project's queue (429)."""
+    validate_fields(session, project_id, request, dataset)
+    # the queue last, and outside the field checks: it locks the project's row
+    limits.check_queue(session, get_settings(), project_id)
+
+
+def validate_fields(session: Session, project_id: uuid.UUID, request: ExperimentCreate,
+                    dataset: Dataset) -> None:
+    """``validate`` without the queue: what a sweep checks for each of its points
+    before it counts them all against the queue at once (``app.services.sweeps``)."""
+    found = FieldErrorCollector()
+    _validate_against_dataset(request, dataset, found)
+    settings = get_settings()
+    with found.check():
+        limits.check_epoch_samples(session, settings, project_id, request, dataset.summary)
+    if not found.any_under("body", "model") and not found.any_under("body", "task") \
+            and not found.any_under("body", "retrieval"):
+        # model.weights / model.init_from_run: file headers only, before the insert
+        with found.check():
+            initial_weights.check(session, settings, project_id, request, dataset.summary)
+        with found.check():
+            limits.check_model_size(session, settings, project_id, request, dataset.summary)
+    found.raise_if_any()
 
 
 def create(session: Session, project_id: uuid.UUID, request: ExperimentCreate) -> Experiment:
@@ -94,24 +147,36 @@ def create(session: Session, project_id: uuid.UUID, request: ExperimentCreate) -
     if dataset is None or dataset.project_id != project_id:  # another project's: the same
         raise FieldError(("body", "dataset_id"), f"dataset {request.dataset_id} does not exist")
     datasets.require_ready(dataset)
-    _validate_against_dataset(request, dataset)
-    # model.weights / model.init_from_run: file headers only, before the insert and
-    # outside the project lock check_experiment takes
-    initial_weights.check(session, get_settings(), project_id, request, dataset.summary)
-    limits.check_experiment(session, get_settings(), project_id, request, dataset.summary)
+    validate(session, project_id, request, dataset)
+    experiment = build(project_id, request, dataset)
+    session.add(experiment)
+    session.commit()
+    publish([experiment])
+    return experiment
+
+
+def build(project_id: uuid.UUID, request: ExperimentCreate, dataset: Dataset) -> Experiment:
+    """The experiment row of a validated request, with its queued run (not added)."""
     parts = {"model", "augmentation", "training"} | ({"retrieval"} if request.retrieval else set())
     spec = request.model_dump(mode="json", include=parts)
     experiment = Experiment(project_id=project_id, name=request.name, dataset_id=dataset.id,
                             task=request.task, spec=spec)
-    experiment.runs.append(Run(status="queued"))
-    session.add(experiment)
-    session.commit()
-    for run in experiment.runs:
-        try:
-            enqueue_run(str(run.id))
-        except Exception:  # the row is committed; it stays queued and visible
-            log.exception("publishing run %s failed; it stays queued", run.id)
+    # the plan the worker's loop reports at its start, known now: a queued run and
+    # the first poll after its claim already say how many steps it takes
+    plan = StepPlan.of(int(dataset.summary["split_sizes"]["train"]),
+                       request.training.batch_size, request.training.epochs)
+    experiment.runs.append(Run(status="queued", total_steps=plan.total_steps))
     return experiment
+
+
+def publish(experiments: list[Experiment]) -> None:
+    """Enqueue the runs of committed experiments."""
+    for experiment in experiments:
+        for run in experiment.runs:
+            try:
+                enqueue_run(str(run.id))
+            except Exception:  # the row is committed; it stays queued and visible
+                log.exception("publishing run %s failed; it stays queued", run.id)
 
 
 def get(session: Session, project_id: uuid.UUID, experiment_id: uuid.UUID) -> Experiment:

@@ -29,7 +29,8 @@ from safetensors.torch import load_file
 from sqlalchemy.orm import Session
 
 from app.db.models import Project, Run
-from app.ml.models.weights import WeightMatch, match_state
+from app.ml.data.errors import reason
+from app.ml.models.weights import WeightMatch, best_match
 from app.ml.safetensors_meta import header_shapes, read_header_from
 from app.schemas.experiments import ExperimentCreate, ModelSpecIn
 from app.services import limits, sources
@@ -146,7 +147,7 @@ def _open(source: WeightsSource, store: ArtifactStore) -> BinaryIO:
 
 
 def _unreadable(source: WeightsSource, exc: Exception) -> FieldError:
-    return FieldError(source.loc, f"cannot read {source.label}: {type(exc).__name__}: {exc}")
+    return FieldError(source.loc, f"cannot read {source.label}: {reason(exc)}")
 
 
 def read_shapes(source: WeightsSource, store: ArtifactStore) -> dict[str, tuple[int, ...]]:
@@ -223,7 +224,7 @@ def check(session: Session, settings: Settings, project_id: uuid.UUID,
         return
     shapes = read_shapes(source, store)
     state = limits.meta_model(request, summary).state_dict()
-    match = match_state(state, shapes)
+    _, match = best_match(state, shapes)
     if not match.loaded:
         raise FieldError(source.loc, no_fit_message(source.label, match, list(state)))
 

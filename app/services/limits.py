@@ -72,9 +72,16 @@ def check_dataset_bytes(session: Session, settings: Settings, project_id: uuid.U
 def check_experiment(session: Session, settings: Settings, project_id: uuid.UUID,
                      request: ExperimentCreate, summary: dict[str, Any],
                      new_runs: int = 1) -> None:
-    """Size limits of the run, then the project's queue. Locks the project's row
-    until the caller commits, so concurrent submissions are counted one by one."""
-    limits = effective(settings, _project(session, project_id, lock=True))
+    """Size limits of the run, then the project's queue (``check_queue``, which
+    locks the project's row until the caller commits)."""
+    check_epoch_samples(session, settings, project_id, request, summary)
+    check_model_size(session, settings, project_id, request, summary)
+    check_queue(session, settings, project_id, new_runs)
+
+
+def check_epoch_samples(session: Session, settings: Settings, project_id: uuid.UUID,
+                        request: ExperimentCreate, summary: dict[str, Any]) -> None:
+    limits = effective(settings, _project(session, project_id))
     samples = int(summary["split_sizes"]["train"])
     epochs = request.training.epochs
     if epochs * samples > limits.epoch_samples:
@@ -82,6 +89,13 @@ def check_experiment(session: Session, settings: Settings, project_id: uuid.UUID
                          f"{epochs} epochs × {samples} training samples = {epochs * samples} "
                          f"passes the project's limit of {limits.epoch_samples} "
                          "(epoch_samples)")
+
+
+def check_model_size(session: Session, settings: Settings, project_id: uuid.UUID,
+                     request: ExperimentCreate, summary: dict[str, Any]) -> None:
+    """The model's parameters against ``model_parameters`` (builds it on the meta
+    device: a model that cannot be built is a ``FieldError`` too)."""
+    limits = effective(settings, _project(session, project_id))
     parameters = model_parameters(request, summary)
     if parameters > limits.model_parameters:
         kind = request.model.kind if request.task != "retrieval" else "multimodal"
@@ -91,8 +105,15 @@ def check_experiment(session: Session, settings: Settings, project_id: uuid.UUID
                          f"{limits.model_parameters:,} (model_parameters): make it smaller "
                          "(model.width, model.depth, model.widen, model.name, model.dim, "
                          "model.text_dim, model.layers)")
-    # running_runs caps how many run at once, at the claim (app.services.runs.claim):
-    # a submission past it waits in the queue, within queued_runs
+
+
+def check_queue(session: Session, settings: Settings, project_id: uuid.UUID,
+                new_runs: int = 1) -> None:
+    """``queued_runs`` (429). Locks the project's row until the caller commits, so
+    concurrent submissions are counted one by one. (``running_runs`` caps how
+    many run at once at the claim, ``app.services.runs.claim``: a submission past
+    it waits in the queue, within ``queued_runs``.)"""
+    limits = effective(settings, _project(session, project_id, lock=True))
     _, queued = live_runs(session, project_id)
     if queued + new_runs > limits.queued_runs:
         raise LimitExceeded(f"the project has {queued} runs queued and its limit is "

@@ -5,19 +5,23 @@ racing on one run (a duplicate delivery, a cancel during start-up) cannot both
 win.
 """
 
+import json
 import socket
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from sqlalchemy import Update, func, select, update
+from sqlalchemy import Update, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
 from app.db.models import TERMINAL_STATUSES, Experiment, MetricPoint, Project, Run
+from app.ml.data.errors import plain
+from app.ml.tasks import TASKS
 from app.ml.training import Progress
-from app.services.errors import ConflictError, NotFoundError
+from app.services.errors import ConflictError, FieldError, NotFoundError
+from app.storage import ArtifactStore, evaluation_key
 
 
 def get(session: Session, project_id: uuid.UUID, run_id: uuid.UUID) -> Run:
@@ -63,15 +67,73 @@ def cancel(session: Session, project_id: uuid.UUID, run_id: uuid.UUID) -> Run:
 
 
 def metric_history(session: Session, project_id: uuid.UUID, run_id: uuid.UUID,
-                   key: str | None = None) -> dict[str, list[MetricPoint]]:
+                   key: str | None = None, after_step: int | None = None,
+                   max_points: int | None = None,
+                   keys: Iterable[str] | None = None) -> dict[str, list[Any]]:
+    """Points (``.step``, ``.epoch``, ``.value``) by key, by step: every key, ``key``
+    or ``keys``; with ``after_step`` only later steps (incremental fetches); with
+    ``max_points`` each key's curve down-sampled in SQL (``downsampled``)."""
     get(session, project_id, run_id)
-    query = select(MetricPoint).where(MetricPoint.run_id == run_id)
+    where = [MetricPoint.run_id == run_id]
     if key is not None:
-        query = query.where(MetricPoint.key == key)
-    history: dict[str, list[MetricPoint]] = {}
-    for point in session.scalars(query.order_by(MetricPoint.key, MetricPoint.step)):
+        where.append(MetricPoint.key == key)
+    if keys is not None:
+        where.append(MetricPoint.key.in_(list(keys)))
+    if after_step is not None:
+        where.append(MetricPoint.step > after_step)
+    query = downsampled(where, max_points) if max_points is not None else \
+        select(MetricPoint.key, MetricPoint.step, MetricPoint.epoch, MetricPoint.value) \
+        .where(*where).order_by(MetricPoint.key, MetricPoint.step)
+    history: dict[str, list[Any]] = {}
+    for point in session.execute(query):
         history.setdefault(point.key, []).append(point)
     return history
+
+
+def downsampled(where: list[Any], max_points: int) -> Any:
+    """At most ``max_points`` points per key, chosen in SQL: a key's steps are cut
+    into ``(max_points - 1) // 2`` equal step ranges and each range keeps the rows
+    holding its smallest and its largest value (extremes survive), plus the key's
+    last point; a key with no more than ``max_points`` points keeps them all."""
+    buckets = max(1, (max_points - 1) // 2)
+    by_key = {"partition_by": MetricPoint.key}
+    base = select(MetricPoint.key, MetricPoint.step, MetricPoint.epoch, MetricPoint.value,
+                  func.count().over(**by_key).label("n"),
+                  func.min(MetricPoint.step).over(**by_key).label("lo"),
+                  func.max(MetricPoint.step).over(**by_key).label("hi")).where(*where).subquery()
+    bucket = ((base.c.step - base.c.lo) * buckets) // (base.c.hi - base.c.lo + 1)
+    ranked = select(
+        base, func.row_number().over(partition_by=(base.c.key, bucket),
+                                     order_by=(base.c.value.asc(), base.c.step)).label("low"),
+        func.row_number().over(partition_by=(base.c.key, bucket),
+                               order_by=(base.c.value.desc(), base.c.step)).label("high"),
+    ).subquery()
+    return (select(ranked.c.key, ranked.c.step, ranked.c.epoch, ranked.c.value)
+            .where(or_(ranked.c.n <= max_points, ranked.c.low == 1, ranked.c.high == 1,
+                       ranked.c.step == ranked.c.hi))
+            .order_by(ranked.c.key, ranked.c.step))
+
+
+def evaluation(session: Session, store: ArtifactStore, project_id: uuid.UUID,
+               run_id: uuid.UUID) -> dict[str, Any]:
+    """A succeeded classifier's test-split report. 422 for a task that has none
+    (retrieval), 409 until the run has succeeded (or when it did not), 404 when a
+    succeeded run has no report stored."""
+    run = get(session, project_id, run_id)
+    task = run.experiment.task
+    if task not in TASKS:
+        raise FieldError(("path", "run_id"),
+                         f"evaluation is per-class scores of a classifier; task {task} has "
+                         f"none: its recall@K figures (test_r1_q2t, …, test_mean_recall) "
+                         f"are in the run's metrics (GET /v1/runs/{run.id})")
+    if run.status != "succeeded":
+        hint = (f"it is written when the run succeeds; poll GET /v1/runs/{run.id}"
+                if run.status in ("queued", "running") else "only a succeeded run has one")
+        raise ConflictError(f"run {run.id} is {run.status}: {hint}")
+    key = evaluation_key(run.id)
+    if not store.exists(key):
+        raise NotFoundError("evaluation of run", run_id)
+    return json.loads(store.get(key))  # type: ignore[no-any-return]
 
 
 # --- the worker's side -------------------------------------------------------
@@ -135,7 +197,8 @@ def record_start(session: Session, run_id: uuid.UUID, device: str, total_steps: 
 
 
 def record_progress(session: Session, run_id: uuid.UUID, progress: Progress | None,
-                    checkpoint_key: str | None = None, attempt: int | None = None) -> bool:
+                    checkpoint_key: str | None = None, attempt: int | None = None,
+                    checkpoint_epoch: int | None = None) -> bool:
     """Write progress and a heartbeat; returns whether the worker should stop: a
     cancel was requested (read back by the same statement), or, with ``attempt``,
     the run is no longer this attempt's."""
@@ -145,7 +208,7 @@ def record_progress(session: Session, run_id: uuid.UUID, progress: Progress | No
                       total_steps=progress.total_steps,
                       samples_per_s=progress.samples_per_s, eta_s=progress.eta_s)
     if checkpoint_key is not None:
-        values["checkpoint_key"] = checkpoint_key
+        values.update(checkpoint_key=checkpoint_key, checkpoint_epoch=checkpoint_epoch)
     cancel = session.execute(_mine(run_id, attempt).values(**values)
                              .returning(Run.cancel_requested)).first()
     session.commit()
@@ -199,7 +262,8 @@ def finish(session: Session, run_id: uuid.UUID, status: str, error: str | None =
     assert status in TERMINAL_STATUSES
     result = session.execute(
         _mine(run_id, attempt).where(Run.status == "running")
-        .values(status=status, error=error, finished_at=utcnow(), heartbeat_at=utcnow(),
+        .values(status=status, error=None if error is None else plain(error),
+                finished_at=utcnow(), heartbeat_at=utcnow(),
                 eta_s=0.0 if status == "succeeded" else None))
     session.commit()
     return result.rowcount == 1  # type: ignore[attr-defined]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from app.ml.data.errors import DataValidationError
+from app.ml.data.errors import DataValidationError, reason
 from app.ml.data.ingest_spec import PreparationStopped
 from app.services.errors import FieldError
 from app.services.ingest import TABLE_FORMATS, upload_format
@@ -134,6 +134,5 @@ def fetch(settings: Settings, uri: str, folder: Path,
     except (DataValidationError, PreparationStopped):
         raise
     except Exception as exc:  # fsspec backends raise their own error types
-        raise DataValidationError("source.uri", f"cannot read {uri}: {type(exc).__name__}: "
-                                  f"{exc}") from exc
+        raise DataValidationError("source.uri", f"cannot read {uri}: {reason(exc)}") from exc
     return target

@@ -45,7 +45,9 @@ def prepared(http: httpx.Client, response: httpx.Response, status: str = "ready"
     assert response.status_code == 202, response.text
     accepted = response.json()
     assert accepted["status"] == "preparing", accepted
-    assert response.headers["location"] == f"/v1/datasets/{accepted['id']}"
+    # absolute, built like every URL in replies (the request's base URL here)
+    assert response.headers["location"] == str(http.base_url.join(
+        f"/v1/datasets/{accepted['id']}"))
     ds = wait_for_dataset(http, accepted["id"])
     assert ds["status"] == status, ds
     return ds

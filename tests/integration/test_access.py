@@ -20,7 +20,7 @@ from sqlalchemy import update
 
 from app.api.main import app
 from app.db.base import utcnow
-from app.db.models import ApiKey, Dataset, Experiment, Project, Run
+from app.db.models import ApiKey, Dataset, Experiment, Project, Run, Sweep
 from app.db.session import get_sessionmaker, session_scope
 from app.schemas.experiments import ExperimentCreate
 from app.services import auth, limits
@@ -74,6 +74,9 @@ def _body(method: str, path: str, ids: dict[str, str]) -> dict[str, Any] | None:
         return {"dataset_id": ids["dataset_id"], **TINY}
     if (method, path) == ("post", "/v1/keys"):
         return {"name": "x", "scope": "read"}
+    if (method, path) == ("post", "/v1/sweeps"):
+        return {"base": {"dataset_id": ids["dataset_id"], **TINY},
+                "grid": {"training.seed": [0]}}
     if path.endswith("/preview"):
         return {"n": 2}
     if path.endswith("/predict"):
@@ -81,8 +84,15 @@ def _body(method: str, path: str, ids: dict[str, str]) -> dict[str, Any] | None:
     return None
 
 
+def _params(path: str, ids: dict[str, str]) -> dict[str, str] | None:
+    if path == "/v1/runs/compare":
+        return {"ids": f"{ids['run_id']},{ids['sweep_run_id']}"}
+    return None
+
+
 def call(http: TestClient, method: str, path: str, ids: dict[str, str]) -> Any:
-    return http.request(method.upper(), path.format(**ids), json=_body(method, path, ids))
+    return http.request(method.upper(), path.format(**ids), json=_body(method, path, ids),
+                        params=_params(path, ids))
 
 
 @pytest.fixture(scope="module")
@@ -104,9 +114,20 @@ def project_a(access) -> Iterator[dict[str, Any]]:  # type: ignore[no-untyped-de
 
     run = wait_until(finished, timeout=120, what="A's run")
     assert run["status"] == "succeeded", run["error"]
+    # a sweep of one cancelled run that no message refers to (so no worker touches it)
+    with session_scope() as session:
+        sweep = Sweep(project_id=project_id, name="a-sweep", spec={})
+        sweep.experiments.append(Experiment(
+            project_id=project_id, name="a-sweep", dataset_id=uuid.UUID(ds["id"]),
+            task="classification", spec={"training": {"epochs": 1}},
+            sweep_point={"training.seed": 0}, runs=[Run(status="cancelled")]))
+        session.add(sweep)
+        session.commit()
+        sweep_ids = {"sweep_id": str(sweep.id),
+                     "sweep_run_id": str(sweep.experiments[0].runs[0].id)}
     yield {"project_id": project_id, "write": write_key, "read": read_key,
            "ids": {"dataset_id": ds["id"], "experiment_id": created.json()["experiment_id"],
-                   "run_id": run_id, "key_id": str(read_id)}}
+                   "run_id": run_id, "key_id": str(read_id), **sweep_ids}}
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +139,7 @@ def project_b(access) -> dict[str, Any]:  # type: ignore[no-untyped-def]
 
 def _random_ids() -> dict[str, str]:
     return {name: str(uuid.uuid4()) for name in ("dataset_id", "experiment_id", "run_id",
-                                                 "key_id")}
+                                                 "key_id", "sweep_id", "sweep_run_id")}
 
 
 # --- no key, a bad key ----------------------------------------------------------------
@@ -190,7 +211,7 @@ def test_nothing_of_a_project_is_listed_or_touched_by_another(project_a: dict,
                                                              project_b: dict) -> None:
     ids = project_a["ids"]
     http = _client(project_b["write"])
-    for path in ("/v1/datasets", "/v1/experiments", "/v1/runs",
+    for path in ("/v1/datasets", "/v1/experiments", "/v1/runs", "/v1/sweeps",
                  f"/v1/runs?experiment_id={ids['experiment_id']}", "/v1/keys"):
         listing = http.get(path)
         assert listing.status_code == 200, listing.text
@@ -210,7 +231,7 @@ def test_nothing_of_a_project_is_listed_or_touched_by_another(project_a: dict,
     assert http.get(f"/v1/runs/{ids['run_id']}").json()["status"] == "succeeded"
     assert http.get(f"/v1/experiments/{ids['experiment_id']}").status_code == 200
     runs = http.get("/v1/runs").json()
-    assert [r["id"] for r in runs["items"]] == [ids["run_id"]]
+    assert {r["id"] for r in runs["items"]} == {ids["run_id"], ids["sweep_run_id"]}
 
 
 # --- keys: revocation, last use -----------------------------------------------------------

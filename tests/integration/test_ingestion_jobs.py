@@ -100,14 +100,21 @@ def test_failed_preparation_lists_capped_problems_and_keeps_nothing(
     error = ds["errors"][0]
     listed = ", ".join(str(i) for i in range(20))
     assert error["field"] == "img"
-    assert error["message"].startswith(f"unreadable image in 60 rows: {listed}, … (first: ")
+    # in words, not Pillow's "cannot identify image file <_io.BytesIO object at 0x7f…>"
+    assert error["message"] == (f"unreadable image in 60 rows: {listed}, … (first: not an "
+                                "image PIL can read (PNG, JPEG, GIF, BMP, TIFF, WebP, …))")
     assert _stored(ds["id"]) == set()
-    # a value problem in an .npz passes the header check and fails the same way
+    # a value problem in an .npz passes the header check and fails the same way: every
+    # bad sample counted, the first 20 listed
+    image = np.zeros((30, 4, 4), np.float32)
+    image[5:] = np.nan
     response = api_client.post("/v1/datasets", files={"file": ("nan.npz", _npz(
-        image=np.full((30, 4, 4), np.nan, np.float32), label=np.arange(30) % 3))})
+        image=image, label=np.arange(30) % 3))})
     ds = prepared(api_client, response, status="failed")
-    assert ds["errors"] == [{"field": "image",
-                             "message": "contains NaN or infinity (first at sample 0)"}]
+    listed = ", ".join(str(i) for i in range(5, 25))
+    assert ds["errors"] == [{"field": "image", "message": "contains NaN or infinity in 25 "
+                                                          f"samples: {listed}, …"}]
+    assert ds["error_count"] == 25
     assert _stored(ds["id"]) == set()
 
 
@@ -152,6 +159,9 @@ def test_an_experiment_on_a_dataset_not_ready_is_409(api_client: TestClient) -> 
                      error_count=1)
     experiment = api_client.post("/v1/experiments", json={"dataset_id": failed})
     assert experiment.status_code == 409 and "failed" in experiment.json()["detail"]
+    # a status the operation gives is one its contract lists (schemathesis checks it too)
+    documented = api_client.get("/openapi.json").json()["paths"]["/v1/experiments"]["post"]
+    assert "409" in documented["responses"]
 
 
 def test_a_dataset_not_ready_refuses_previews_and_can_be_deleted(

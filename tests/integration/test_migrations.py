@@ -22,12 +22,22 @@ def test_upgrade_head_then_downgrade_base_on_postgres() -> None:
         upgrade(url)
         assert {"datasets", "experiments", "runs", "metrics"} <= set(
             inspect(engine).get_table_names())
-        # one step down and up again: 0004's runs.init
+        # steps down and up again: 0006's sweeps, 0005's runs.checkpoint_epoch, 0004's
+        # runs.init
+        assert "sweeps" in inspect(engine).get_table_names()
+        assert {"sweep_id", "sweep_point"} <= _columns(engine, "experiments")
+        downgrade(url, "0005")
+        assert "sweeps" not in inspect(engine).get_table_names()
+        assert not {"sweep_id", "sweep_point"} & _columns(engine, "experiments")
+        assert {"init", "checkpoint_epoch"} <= _columns(engine, "runs")
+        downgrade(url, "0004")
+        assert "checkpoint_epoch" not in _columns(engine, "runs")
         assert "init" in _columns(engine, "runs")
         downgrade(url, "0003")
         assert "init" not in _columns(engine, "runs")
         upgrade(url)
-        assert "init" in _columns(engine, "runs")
+        assert {"init", "checkpoint_epoch"} <= _columns(engine, "runs")
+        assert {"sweep_id", "sweep_point"} <= _columns(engine, "experiments")
         downgrade(url)
         assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
         upgrade(url)

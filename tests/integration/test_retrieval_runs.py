@@ -43,6 +43,13 @@ def test_a_retrieval_run_trains_and_reports_recall(client: MixlabClient, paired:
     assert [p["epoch"] for p in history] == [1, 2]
     stored = client.get_experiment(str(created["experiment_id"]))["spec"]
     assert stored["retrieval"] == {"query": "image", "target": "text", "m3mix_weight": 1.0}
+    # per-class scores are a classifier's: the run's figures are its metrics (not a 404)
+    response = client.http.get(f"/v1/runs/{run['id']}/evaluation")
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["path", "run_id"]
+    assert error["msg"].startswith("evaluation is per-class scores of a classifier; task "
+                                   "retrieval has none: its recall@K figures")
 
 
 @pytest.mark.parametrize(("patch", "loc"), [

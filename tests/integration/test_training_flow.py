@@ -49,6 +49,8 @@ def test_register_preview_train_metrics_checkpoint(client: MixlabClient, digits:
     assert run["attempt"] == 1 and run["worker"]["host"]
     assert run["worker"]["device"].startswith("cpu")
     assert run["progress"]["step"] == run["progress"]["total_steps"] > 0
+    # the final checkpoint is the trained model, the last epoch's (checkpoint last)
+    assert run["checkpoint"] == {"url": run["checkpoint_url"], "epoch": 3, "partial": False}
     for key in ("train_loss", "val_loss", "val_acc", "val_ece", "test_acc", "test_ece"):
         assert key in run["metrics"]
     assert 0.0 <= run["metrics"]["test_ece"] <= 1.0
@@ -93,10 +95,14 @@ def test_experiment_reply_and_listing(client: MixlabClient, stack, digits: dict)
 def test_cancel_queued_and_running(client: MixlabClient, digits: dict) -> None:
     long_run = experiment(client, digits["id"], model={"width": 32, "depth": 3},
                           training={"epochs": 400})
-    wait_until(lambda: client.get_run(long_run)["progress"]["step"] > 0, timeout=120,
-               what="the long run to start training")
+    # the first poll already knows the plan: 1259 training samples in batches of 64
+    # → 20 steps an epoch (recorded at submission, not when training starts)
+    assert client.get_run(long_run)["progress"]["total_steps"] == 400 * 20
+    wait_until(lambda: client.get_run(long_run)["checkpoint"], timeout=120,
+               what="the long run to save its first epoch")
     queued = experiment(client, digits["id"])
     assert client.get_run(queued)["status"] == "queued"
+    assert client.get_run(queued)["progress"]["total_steps"] == 2 * 20
 
     cancelled = client.cancel_run(queued)
     assert cancelled["status"] == "cancelled" and cancelled["attempt"] == 0
@@ -106,7 +112,15 @@ def test_cancel_queued_and_running(client: MixlabClient, digits: dict) -> None:
     final = wait_until(lambda: (r := client.get_run(long_run))["status"] != "running" and r,
                        timeout=30, what="the running run to stop")
     assert final["status"] == "cancelled"
-    assert final["progress"]["step"] < final["progress"]["total_steps"]
+    assert final["progress"]["step"] < final["progress"]["total_steps"] == 400 * 20
+    # its last epoch's weights stay downloadable, and the reply says they are partial
+    checkpoint = final["checkpoint"]
+    assert checkpoint["partial"] is True and checkpoint["url"] == final["checkpoint_url"]
+    assert 1 <= checkpoint["epoch"] <= final["progress"]["epoch"] < 400
+    assert client.fetch(checkpoint["url"])[:8]
+    # nor has it an evaluation: that is a succeeded run's (409, the run is not done)
+    response = client.http.get(f"/v1/runs/{long_run}/evaluation")
+    assert response.status_code == 409 and "cancelled" in response.json()["detail"]
     # the queued run's message is still delivered; the worker must refuse it
     wait_until(lambda: "not claimable" in _worker_log(client), timeout=30,
                what="the worker to skip the cancelled run")
@@ -128,7 +142,7 @@ def test_failing_run_is_marked_failed_with_its_error(client: MixlabClient, digit
     assert run["status"] == "failed"
     assert "DeviceUnavailableError" in run["error"] and "CUDA" in run["error"]
     assert run["finished_at"] is not None
-    assert client.http.get(f"/v1/runs/{run_id}/evaluation").status_code == 404
+    assert client.http.get(f"/v1/runs/{run_id}/evaluation").status_code == 409
 
 
 def test_cancel_of_finished_run_is_a_conflict(client: MixlabClient, digits: dict) -> None:

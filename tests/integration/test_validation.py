@@ -101,12 +101,17 @@ def test_unknown_choices_list_the_allowed_values(api_client: TestClient,
     assert "'preact_resnet18'" in response.json()["detail"][0]["msg"]
 
 
-def test_crop_needs_images(api_client: TestClient) -> None:
+@pytest.fixture(scope="module")
+def tabular(api_client: TestClient) -> str:
+    """A dataset without images: tabular and text."""
     response = api_client.post("/v1/datasets", json={
         "name": "table", "source": {"kind": "builtin", "name": "synthetic",
                                     "options": {"num_samples": 200,
                                                 "modalities": ["tabular", "text"]}}})
-    tabular = str(prepared(api_client, response)["id"])
+    return str(prepared(api_client, response)["id"])
+
+
+def test_crop_needs_images(api_client: TestClient, tabular: str) -> None:
     before = _counts(api_client)
     response = api_client.post("/v1/experiments", json={
         "dataset_id": tabular, "model": {"kind": "multimodal"},
@@ -118,6 +123,34 @@ def test_crop_needs_images(api_client: TestClient) -> None:
     accepted = api_client.post("/v1/experiments", json={
         "dataset_id": tabular, "model": {"kind": "multimodal"}, "training": {"epochs": 1}})
     assert accepted.status_code == 202, accepted.text
+
+
+def test_every_field_error_of_a_request_is_reported_at_once(api_client: TestClient,
+                                                           tabular: str) -> None:
+    """A request that is wrong in several ways against its dataset hears of all of
+    them in one 422 (one ``detail`` entry per field), not of the first check's only:
+    here the image model the default kind builds, two ops and the batch size."""
+    before = _counts(api_client)
+    response = api_client.post("/v1/experiments", json={
+        "dataset_id": tabular, "model": {},
+        "augmentation": {"method": "cross_modal",
+                         "ops": {"text": "cutmix", "audio": "specmix"}},
+        "training": {"batch_size": 5000, "checkpoint": "best",
+                     "checkpoint_metric": "val_recall"}})
+    assert _loc(response) == [("body", "training", "checkpoint_metric"),
+                              ("body", "training", "batch_size"),
+                              ("body", "model", "kind"),
+                              ("body", "augmentation", "ops", "text"),
+                              ("body", "augmentation", "ops", "audio")]
+    messages = [e["msg"] for e in response.json()["detail"]]
+    assert "needs an image modality" in messages[2]
+    assert "applies to image" in messages[3] and "no modality 'audio'" in messages[4]
+    assert _counts(api_client) == before  # nothing stored
+    # fixed one at a time, the rest are still named
+    response = api_client.post("/v1/experiments", json={
+        "dataset_id": tabular, "model": {"kind": "multimodal"},
+        "augmentation": {"method": "cross_modal", "ops": {"audio": "specmix"}}})
+    assert _loc(response) == [("body", "augmentation", "ops", "audio")]
 
 
 def test_unknown_or_missing_dataset_id(api_client: TestClient) -> None:

@@ -32,7 +32,8 @@ COMMANDS = _command_paths(typer.main.get_command(cli))
 def test_every_command_is_covered() -> None:
     names = {" ".join(p) for p in COMMANDS}
     assert {"runs list", "runs evaluation", "experiments delete", "migrate", "demo",
-            "admin revoke-key", "predict"} <= names
+            "admin revoke-key", "predict", "sweep submit", "sweep watch", "sweep summary",
+            "sweep cancel", "sweep list", "runs compare"} <= names
 
 
 @pytest.mark.parametrize("path", COMMANDS, ids=lambda p: " ".join(p) or "mixlab")

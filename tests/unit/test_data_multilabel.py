@@ -223,7 +223,9 @@ def test_npz_multilabel_class_names_and_empty_rows(tmp_path):
 
 
 @pytest.mark.parametrize(("label", "names", "field", "words"), [
-    (np.full((60, 3), 2), None, "label", "sample 0, class 0 is 2"),
+    (np.full((60, 3), 2), None, "label", "in 60 samples: 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, "
+                                         "12, 13, 14, 15, 16, 17, 18, 19, … (first: class 0 "
+                                         "is 2)"),
     (np.where(np.eye(60, 3) > 0, 0.5, 0.0), None, "label", "only 0 and 1"),
     (np.full((60, 3), np.nan), None, "label", "only 0 and 1"),
     (np.array([["a", "b", "c"]] * 60), None, "label", "is not 0/1"),

@@ -1,5 +1,6 @@
-"""benchmarks/quality.py on a tiny grid: the tables and JSON it writes, its
-temperature fit, and its refusal of bad options."""
+"""benchmarks/quality.py on tiny grids: the specs it sends, the tables and JSON
+it writes, the thread comparison, the targets, its temperature fit, and its
+refusal of bad options."""
 
 import importlib.util
 import json
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from app.ml.training import TrainSpec
 
 _PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "quality.py"
 
@@ -28,20 +31,63 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 
 
-def test_tiny_digits_grid_writes_every_run(quality, tmp_path: Path) -> None:
+def test_default_grid_is_the_default_recipe_with_alpha_1(quality) -> None:
+    grid, _ = quality.parse_args([])
+    assert grid.datasets == ["digits", "fashion-mnist"]  # avmnist only on request
+    assert grid.methods == ["none", "mixup"]
+    assert grid.noise["digits"] == [0.0, 0.2, 0.4, 0.6]
+    assert grid.noise["fashion-mnist"] == [0.0, 0.4]
+    assert grid.seeds["digits"] == [0, 1, 2] and grid.seeds["fashion-mnist"] == [0]
+    assert grid.threads["digits"] == [1, 2] and grid.threads["fashion-mnist"] == [2]
+    assert {quality._augmentation(grid, "mixup", n)["alpha"] for n in grid.noise["digits"]} \
+        == {1.0}
+    # digits: the experiment sends the defaults, nothing else
+    assert quality._model(grid, "digits") == {}
+    assert quality._training(grid, "digits", 2) == {"seed": 2, "device": "cpu"}
+    spec = quality.experiment_spec({}, {"method": "mixup", "alpha": 1.0},
+                                   quality._training(grid, "digits", 2))
+    assert spec.training.to_ml() == TrainSpec(seed=2, device="cpu")
+    assert spec.model.to_ml().width == 16 and spec.model.to_ml().depth == 3
+    # fashion-mnist: all 60,000 training images, the paper-style recipe, a CNN
+    assert grid.fashion_subset is None
+    assert "subset" not in quality._dataset_options(grid, "fashion-mnist", 0.4, 0)
+    training = quality._training(grid, "fashion-mnist", 0)
+    assert training == {**quality.FASHION_RECIPE, "seed": 0, "device": "cpu",
+                        "epochs": grid.epochs["fashion-mnist"]}
+    fashion = quality.experiment_spec(quality._model(grid, "fashion-mnist"), {"method": "none"},
+                                      training).training.to_ml()
+    assert (fashion.optimizer, fashion.nesterov, fashion.schedule, fashion.augmentations) == (
+        "sgd", True, "cosine", ("crop",))
+    assert quality._model(grid, "fashion-mnist") == {"kind": "cnn", "width": 16}
+    cuda, _ = quality.parse_args(["--device", "cuda"])
+    assert quality._model(cuda, "fashion-mnist") == {"kind": "preact_resnet18"}
+
+
+def test_alpha_and_threads_overrides(quality) -> None:
+    grid, _ = quality.parse_args(["--alpha", "4", "--threads", "2,1,2"])
+    assert quality._augmentation(grid, "mixup", 0.6)["alpha"] == 4.0
+    assert grid.threads["digits"] == [1, 2] and grid.threads["fashion-mnist"] == [1, 2]
+    grid, _ = quality.parse_args(["--alpha", "0.4=16", "--epochs", "digits=50"])
+    assert quality._augmentation(grid, "mixup", 0.4)["alpha"] == 16.0
+    assert quality._augmentation(grid, "mixup", 0.2)["alpha"] == 1.0
+    assert quality._training(grid, "digits", 0)["epochs"] == 50
+
+
+def test_tiny_digits_grid_at_two_thread_counts(quality, tmp_path: Path) -> None:
     out_json, out_md = tmp_path / "runs.json", tmp_path / "tables.md"
-    rc = quality.main(["--datasets", "digits", "--noise", "0,0.4", "--methods", "none,mixup",
-                       "--epochs", "2", "--seeds", "1", "--width", "8", "--threads", "1",
+    rc = quality.main(["--datasets", "digits", "--noise", "0,0.4", "--epochs", "2",
+                       "--seeds", "1", "--width", "8", "--threads", "1,2",
                        "--json", str(out_json), "--markdown", str(out_md)])
     assert rc == 0
     payload = json.loads(out_json.read_text())
     assert payload["complete"] is True
     assert not list(tmp_path.glob("*.partial"))
     runs = payload["runs"]
-    assert sorted((r["variant"], r["method"]) for r in runs) == [
-        ("0", "mixup"), ("0", "none"), ("0.4", "mixup"), ("0.4", "none")]
+    assert sorted((r["variant"], r["method"], r["threads"]) for r in runs) == [
+        (v, m, t) for v in ("0", "0.4") for m in ("mixup", "none") for t in (1, 2)]
     for r in runs:
         assert r["dataset"] == "digits" and r["epochs"] == 2 and r["seed"] == 0
+        assert r["spec"]["training"]["epochs"] == 2 and r["spec"]["model"]["width"] == 8
         assert len(r["history"]) == 2
         for key in ("test_acc", "test_ece", "test_loss"):
             assert _is_number(r["final"][key])
@@ -50,25 +96,81 @@ def test_tiny_digits_grid_writes_every_run(quality, tmp_path: Path) -> None:
         # digits' test split is small, so the oracle column is computed per epoch
         assert r["best_test"]["test_acc"] >= r["final"]["test_acc"] - 1e-9
         assert r["best_test"]["test_acc"] == max(h["test_acc"] for h in r["history"])
+        assert r["calibration"]["source"] == "run"
         assert r["calibration"]["temperature"] > 0
         assert _is_number(r["calibration"]["test_ece_calibrated"])
         assert (r["alpha"] is None) == (r["method"] == "none")
-    # α follows the noise level by default
-    assert {r["variant"]: r["alpha"] for r in runs if r["method"] == "mixup"} == {
-        "0": 1.0, "0.4": 16.0}
+    assert {r["alpha"] for r in runs if r["method"] == "mixup"} == {1.0}
+    assert set(payload["targets"]) == {"digits threads 1", "digits threads 2"}
 
     table = out_md.read_text()
-    rows = [line for line in table.splitlines() if line.startswith("| 0%")
-            or line.startswith("| 40%")]
-    assert len(rows) == 4
-    assert all(len(row.strip("|").split("|")) == 10 for row in rows)
-    assert "RESULT quality digits:" in table
+    rows = [line for line in table.splitlines()
+            if line.startswith(("| 0% | none | –", "| 0% | mixup | 1", "| 40% | none | –",
+                                "| 40% | mixup | 1"))]
+    assert len(rows) == 8  # one per (noise, method, threads)
+    assert all(len(row.strip("|").split("|")) == 11 for row in rows)
+    assert "final acc, 1 thread | final acc, 2 threads" in table
+    assert "threads 1/2:" in table and "run pairs bit-identical" in table
+    results = [line for line in table.splitlines() if line.startswith("RESULT quality digits")]
+    assert len(results) == 2 and "(1 thread," in results[0] and "(2 threads," in results[1]
+    assert all("[target: mixup − none" in r and "[target: |mixup − none|" in r for r in results)
+    assert "Wall time: digits: 8 runs" in table
+
+
+def _record(quality, variant: str, method: str, acc: float, seed: int = 0, threads: int = 1,
+            history: list | None = None):
+    return quality.RunRecord(
+        dataset="digits", variant=variant, method=method,
+        alpha=None if method == "none" else 1.0, seed=seed, threads=threads, epochs=100,
+        final={"test_acc": acc, "test_ece": 0.1, "test_loss": 0.5},
+        val_selected={"epoch": 50, "val_acc": acc, "test_acc": acc, "test_ece": 0.1},
+        best_test=None, calibration={"source": "run", "temperature": 1.0,
+                                     "test_ece_calibrated": 0.05},
+        spec={"model": {"kind": "cnn", "width": 16}},
+        history=history if history is not None else [{"epoch": 1, "val_acc": acc}])
+
+
+def test_targets_are_stated_met_or_not(quality) -> None:
+    records = [_record(quality, "0", "none", 0.995), _record(quality, "0", "mixup", 0.980),
+               _record(quality, "0.4", "none", 0.70), _record(quality, "0.4", "mixup", 0.85),
+               _record(quality, "0.4", "mixup", 0.87, seed=1),
+               _record(quality, "0.4", "none", 0.72, seed=1)]
+    checks = {c["noise"]: c for c in quality.target_checks("digits", records)}
+    assert checks[0.4]["met"] is True and checks[0.4]["aim_met"] is False
+    assert checks[0.4]["delta_points"] == pytest.approx(15.0)
+    assert checks[0.0]["met"] is False and checks[0.0]["delta_points"] == pytest.approx(-1.5)
+    [line] = quality.result_lines("digits", records)
+    assert "mixup − none +15.0 ≥ +10 points ✓" in line
+    assert "aim mixup 0.860 ≥ 0.90 ✗" in line
+    assert "|mixup − none| 1.5 ≤ 1 point ✗" in line
+    assert "(1 thread, 2 seeds, 100 epochs, cnn width 16)" in line
+    # fashion-mnist has the 0 % target only; a noise level not run has none
+    fashion = [quality.RunRecord(**{**vars(r), "dataset": "fashion-mnist"}) for r in records]
+    assert [c["noise"] for c in quality.target_checks("fashion-mnist", fashion)] == [0.0]
+    assert quality.target_checks("digits", records[:2])[0]["noise"] == 0.0
+
+
+def test_thread_comparison_pairs_runs_by_seed(quality) -> None:
+    one = _record(quality, "0.4", "mixup", 0.9, threads=1, history=[{"epoch": 1, "x": 1.0}])
+    same = _record(quality, "0.4", "mixup", 0.9, threads=2, history=[{"epoch": 1, "x": 1.0}])
+    drift = _record(quality, "0.4", "mixup", 0.9, threads=2, history=[{"epoch": 1, "x": 1.5}])
+    assert quality.identical(one, same) and not quality.identical(one, drift)
+    other = _record(quality, "0.4", "mixup", 0.8, seed=1, threads=1)
+    moved = _record(quality, "0.4", "mixup", 0.7, seed=1, threads=2)
+    records = [one, same, other, moved]
+    assert quality.threads_summary(records) == (
+        "threads 1/2: not identical (1 of 2 run pairs bit-identical; largest "
+        "|Δ final test acc| 0.100)")
+    table = quality.threads_table(records)
+    assert table is not None and "| 40% | mixup | 0.850 ± 0.071 | 0.800 ± 0.141 | 1/2 | 0.100" \
+        in table
+    assert quality.threads_table([one, other]) is None
 
 
 def test_avmnist_grid_reports_missing_modalities(quality, tmp_path: Path) -> None:
     out_json = tmp_path / "runs.json"
     quality.main(["--datasets", "avmnist", "--fusions", "late", "--epochs", "1",
-                  "--seeds", "1", "--width", "4", "--threads", "1", "--json", str(out_json)])
+                  "--seeds", "1", "--width", "4", "--json", str(out_json)])
     runs = json.loads(out_json.read_text())["runs"]
     assert [(r["variant"], r["method"]) for r in runs] == [("late", "none"),
                                                            ("late", "cross_modal")]
@@ -78,19 +180,18 @@ def test_avmnist_grid_reports_missing_modalities(quality, tmp_path: Path) -> Non
 
 
 def test_own_temperature_fit_matches_the_runs(quality, monkeypatch, tmp_path: Path) -> None:
-    # the benchmark's fallback (for a service without training.calibration) must
-    # give what the run option gives on the same model
+    # the benchmark's own fit (the run asked for calibration none) must give
+    # what the run's calibration gives on the same model
     argv = ["--datasets", "digits", "--noise", "0.2", "--methods", "mixup", "--epochs", "2",
             "--seeds", "1", "--width", "8", "--threads", "1", "--json"]
-    if not quality.RUN_CALIBRATION:
-        pytest.skip("this service has no training.calibration option to compare with")
     quality.main([*argv, str(tmp_path / "run.json")])
-    monkeypatch.setattr(quality, "RUN_CALIBRATION", False)
+    monkeypatch.setattr(quality, "SELF_CALIBRATE", True)
     quality.main([*argv, str(tmp_path / "own.json")])
     by_run = json.loads((tmp_path / "run.json").read_text())["runs"][0]
     own = json.loads((tmp_path / "own.json").read_text())["runs"][0]
     assert by_run["calibration"]["source"] == "run"
     assert own["calibration"]["source"] == "benchmark"
+    assert own["spec"]["training"]["calibration"] == "none"
     assert own["final"]["test_acc"] == by_run["final"]["test_acc"]
     for key in ("temperature", "test_ece_calibrated", "test_nll_calibrated"):
         assert own["calibration"][key] == pytest.approx(by_run["calibration"][key], rel=1e-3)
@@ -112,8 +213,11 @@ def test_fit_temperature_recovers_the_scale_of_overconfident_logits(quality) -> 
     (["--seeds", "0"], "--seeds"),
     (["--noise", "0.2,lots"], "--noise"),
     (["--epochs", "digits=ten"], "--epochs"),
+    (["--threads", "1,two"], "--threads"),
+    (["--threads", "-1"], "--threads"),
     # a value the service's own schema refuses, caught before anything trains
     (["--noise", "0.95"], "label_noise"),
+    (["--fashion-subset", "10"], "subset"),
 ])
 def test_bad_options_are_refused_by_name(quality, argv: list[str], message: str) -> None:
     with pytest.raises(SystemExit, match=message):

@@ -14,6 +14,7 @@ from app.ml.data import (
     prepare_npz,
     to_bytes,
 )
+from app.ml.data.issues import DataIssues
 from app.ml.data.synthetic import KEYWORDS_PER_CLASS, load_synthetic, pseudo_word
 
 
@@ -224,7 +225,8 @@ TEXT = np.tile(np.arange(1, 6), (60, 1))
 @pytest.mark.parametrize(("arrays", "field", "words"), [
     ({"label": LABELS}, "image", "at least one modality"),
     ({"text": TEXT.astype(np.float32), "label": LABELS}, "text", "not integer"),
-    ({"text": -TEXT, "label": LABELS}, "text", "negative token ids (first at sample 0)"),
+    ({"text": -TEXT, "label": LABELS}, "text",
+     "negative token ids (ids are >= 0 with 0 = padding) in 60 samples: 0, 1,"),
     ({"text": np.array([[1, 0, 2]] * 60), "label": LABELS}, "text", "follows padding"),
     ({"text": TEXT[:, 0], "label": LABELS}, "text", "(N, T)"),
     ({"text": TEXT, "vocab": np.array(["<pad>", "a", "b"]), "label": LABELS}, "text",
@@ -246,3 +248,23 @@ TEXT = np.tile(np.arange(1, 6), (60, 1))
 def test_npz_modality_rejections(tmp_path, arrays, field, words):
     got_field, reason = _field(tmp_path, **arrays)
     assert got_field == field and words in reason, reason
+
+
+def test_npz_value_problems_list_every_bad_sample_as_tables_list_rows(tmp_path):
+    """NaNs (and misplaced token ids) are listed like a Parquet file's bad rows:
+    every problem of every array, the first 20 samples each, all of them counted."""
+    image = np.zeros((60, 4, 4), np.float32)
+    image[[3, 7, 41]] = np.nan
+    tabular = np.zeros((60, 2))
+    tabular[::2, 1] = np.inf  # 30 samples: listed up to 20, all counted
+    text = TEXT.copy()
+    text[[5, 9], 1] = 0  # a pad, then tokens after it
+    with pytest.raises(DataIssues) as info:
+        prepare_npz(_save(tmp_path, image=image, text=text, tabular=tabular, label=LABELS))
+    assert info.value.entries == [
+        ("image", "contains NaN or infinity in 3 samples: 3, 7, 41"),
+        ("text", "a token follows padding (rows must be right-padded with 0) in 2 samples: "
+                 "5, 9"),
+        ("tabular", "contains NaN or infinity in 30 samples: "
+                    + ", ".join(str(i) for i in range(0, 40, 2)) + ", …")]
+    assert info.value.total == 35  # error_count of the failed dataset

@@ -18,6 +18,7 @@ from app.api.deps import (
     StoreDep,
     WriterDep,
 )
+from app.api.openapi import query_parameters
 from app.api.uploads import body_errors, ingest_spec, save_upload, upload_form
 from app.db.models import Dataset
 from app.schemas.common import MAX_OFFSET, Page
@@ -69,8 +70,8 @@ def to_out(dataset: Dataset) -> DatasetOut:
         "started_at": dataset.started_at, "finished_at": dataset.finished_at})
 
 
-def _accepted(dataset: Dataset, response: Response) -> DatasetOut:
-    response.headers["Location"] = f"/v1/datasets/{dataset.id}"
+def _accepted(dataset: Dataset, response: Response, base: str) -> DatasetOut:
+    response.headers["Location"] = f"{base}/v1/datasets/{dataset.id}"
     return to_out(dataset)
 
 
@@ -91,7 +92,7 @@ def _accepted(dataset: Dataset, response: Response) -> DatasetOut:
                **WRITE_RESPONSES},
 )
 async def create_dataset(request: Request, response: Response, session: SessionDep,
-                         store: StoreDep, settings: SettingsDep,
+                         store: StoreDep, settings: SettingsDep, base: BaseUrlDep,
                          principal: WriterDep) -> DatasetOut:
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
@@ -112,7 +113,7 @@ async def create_dataset(request: Request, response: Response, session: SessionD
                                               path, filename, spec)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-        return _accepted(dataset, response)
+        return _accepted(dataset, response, base)
     if not content_type.startswith("application/json"):
         raise FieldError(("header", "content-type"),
                          "use application/json (built-in or URI) or multipart/form-data "
@@ -124,7 +125,7 @@ async def create_dataset(request: Request, response: Response, session: SessionD
     submit = service.submit_uri if isinstance(body.source, UriSource) else \
         service.submit_builtin
     dataset = await run_in_threadpool(submit, session, principal.project_id, settings, body)
-    return _accepted(dataset, response)
+    return _accepted(dataset, response, base)
 
 
 @router.get("", response_model=Page[DatasetOut], summary="List datasets, newest first")
@@ -154,20 +155,34 @@ def delete_dataset(dataset_id: uuid.UUID, session: SessionDep, store: StoreDep,
              summary="Mix samples of every modality under an augmentation spec "
                      "(seeded, reproducible)",
              responses={409: {"description": "The dataset is not ready"}})
-def create_preview(dataset_id: uuid.UUID, spec: PreviewRequest, session: SessionDep,
-                   store: StoreDep, base: BaseUrlDep, principal: ReaderDep) -> PreviewOut:
+def preview(dataset_id: uuid.UUID, spec: PreviewRequest, session: SessionDep,
+            store: StoreDep, base: BaseUrlDep, principal: ReaderDep) -> PreviewOut:
     dataset = service.get(session, principal.project_id, dataset_id)
     data = service.load_prepared(store, service.require_ready(dataset))
     batch = previews.compute(data, spec)
     return previews.describe(dataset_id, data, spec, batch, base)
 
 
+# how preview.png's query holds the spec's lists and maps (``previews.png_query``)
+_PNG_ENCODINGS = {"cutmix_minmax": "`min,max` (e.g. `0.2,0.8`)",
+                  "ops": 'JSON (e.g. `{"image":"cutmix","audio":"specmix"}`)',
+                  "modalities": 'JSON (e.g. `["image","text"]`)',
+                  "manifold_layers": "JSON (e.g. `[0,1]`)"}
+
+
 @router.get("/{dataset_id}/preview.png", response_class=Response,
             summary="PNG of a preview, one modality: images A | B | mixed (cutmix box "
                     "outlined), audio spectrograms, text tokens coloured by source, tabular "
                     "values",
+            description="The preview's spec is read from the query string, one parameter "
+                        "per field of the POST /preview body (the `png_url`s of a preview "
+                        "reply carry them); lists and maps are JSON, `cutmix_minmax` is "
+                        "`min,max`. Unknown parameters are ignored.",
+            openapi_extra={"parameters": query_parameters(PreviewRequest, _PNG_ENCODINGS)},
             responses={200: {"content": {"image/png": {}}},
-                       409: {"description": "The dataset is not ready"}})
+                       409: {"description": "The dataset is not ready"},
+                       422: {"description": "Invalid spec, sample or modality; `loc` names "
+                                            "the query parameter"}})
 def preview_png(dataset_id: uuid.UUID, request: Request, session: SessionDep,
                 store: StoreDep, principal: ReaderDep,
                 sample: Annotated[int | None, Query(ge=0, le=63)] = None,

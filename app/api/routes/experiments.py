@@ -36,16 +36,15 @@ def to_out(experiment: Experiment, base: str) -> ExperimentOut:
              summary="Create an experiment and queue its run",
              responses={404: {"description": "model.init_from_run (or the run of a "
                                               "model.weights store: key) is not a run of "
-                                              "the project",
-                              "content": {"application/json": {"schema": {
-                                  "$ref": "#/components/schemas/ErrorOut"}}}},
+                                              "the project"},
+                        409: {"description": "The dataset is not ready: still preparing "
+                                             "(poll GET /v1/datasets/{id} until ready), or "
+                                             "its preparation failed"},
                         422: {"description": "Invalid spec, or a size limit of the project "
-                                              "(epoch_samples, model_parameters); `loc` "
-                                              "names the field"},
-                        429: {"description": "The project's running_runs or queued_runs "
-                                             "limit; retry after `Retry-After` seconds",
-                              "content": {"application/json": {"schema": {
-                                  "$ref": "#/components/schemas/ErrorOut"}}}},
+                                              "(epoch_samples, model_parameters): one "
+                                              "`detail` entry per field, `loc` naming it"},
+                        429: {"description": "The project's queued_runs limit; retry "
+                                             "after `Retry-After` seconds"},
                         **WRITE_RESPONSES})
 async def create_experiment(spec: ExperimentCreate, session: SessionDep, base: BaseUrlDep,
                             response: Response, principal: WriterDep) -> ExperimentCreated:

@@ -1,4 +1,3 @@
-import json
 import shutil
 import tempfile
 import uuid
@@ -25,6 +24,7 @@ from app.db.models import Run
 from app.schemas.common import MAX_OFFSET, Page
 from app.schemas.predictions import MAX_PREDICT_SAMPLES, PredictionsOut, PredictRequest
 from app.schemas.runs import (
+    CheckpointOut,
     EvaluationOut,
     MetricHistory,
     MetricPointOut,
@@ -33,16 +33,19 @@ from app.schemas.runs import (
     RunStatus,
     WorkerInfo,
 )
-from app.services import predictions
+from app.schemas.sweeps import RunComparison
+from app.services import compare, predictions
 from app.services import runs as service
 from app.services.errors import FieldError, NotFoundError
-from app.storage import evaluation_key
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 
 
 def to_out(run: Run, base: str) -> RunOut:
     epochs = int(run.experiment.spec["training"]["epochs"])
+    checkpoint = CheckpointOut(url=f"{base}/v1/runs/{run.id}/checkpoint",
+                               epoch=run.checkpoint_epoch,
+                               partial=run.status != "succeeded") if run.checkpoint_key else None
     return RunOut(
         id=run.id, experiment_id=run.experiment_id, status=run.status,  # type: ignore[arg-type]
         cancel_requested=run.cancel_requested, attempt=run.attempt,
@@ -53,7 +56,7 @@ def to_out(run: Run, base: str) -> RunOut:
         worker=WorkerInfo(host=run.worker_host, device=run.device),
         created_at=run.created_at, started_at=run.started_at, finished_at=run.finished_at,
         heartbeat_at=run.heartbeat_at,
-        checkpoint_url=(f"{base}/v1/runs/{run.id}/checkpoint" if run.checkpoint_key else None),
+        checkpoint_url=checkpoint.url if checkpoint else None, checkpoint=checkpoint,
         init=run.init)
 
 
@@ -65,6 +68,27 @@ def list_runs(session: SessionDep, base: BaseUrlDep, principal: ReaderDep,
     rows, total = service.list_page(session, principal.project_id, limit, offset, status,
                                     experiment_id)
     return Page(items=[to_out(r, base) for r in rows], total=total, limit=limit, offset=offset)
+
+
+@router.get("/compare", response_model=RunComparison,
+            summary="Compare 2-20 runs: final metrics, specs, the spec fields that differ, "
+                    "and metric curves aligned by step",
+            responses={404: {"description": "An id is not a run of the project"},
+                       422: {"description": "Fewer than 2 or more than 20 ids, or one that "
+                                            "is not an id; `loc` is `[\"query\", \"ids\"]`"}})
+def compare_runs(session: SessionDep, principal: ReaderDep,
+                 ids: Annotated[str, Query(min_length=1, max_length=2000,
+                                           description="Run ids, comma-separated")],
+                 keys: Annotated[str, Query(max_length=1000,
+                                            description="Metric keys of the histories, "
+                                                        "comma-separated")
+                                 ] = ",".join(compare.DEFAULT_KEYS),
+                 max_points: Annotated[int | None, Query(ge=3, le=100_000)] = 1000,
+                 ) -> RunComparison:
+    run_ids = compare.parse_ids(ids)
+    wanted = list(dict.fromkeys(k.strip() for k in keys.split(",") if k.strip()))
+    return RunComparison(**compare.compare(session, principal.project_id, run_ids, wanted,
+                                           max_points))
 
 
 @router.get("/{run_id}", response_model=RunOut)
@@ -85,8 +109,18 @@ def cancel_run(run_id: uuid.UUID, session: SessionDep, base: BaseUrlDep,
 @router.get("/{run_id}/metrics", response_model=MetricHistory,
             summary="Metric history by step (all keys, or one with ?key=)")
 def run_metrics(run_id: uuid.UUID, session: SessionDep, principal: ReaderDep,
-                key: Annotated[str | None, Query(max_length=100)] = None) -> MetricHistory:
-    history = service.metric_history(session, principal.project_id, run_id, key)
+                key: Annotated[str | None, Query(max_length=100)] = None,
+                after_step: Annotated[int | None, Query(
+                    ge=-1, le=2**31 - 1,
+                    description="Only points with a later step (incremental fetches: the "
+                                "last step already held)")] = None,
+                max_points: Annotated[int | None, Query(
+                    ge=3, le=100_000,
+                    description="Down-sample each key's curve to at most this many points: "
+                                "equal step ranges keep their lowest and highest value, and "
+                                "the last point stays")] = None) -> MetricHistory:
+    history = service.metric_history(session, principal.project_id, run_id, key,
+                                     after_step=after_step, max_points=max_points)
     return MetricHistory(run_id=run_id, metrics={
         k: [MetricPointOut(step=p.step, epoch=p.epoch, value=p.value) for p in points]
         for k, points in history.items()})
@@ -94,7 +128,11 @@ def run_metrics(run_id: uuid.UUID, session: SessionDep, principal: ReaderDep,
 
 @router.get("/{run_id}/checkpoint", response_class=Response,
             summary="The run's latest checkpoint (safetensors)",
-            responses={200: {"content": {"application/octet-stream": {}}}})
+            description="The file `checkpoint.url` of the run names. Unless the run "
+                        "succeeded it is partial (`checkpoint.partial`): the weights of its "
+                        "last finished epoch (`checkpoint.epoch`).",
+            responses={200: {"content": {"application/octet-stream": {}}},
+                       404: {"description": "Unknown run, or no checkpoint yet"}})
 def run_checkpoint(run_id: uuid.UUID, session: SessionDep, store: StoreDep,
                    principal: ReaderDep) -> Response:
     run = service.get(session, principal.project_id, run_id)
@@ -111,14 +149,17 @@ def run_checkpoint(run_id: uuid.UUID, session: SessionDep, store: StoreDep,
 @router.get("/{run_id}/evaluation", response_model=EvaluationOut, response_model_by_alias=True,
             summary="The test split's per-class scores, with the confusion matrix "
                     "(classification) or per-class AP and counts (multilabel)",
-            responses={404: {"description": "Unknown run, or it has not succeeded"}})
+            responses={404: {"description": "Unknown run, or a succeeded run without a stored "
+                                            "evaluation"},
+                       409: {"description": "The run has not succeeded (yet): the evaluation "
+                                            "is written when it does"},
+                       422: {"description": "The run's task has no per-class evaluation "
+                                            "(retrieval: its recall@K figures are in the "
+                                            "run's metrics); `loc` is `[\"path\", \"run_id\"]`"}})
 def run_evaluation(run_id: uuid.UUID, session: SessionDep, store: StoreDep,
                    principal: ReaderDep) -> EvaluationOut:
-    run = service.get(session, principal.project_id, run_id)
-    key = evaluation_key(run.id)
-    if run.status != "succeeded" or not store.exists(key):
-        raise NotFoundError("evaluation of run", run_id)
-    return EvaluationOut(run_id=run.id, **json.loads(store.get(key)))
+    report = service.evaluation(session, store, principal.project_id, run_id)
+    return EvaluationOut(run_id=run_id, **report)
 
 
 _PREDICT_UPLOAD = {

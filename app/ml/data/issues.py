@@ -6,9 +6,10 @@ cell adds an issue under (column, problem) instead of stopping at the first.
 (``failed`` datasets) as well as one message (``DataValidationError``).
 """
 
+from collections.abc import Sequence
 from typing import Any
 
-from app.ml.data.errors import DataValidationError
+from app.ml.data.errors import DataValidationError, plain
 
 
 class DataIssues(DataValidationError):
@@ -40,11 +41,17 @@ class Issues:
         self.total = 0
 
     def add(self, field: str, problem: str, row: int, detail: str = "") -> None:
-        entry = self._items.setdefault((field, problem), [[], 0, detail])
-        if len(entry[0]) < self.cap:
-            entry[0].append(self.name(row))
-        entry[1] += 1
-        self.total += 1
+        self.add_rows(field, problem, (row,), detail)
+
+    def add_rows(self, field: str, problem: str, rows: Sequence[int], detail: str = "") -> None:
+        """The problem at each of ``rows`` (in order; a vectorised check's bad rows)."""
+        if len(rows) == 0:
+            return
+        entry = self._items.setdefault((field, problem), [[], 0, plain(detail)])
+        room = max(self.cap - len(entry[0]), 0)
+        entry[0].extend(self.name(int(r)) for r in rows[:room])
+        entry[1] += len(rows)
+        self.total += len(rows)
 
     def name(self, row: int) -> str | int:
         return self.row_names[row] if self.row_names else row + self.row_base

@@ -1,6 +1,7 @@
 """Decode encoded images (Pillow) and audio (WAV via ``wave``, FLAC/OGG via soundfile).
 
-Each decoder raises ``MediaError`` with a short reason; the caller adds the row.
+Each decoder raises ``MediaError`` with a short reason a person can read (never a
+Python repr); the caller adds the row.
 """
 
 import io
@@ -8,7 +9,9 @@ import warnings
 import wave
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+
+from app.ml.data.errors import plain
 
 try:  # soundfile's wheels carry libsndfile; without it only WAV is read
     import soundfile as _soundfile
@@ -21,6 +24,19 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 
 class MediaError(ValueError):
     pass
+
+
+NOT_AN_IMAGE = "not an image PIL can read (PNG, JPEG, GIF, BMP, TIFF, WebP, …)"
+NOT_AUDIO = "not audio soundfile can read (WAV, FLAC, OGG)"
+
+
+def _reason(exc: Exception, what: str, unknown_format: str) -> str:
+    """Why a decoder failed, in words: the format is not one it reads, or the data is
+    damaged (the library's message, without reprs)."""
+    if isinstance(exc, UnidentifiedImageError) or "Format not recognised" in str(exc):
+        return unknown_format
+    detail = plain(exc)
+    return f"damaged {what} ({detail})" if detail else f"damaged {what}"
 
 
 def looks_like_audio(data: bytes) -> bool:
@@ -41,9 +57,9 @@ def _open_image(data: bytes, max_pixels: int) -> Image.Image:
     except MediaError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise MediaError(f"decompression bomb: {exc}") from exc
+        raise MediaError(f"decompression bomb: {plain(exc)}") from exc
     except Exception as exc:  # Pillow raises many types on bad data
-        raise MediaError(f"unreadable image ({type(exc).__name__}: {exc})") from exc
+        raise MediaError(_reason(exc, "image data", NOT_AN_IMAGE)) from exc
     return img
 
 
@@ -64,7 +80,7 @@ def decode_image(data: bytes, size: tuple[int, int], channels: int,
             img = img.resize((w, h), Image.Resampling.BILINEAR)
         arr = np.asarray(img, dtype=np.uint8)
     except Exception as exc:
-        raise MediaError(f"unreadable image ({type(exc).__name__}: {exc})") from exc
+        raise MediaError(_reason(exc, "image data", NOT_AN_IMAGE)) from exc
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
@@ -120,18 +136,18 @@ def decode_audio(data: bytes,
             raise
         except (wave.Error, EOFError, ValueError) as exc:
             if _soundfile is None:
-                raise MediaError(f"unreadable WAV ({exc})") from exc
+                raise MediaError(f"damaged WAV data ({plain(exc)})") from exc
     if _soundfile is None:
         raise MediaError("only WAV audio can be read here (soundfile is not installed)")
     try:
         info = _soundfile.info(io.BytesIO(data))
-    except Exception as exc:
-        raise MediaError(f"unreadable audio ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:  # libsndfile reads the header: an unknown format fails here
+        raise MediaError(NOT_AUDIO) from exc
     _check_size(int(info.frames), int(info.channels), int(info.samplerate), max_samples)
     try:
         x, rate = _soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except Exception as exc:
-        raise MediaError(f"unreadable audio ({type(exc).__name__}: {exc})") from exc
+        raise MediaError(_reason(exc, "audio data", NOT_AUDIO)) from exc
     return x.mean(axis=1).astype(np.float32), int(rate)
 
 

@@ -11,7 +11,10 @@ Modality arrays, at least one of them, all with the same N:
 Then ``label`` (N,) integers or strings; optional ``split`` (N,) of 0/1/2 or
 train/val/test; optional ``class_names`` (K,) strings, in which case ``label``
 holds indices into it. Loaded with ``allow_pickle=False``; every problem is a
-``DataValidationError`` naming the array.
+``DataValidationError`` naming the array. Problems of values (NaN, negative or
+misplaced token ids, multi-label entries other than 0/1) list every bad sample,
+as the other formats list bad rows: the first ``max_errors`` samples per problem
+and how many there are (``DataIssues``).
 
 A 2-D ``label`` (N, K) of 0/1 (bool, integer or float) makes the dataset
 multi-label: row i marks the classes sample i has; ``class_names`` (K,) names
@@ -28,6 +31,7 @@ import numpy as np
 import torch
 
 from app.ml.data.errors import DataValidationError
+from app.ml.data.issues import Issues
 from app.ml.data.prepared import SPLITS, PreparedDataset
 from app.ml.data.samples import Label, Samples
 from app.ml.data.splits import stratified_split
@@ -48,6 +52,7 @@ class NpzLimits:
     max_audio_length: int = 10_000_000  # waveform samples per clip
     max_audio_side: int = 4096  # spectrogram bins or frames
     max_features: int = 100_000
+    max_errors: int = 20  # samples listed per problem (all are counted)
 
 
 def _open(path: Path, limits: NpzLimits, labelled: bool = True) -> dict[str, np.ndarray]:
@@ -94,19 +99,25 @@ def _samples(name: str, arr: np.ndarray, limits: NpzLimits) -> int:
     return n
 
 
-def _numeric_float(name: str, arr: np.ndarray) -> torch.Tensor:
-    """A numeric array as float32, rejecting NaN and infinity (naming the first sample)."""
+def _bad_samples(bad: np.ndarray) -> np.ndarray:
+    """The samples (axis 0) with any True in ``bad``."""
+    return np.flatnonzero(bad.reshape(len(bad), -1).any(axis=1))
+
+
+def _finite(name: str, arr: np.ndarray, issues: Issues) -> None:
+    issues.add_rows(name, "contains NaN or infinity", _bad_samples(~np.isfinite(arr)))
+
+
+def _numeric_float(name: str, arr: np.ndarray, issues: Issues) -> torch.Tensor:
+    """A numeric array as float32; its samples with NaN or infinity go to ``issues``."""
     if arr.dtype.kind not in "uif" and arr.dtype != np.bool_:
         raise DataValidationError(name, f"dtype {arr.dtype} is not numeric")
     out = arr.astype(np.float32)
-    finite = np.isfinite(out)
-    if not finite.all():
-        bad = int(np.flatnonzero(~finite.reshape(len(out), -1).all(axis=1))[0])
-        raise DataValidationError(name, f"contains NaN or infinity (first at sample {bad})")
+    _finite(name, out, issues)
     return torch.from_numpy(out)
 
 
-def _text(arr: np.ndarray, limits: NpzLimits) -> torch.Tensor:
+def _text(arr: np.ndarray, limits: NpzLimits, issues: Issues) -> torch.Tensor:
     if arr.dtype.kind not in "iu":
         raise DataValidationError("text", f"dtype {arr.dtype} is not integer (token ids, "
                                   "0 = padding)")
@@ -118,19 +129,17 @@ def _text(arr: np.ndarray, limits: NpzLimits) -> torch.Tensor:
         raise DataValidationError("text", f"{length} tokens per sample; expected 1 to "
                                   f"{limits.max_text_length}")
     if arr.dtype.kind == "i" and (arr < 0).any():
-        bad = int(np.flatnonzero((arr < 0).any(axis=1))[0])
-        raise DataValidationError("text", f"negative token ids (first at sample {bad}); "
-                                  "ids are >= 0 with 0 = padding")
+        issues.add_rows("text", "negative token ids (ids are >= 0 with 0 = padding)",
+                        _bad_samples(arr < 0))
+        return torch.zeros(arr.shape, dtype=torch.int64)  # reported; not used
     if arr.max() > np.iinfo(np.int64).max:
         raise DataValidationError("text", "token ids do not fit in int64")
     ids = arr.astype(np.int64)
     pad = ids == 0
     # right-padded: once a row has a pad, every later position is a pad too
     after_pad = ~pad[:, 1:] & np.logical_or.accumulate(pad, axis=1)[:, :-1]
-    if after_pad.any():
-        bad = int(np.flatnonzero(after_pad.any(axis=1))[0])
-        raise DataValidationError("text", f"a token follows padding at sample {bad}; rows "
-                                  "must be right-padded with 0")
+    issues.add_rows("text", "a token follows padding (rows must be right-padded with 0)",
+                    _bad_samples(after_pad))
     return torch.from_numpy(ids)
 
 
@@ -153,7 +162,7 @@ def _vocab(arrays: dict[str, np.ndarray], text: torch.Tensor | None,
     return [str(v) for v in vocab]
 
 
-def _audio(arr: np.ndarray, limits: NpzLimits) -> torch.Tensor:
+def _audio(arr: np.ndarray, limits: NpzLimits, issues: Issues) -> torch.Tensor:
     if arr.ndim not in (2, 3, 4):
         raise DataValidationError("audio", f"expected a waveform (N, L) or a spectrogram "
                                   f"(N, F, T) or (N, C, F, T), got {arr.shape}")
@@ -169,20 +178,20 @@ def _audio(arr: np.ndarray, limits: NpzLimits) -> torch.Tensor:
         if not (1 <= freq <= limits.max_audio_side and 1 <= time <= limits.max_audio_side):
             raise DataValidationError("audio", f"{freq}x{time} spectrogram; each side must be "
                                       f"1 to {limits.max_audio_side}")
-    return _numeric_float("audio", arr)
+    return _numeric_float("audio", arr, issues)
 
 
-def _tabular(arr: np.ndarray, limits: NpzLimits) -> torch.Tensor:
+def _tabular(arr: np.ndarray, limits: NpzLimits, issues: Issues) -> torch.Tensor:
     if arr.ndim != 2:
         raise DataValidationError("tabular", f"expected shape (N, D), got {arr.shape}")
     _samples("tabular", arr, limits)
     if not 1 <= arr.shape[1] <= limits.max_features:
         raise DataValidationError("tabular", f"{arr.shape[1]} features; expected 1 to "
                                   f"{limits.max_features}")
-    return _numeric_float("tabular", arr)
+    return _numeric_float("tabular", arr, issues)
 
 
-def _image(arr: np.ndarray, limits: NpzLimits) -> torch.Tensor:
+def _image(arr: np.ndarray, limits: NpzLimits, issues: Issues) -> torch.Tensor:
     if arr.dtype.kind not in "uif" and arr.dtype != np.bool_:
         raise DataValidationError("image", f"dtype {arr.dtype} is not numeric")
     if arr.ndim == 3:
@@ -205,10 +214,7 @@ def _image(arr: np.ndarray, limits: NpzLimits) -> torch.Tensor:
     if arr.dtype == np.bool_:
         return torch.from_numpy(arr.astype(np.uint8) * 255)
     if arr.dtype.kind == "f":
-        finite = np.isfinite(arr)
-        if not finite.all():
-            bad = int(np.flatnonzero(~finite.reshape(n, -1).all(axis=1))[0])
-            raise DataValidationError("image", f"contains NaN or infinity (first at sample {bad})")
+        _finite("image", arr, issues)
         return torch.from_numpy(arr.astype(np.float32))
     if arr.dtype != np.uint8:
         lo, hi = arr.min(), arr.max()
@@ -228,8 +234,10 @@ def _multilabel(arrays: dict[str, np.ndarray],
     bad = (label != 0) & (label != 1)  # NaN is neither
     if bad.any():
         row, col = (int(x) for x in np.argwhere(bad)[0])
-        raise DataValidationError("label", f"multi-label rows must hold only 0 and 1; "
-                                  f"sample {row}, class {col} is {label[row, col].item()!r}")
+        issues = Issues(limits.max_errors, "sample")
+        issues.add_rows("label", "multi-label rows must hold only 0 and 1", _bad_samples(bad),
+                        f"class {col} is {label[row, col].item()!r}")
+        issues.raise_if_any()
     if "class_names" in arrays:
         names = arrays["class_names"]
         if names.ndim != 1 or names.dtype.kind != "U":
@@ -323,8 +331,10 @@ def _split(arrays: dict[str, np.ndarray], labels: np.ndarray) -> np.ndarray:
 
 
 def _inputs(arrays: dict[str, np.ndarray], limits: NpzLimits) -> dict[str, torch.Tensor]:
-    """The modality arrays, checked and converted, all with the same N."""
+    """The modality arrays, checked and converted, all with the same N. A problem of
+    shape or type stops at once; problems of values are gathered over every array."""
     inputs: dict[str, torch.Tensor] = {}
+    issues = Issues(limits.max_errors, "sample")
     for name in MODALITY_ARRAYS:
         if name not in arrays:
             continue
@@ -337,13 +347,14 @@ def _inputs(arrays: dict[str, np.ndarray], limits: NpzLimits) -> dict[str, torch
                 raise DataValidationError(name, f"has {arr.shape[0]} samples but {first} has "
                                           f"{first_n}")
         if name == "image":
-            inputs[name] = _image(arr, limits)
+            inputs[name] = _image(arr, limits, issues)
         elif name == "text":
-            inputs[name] = _text(arr, limits)
+            inputs[name] = _text(arr, limits, issues)
         elif name == "audio":
-            inputs[name] = _audio(arr, limits)
+            inputs[name] = _audio(arr, limits, issues)
         else:
-            inputs[name] = _tabular(arr, limits)
+            inputs[name] = _tabular(arr, limits, issues)
+    issues.raise_if_any()
     return inputs
 
 

@@ -17,7 +17,7 @@ from dataclasses import asdict
 import torch
 from torch import nn
 
-from app.ml.calibration import fit_temperature
+from app.ml.calibration import at_bound, fit_temperature
 from app.ml.data.prepared import PreparedDataset
 from app.ml.device import autocast_dtype, resolve_device
 from app.ml.mixing import Mixed, MixSpec, mix
@@ -163,8 +163,9 @@ class ClassifierObjective(Objective):
         logits, labels = self.logits(model, part), part.labels.to(self.device)
         test = self.task.metrics(logits, labels)
         out = {f"test_{k}": v.item() for k, v in test.items()}
-        if temperature is not None:
-            calibrated = self.task.metrics(logits / temperature, labels)
+        if temperature is not None and not at_bound(temperature):
+            # in float64: a sharpening T leaves margins whose NLL float32 rounds to 0
+            calibrated = self.task.metrics(logits.double() / temperature, labels)
             out.update(test_ece_calibrated=calibrated["ece"].item(),
                        test_nll_calibrated=calibrated["loss"].item())
         if self.multimodal:

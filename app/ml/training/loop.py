@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import nn
 
+from app.ml.calibration import at_bound
 from app.ml.device import describe
 from app.ml.resume import ResumePoint
 from app.ml.training.checkpoints import LoopState, Selection, capture, restore, snapshot
@@ -168,6 +169,7 @@ def run(objective: Objective, spec: TrainSpec, hooks: TrainHooks, device: torch.
     final = {**state.last_metrics, **test, **final}
     if temperature is not None:
         final["temperature"] = temperature
+        final["temperature_at_bound"] = float(at_bound(temperature))
     final["train_time_s"] = clock.elapsed()
     # the run's checkpoint: the selected model, with what predicting needs; the
     # last epoch's resume point again, so a crash from here ends the same way
