@@ -63,8 +63,9 @@ def _make_run(project_id: uuid.UUID, status: str, *, age_s: float = 0.0,
     with session_scope() as session:
         dataset = Dataset(name="recovery", status="ready", source={}, summary={},
                           artifact_key="none", size_bytes=0, project_id=project_id)
+        # a spec as the API stores it (the run listing reads its epochs)
         experiment = Experiment(name="recovery", dataset=dataset, task="classification",
-                                spec={}, project_id=project_id)
+                                spec={"training": {"epochs": 1}}, project_id=project_id)
         run = Run(status=status, attempt=attempt, cancel_requested=cancel_requested)
         experiment.runs.append(run)
         session.add(experiment)
