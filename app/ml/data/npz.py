@@ -258,8 +258,8 @@ def _multilabel(arrays: dict[str, np.ndarray],
     return label.astype(np.uint8), class_names
 
 
-def _labels(arrays: dict[str, np.ndarray], n: int, limits: NpzLimits,
-            reference: str = "image") -> tuple[np.ndarray, list[str]]:
+def _checked_label(arrays: dict[str, np.ndarray], n: int, reference: str) -> np.ndarray:
+    """The ``label`` array, (N,) classes or (N, K) 0/1, one row per sample."""
     label = arrays["label"]
     if label.ndim not in (1, 2):
         raise DataValidationError("label", f"expected shape (N,) of classes or (N, K) of "
@@ -267,6 +267,12 @@ def _labels(arrays: dict[str, np.ndarray], n: int, limits: NpzLimits,
     if len(label) != n:
         raise DataValidationError("label", f"has {len(label)} entries but {reference} has "
                                   f"{n} samples")
+    return label
+
+
+def _labels(arrays: dict[str, np.ndarray], n: int, limits: NpzLimits,
+            reference: str = "image") -> tuple[np.ndarray, list[str]]:
+    label = _checked_label(arrays, n, reference)
     if label.ndim == 2:
         return _multilabel(arrays, limits)
     if "class_names" in arrays:
@@ -394,13 +400,7 @@ def _sample_labels(arrays: dict[str, np.ndarray], n: int, reference: str,
     """Each sample's class name(s), as ``prepare_npz`` would name its classes:
     indices into ``class_names``, else the label values themselves (a 2-D 0/1
     label: the columns' ``class_names``, default "0" … "K-1")."""
-    label = arrays["label"]
-    if label.ndim not in (1, 2):
-        raise DataValidationError("label", f"expected shape (N,) of classes or (N, K) of "
-                                  f"0/1 for multi-label data, got {label.shape}")
-    if len(label) != n:
-        raise DataValidationError("label", f"has {len(label)} entries but {reference} has "
-                                  f"{n} samples")
+    label = _checked_label(arrays, n, reference)
     if label.ndim == 2:
         rows, names = _multilabel(arrays, limits)
         return [[names[k] for k in np.flatnonzero(row)] for row in rows]

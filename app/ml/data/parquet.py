@@ -191,22 +191,13 @@ def probe_parquet(path: Path, spec: IngestSpec | None = None,
 def prepare_parquet(path: Path, spec: IngestSpec | None = None,
                     limits: IngestLimits | None = None, original_name: str = "",
                     progress: ProgressFn | None = None) -> PreparedDataset:
-    import pyarrow as pa
 
     limits = limits or IngestLimits()
     pf = open_parquet(path, limits)
     spec, ignored = plan_parquet(pf, spec or IngestSpec(), limits)
     builder = TableBuilder(spec, pf.metadata.num_rows, limits, progress=progress)
     needed = needed_columns(spec)
-    start = 0
-    try:
-        for batch in pf.iter_batches(batch_size=batch_rows(pf, needed, limits),
-                                     columns=needed, use_threads=False):
-            builder.add(start, {c: batch.column(c).to_pylist() for c in needed})
-            start += batch.num_rows
-    except pa.ArrowException as exc:
-        raise DataValidationError("file", f"unreadable Parquet data near row {start}: "
-                                  f"{exc}") from exc
+    _stream_rows(pf, needed, limits, builder)
     provenance: dict[str, Any] = {"upload": original_name or path.name, "format": "parquet",
                                   "modalities": {k: {"kind": m.kind,
                                                      "columns": list(m.source_columns())}
@@ -216,22 +207,10 @@ def prepare_parquet(path: Path, spec: IngestSpec | None = None,
     return builder.finish(provenance)
 
 
-def read_parquet_samples(path: Path, spec: IngestSpec | None,
-                         fit: Callable[[IngestSpec], IngestSpec],
-                         limits: IngestLimits | None = None,
-                         original_name: str = "") -> Samples:
-    """A Parquet file sent for prediction, read as an upload is (same checks, caps
-    and streaming), with ``fit`` making the spec the model's; the label column is
-    optional and nothing is fitted to the file (see ``samples``)."""
+def _stream_rows(pf: Any, needed: list[str], limits: IngestLimits, builder: TableBuilder) -> None:
+    """Feed the file's rows to ``builder`` batch by batch (the needed columns only)."""
     import pyarrow as pa
 
-    limits = limits or IngestLimits()
-    pf = open_parquet(path, limits)
-    spec, _ = plan_parquet(pf, spec or IngestSpec(), limits, fit)
-    labelled = spec.label in pf.schema_arrow.names
-    builder = TableBuilder(spec, pf.metadata.num_rows, limits, predicting=True,
-                           labelled=labelled)
-    needed = needed_columns(spec, labelled)
     start = 0
     try:
         for batch in pf.iter_batches(batch_size=batch_rows(pf, needed, limits),
@@ -241,4 +220,22 @@ def read_parquet_samples(path: Path, spec: IngestSpec | None,
     except pa.ArrowException as exc:
         raise DataValidationError("file", f"unreadable Parquet data near row {start}: "
                                   f"{exc}") from exc
+
+
+def read_parquet_samples(path: Path, spec: IngestSpec | None,
+                         fit: Callable[[IngestSpec], IngestSpec],
+                         limits: IngestLimits | None = None,
+                         original_name: str = "") -> Samples:
+    """A Parquet file sent for prediction, read as an upload is (same checks, caps
+    and streaming), with ``fit`` making the spec the model's; the label column is
+    optional and nothing is fitted to the file (see ``samples``)."""
+
+    limits = limits or IngestLimits()
+    pf = open_parquet(path, limits)
+    spec, _ = plan_parquet(pf, spec or IngestSpec(), limits, fit)
+    labelled = spec.label in pf.schema_arrow.names
+    builder = TableBuilder(spec, pf.metadata.num_rows, limits, predicting=True,
+                           labelled=labelled)
+    needed = needed_columns(spec, labelled)
+    _stream_rows(pf, needed, limits, builder)
     return builder.finish_samples({"upload": original_name or path.name, "format": "parquet"})
