@@ -15,6 +15,7 @@ import json
 import os
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -751,12 +752,46 @@ def predict(
 
 # ── runs: watching ────────────────────────────────────────────────────────────
 
+def _follow(mx: MixlabClient, rid: str, latest: dict[str, dict[str, Any]],
+            failures: dict[str, Exception], changed: threading.Event) -> None:
+    """Keep ``latest[rid]`` current from the run's event stream (server-sent events),
+    or by polling when the stream is not available; on a thread of its own."""
+    try:
+        with mx.copy() as own:
+            try:
+                for event, data in own.run_events(rid):
+                    if event == "run":
+                        latest[rid] = data
+                        changed.set()
+                if latest.get(rid, {}).get("status") in TERMINAL:
+                    return
+            except (httpx.HTTPError, MixlabError, ValueError):
+                pass  # an older server, a proxy that buffers: poll instead
+            while True:
+                run = own.get_run(rid)
+                latest[rid] = run
+                changed.set()
+                if run["status"] in TERMINAL:
+                    return
+                time.sleep(POLL_S)
+    except Exception as exc:  # handed to the watching thread, which raises it
+        failures[rid] = exc
+        changed.set()
+
+
 def watch_runs(mx: MixlabClient, run_ids: list[str],
                on_done: Callable[[dict[str, Any]], None] | None = None,
                labels: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
-    """Poll every run until it is terminal, one progress bar each (on stderr),
-    named by ``labels`` (run id → label) or the id's first 8 characters."""
+    """Follow every run until it is terminal, one progress bar each (on stderr),
+    named by ``labels`` (run id → label) or the id's first 8 characters. Each
+    run is followed through its live events, or by polling where they fail."""
     final: dict[str, dict[str, Any]] = {}
+    latest: dict[str, dict[str, Any]] = {}
+    failures: dict[str, Exception] = {}
+    changed = threading.Event()
+    for rid in run_ids:
+        threading.Thread(target=_follow, args=(mx, rid, latest, failures, changed),
+                         name=f"watch-{rid[:8]}", daemon=True).start()
     columns = (TextColumn("{task.description}"), BarColumn(),
                TextColumn("{task.fields[status]:>9} step {task.fields[steps]} · epoch "
                           "{task.fields[epoch]} · {task.fields[rate]} samples/s · "
@@ -766,10 +801,13 @@ def watch_runs(mx: MixlabClient, run_ids: list[str],
         tasks = {rid: bars.add_task(names.get(rid, rid[:8]), total=None, status="…", steps="-",
                                     epoch="-", rate="-", eta="-") for rid in run_ids}
         while len(final) < len(run_ids):
-            for rid in run_ids:
+            changed.wait(POLL_S)  # woken by any run's change; the timeout keeps ETAs moving
+            changed.clear()
+            if failures:
+                raise next(iter(failures.values()))
+            for rid, run in list(latest.items()):
                 if rid in final:
                     continue
-                run = mx.get_run(rid)
                 p = run["progress"]
                 bars.update(tasks[rid], total=p["total_steps"] or None, completed=p["step"],
                             status=run["status"], steps=f"{p['step']}/{p['total_steps'] or '?'}",
@@ -778,8 +816,6 @@ def watch_runs(mx: MixlabClient, run_ids: list[str],
                             eta=duration(p["eta_s"]) if run["status"] == "running" else "-")
                 if run["status"] in TERMINAL:
                     final[rid] = run
-            if len(final) < len(run_ids):
-                time.sleep(POLL_S)
     for rid in run_ids:
         if on_done:
             on_done(final[rid])

@@ -10,7 +10,7 @@
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,13 @@ class MixlabClient:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout,
                                  headers=headers)
+
+    def copy(self) -> "MixlabClient":
+        """A client to the same server with the same key (one per thread)."""
+        twin = MixlabClient.__new__(MixlabClient)
+        twin.http = httpx.Client(base_url=self.http.base_url, timeout=self.http.timeout,
+                                 headers=self.http.headers)
+        return twin
 
     def __enter__(self) -> "MixlabClient":
         return self
@@ -159,6 +166,32 @@ class MixlabClient:
 
     def get_run(self, run_id: str) -> dict[str, Any]:
         return self._call("GET", f"/v1/runs/{run_id}").json()
+
+    def run_events(self, run_id: str, after_step: int | None = None
+                   ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The run's live events (server-sent) as (event, data) until the run ends:
+        ``run`` (the run, on every change of status, step or epoch), ``metrics``
+        (``{"points": {key: [{step, epoch, value}]}}``) and a last ``end``."""
+        params = {"after_step": after_step} if after_step is not None else {}
+        # no read timeout: the server sends a ping every 15 s while the run is quiet
+        timeout = httpx.Timeout(10.0, read=60.0)
+        with self.http.stream("GET", f"/v1/runs/{run_id}/events", params=params,
+                              timeout=timeout) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise MixlabError(response)
+            event, data = "message", []
+            for line in response.iter_lines():
+                if not line:  # a blank line ends an event
+                    if data:
+                        yield event, json.loads("\n".join(data))
+                        if event == "end":
+                            return
+                    event, data = "message", []
+                elif line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:"):
+                    data.append(line[5:].removeprefix(" "))
 
     def cancel_run(self, run_id: str) -> dict[str, Any]:
         return self._call("POST", f"/v1/runs/{run_id}/cancel").json()

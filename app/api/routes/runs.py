@@ -9,6 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, Response
 from pydantic import ValidationError
+from sse_starlette.sse import EventSourceResponse
 
 from app.api.deps import (
     WRITE_RESPONSES,
@@ -35,8 +36,10 @@ from app.schemas.runs import (
 )
 from app.schemas.sweeps import RunComparison
 from app.services import compare, predictions
+from app.services import run_events as run_events_service
 from app.services import runs as service
 from app.services.errors import FieldError, NotFoundError
+from app.settings import get_settings
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 
@@ -95,6 +98,29 @@ def compare_runs(session: SessionDep, principal: ReaderDep,
 def get_run(run_id: uuid.UUID, session: SessionDep, base: BaseUrlDep,
             principal: ReaderDep) -> RunOut:
     return to_out(service.get(session, principal.project_id, run_id), base)
+
+
+@router.get("/{run_id}/events", response_class=Response,
+            summary="Live events (server-sent): run changes, new metric points, the end",
+            responses={200: {"content": {"text/event-stream": {}},
+                             "description": "`event: run` (the run, as GET /v1/runs/{id}) "
+                                            "when its status, step or epoch changes; "
+                                            "`event: metrics` (`{\"points\": {key: "
+                                            "[{step, epoch, value}]}}`, id = the last step "
+                                            "sent) for new points; `event: end` once the "
+                                            "run has ended. Reconnect with Last-Event-ID "
+                                            "(or ?after_step=) to resume."}})
+def run_events(run_id: uuid.UUID, request: Request, session: SessionDep, base: BaseUrlDep,
+               principal: ReaderDep,
+               after_step: Annotated[int | None, Query(ge=-1)] = None) -> Response:
+    service.get(session, principal.project_id, run_id)  # 404 before the stream starts
+    last = request.headers.get("last-event-id", "")
+    start = after_step if after_step is not None else int(last) if last.isdigit() else -1
+    return EventSourceResponse(
+        run_events_service.stream(principal.project_id, run_id,
+                                  lambda run: to_out(run, base).model_dump(mode="json"),
+                                  get_settings().control_poll_s, start),
+        ping=15)
 
 
 @router.post("/{run_id}/cancel", response_model=RunOut,

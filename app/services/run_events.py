@@ -1,0 +1,74 @@
+"""A run's live events: status and progress changes and new metric points,
+read from Postgres at a fixed period and handed to a server-sent-event stream.
+
+Each poll opens its own short session in a worker thread, so a stream holds no
+connection between polls and never blocks the event loop. The stream ends
+after the run reaches a terminal status (or disappears).
+"""
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from app.db.models import TERMINAL_STATUSES, Run
+from app.db.session import session_scope
+from app.services import runs as run_service
+from app.services.errors import NotFoundError
+
+
+@dataclass
+class Poll:
+    run: dict[str, Any] | None  # the rendered run, None once it is gone
+    status: str | None
+    points: dict[str, list[dict[str, Any]]]  # key → new points, by step
+
+
+def poll(project_id: uuid.UUID, run_id: uuid.UUID, after_step: int,
+         render: Callable[[Run], dict[str, Any]]) -> Poll:
+    """The run as ``render`` shows it and its metric points after ``after_step``."""
+    with session_scope() as session:
+        try:
+            run = run_service.get(session, project_id, run_id)
+        except NotFoundError:
+            return Poll(None, None, {})
+        history = run_service.metric_history(session, project_id, run_id,
+                                             after_step=after_step)
+        points = {k: [{"step": p.step, "epoch": p.epoch, "value": p.value} for p in pts]
+                  for k, pts in history.items()}
+        return Poll(render(run), run.status, points)
+
+
+async def stream(project_id: uuid.UUID, run_id: uuid.UUID, render: Callable[[Run], dict],
+                 period_s: float, after_step: int = -1) -> AsyncIterator[dict[str, Any]]:
+    """Events as sse-starlette takes them: ``run`` (the run, when its status,
+    step or epoch changed), ``metrics`` (new points; the event id is the last
+    step sent, so a client reconnecting with ``Last-Event-ID`` misses nothing)
+    and ``end``."""
+    seen: tuple[Any, ...] | None = None
+    while True:
+        now = await anyio.to_thread.run_sync(poll, project_id, run_id, after_step, render)
+        if now.run is None:
+            yield {"event": "end", "data": '{"reason": "the run was deleted"}'}
+            return
+        progress = now.run["progress"]
+        state = (now.status, progress["step"], progress["epoch"], now.run["cancel_requested"])
+        if state != seen:
+            seen = state
+            yield {"event": "run", "data": _json(now.run)}
+        if now.points:
+            after_step = max(p["step"] for pts in now.points.values() for p in pts)
+            yield {"event": "metrics", "id": str(after_step),
+                   "data": _json({"points": now.points})}
+        if now.status in TERMINAL_STATUSES:
+            yield {"event": "end", "data": _json({"status": now.status})}
+            return
+        await anyio.sleep(period_s)
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value, default=str)
