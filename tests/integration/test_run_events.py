@@ -47,7 +47,7 @@ def test_events_resume_after_a_step(client: MixlabClient, digits: dict) -> None:
     resent = {p["step"] for name, data in again if name == "metrics"
               for points in data["points"].values() for p in points}
     assert resent == {last_step}
-    assert [name for name, _ in again][0] == "run" and again[-1][0] == "end"
+    assert again[0][0] == "run" and again[-1][0] == "end"
 
 
 def test_events_of_an_unknown_run_are_404(client: MixlabClient) -> None:
