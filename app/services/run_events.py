@@ -28,7 +28,8 @@ class Poll:
 
 def poll(project_id: uuid.UUID, run_id: uuid.UUID, after_step: int,
          render: Callable[[Run], dict[str, Any]]) -> Poll:
-    """The run as ``render`` shows it and its metric points after ``after_step``."""
+    """The run as ``render`` shows it and its metric points after ``after_step``
+    (``step > after_step``)."""
     with session_scope() as session:
         try:
             run = run_service.get(session, project_id, run_id)
@@ -45,11 +46,20 @@ async def stream(project_id: uuid.UUID, run_id: uuid.UUID, render: Callable[[Run
                  period_s: float, after_step: int = -1) -> AsyncIterator[dict[str, Any]]:
     """Events as sse-starlette takes them: ``run`` (the run, when its status,
     step or epoch changed), ``metrics`` (new points; the event id is the last
-    step sent, so a client reconnecting with ``Last-Event-ID`` misses nothing)
-    and ``end``."""
+    step sent, so a client reconnecting with ``Last-Event-ID`` misses nothing —
+    it gets that step's points again) and ``end``.
+
+    Points are read from the last step sent on (inclusive): a run's final test
+    figures land on the step of its last epoch, possibly in a later write than
+    that epoch's points, so the keys already sent at that step are remembered
+    and skipped rather than the step itself."""
     seen: tuple[Any, ...] | None = None
+    sent_at_last: set[str] = set()  # keys already sent at step ``after_step``
     while True:
-        now = await anyio.to_thread.run_sync(poll, project_id, run_id, after_step, render)
+        now = await anyio.to_thread.run_sync(poll, project_id, run_id, after_step - 1, render)
+        fresh = {k: [p for p in pts if p["step"] > after_step or k not in sent_at_last]
+                 for k, pts in now.points.items()}
+        now.points = {k: pts for k, pts in fresh.items() if pts}
         if now.run is None:
             yield {"event": "end", "data": '{"reason": "the run was deleted"}'}
             return
@@ -59,7 +69,10 @@ async def stream(project_id: uuid.UUID, run_id: uuid.UUID, render: Callable[[Run
             seen = state
             yield {"event": "run", "data": _json(now.run)}
         if now.points:
-            after_step = max(p["step"] for pts in now.points.values() for p in pts)
+            top = max(p["step"] for pts in now.points.values() for p in pts)
+            at_top = {k for k, pts in now.points.items() if pts[-1]["step"] == top}
+            sent_at_last = at_top | (sent_at_last if top == after_step else set())
+            after_step = top
             yield {"event": "metrics", "id": str(after_step),
                    "data": _json({"points": now.points})}
         if now.status in TERMINAL_STATUSES:
