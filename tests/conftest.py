@@ -41,6 +41,9 @@ os.environ.update({
     "MIXLAB_DATA_DIR": str(TMP / "data"),
     "MIXLAB_ARTIFACT_URL": (TMP / "artifacts").as_uri(),
     "MIXLAB_CONTROL_POLL_S": "0.2",
+    # one torch thread per run: the tests' API, worker and pytest share 2 cores, and
+    # spinning OpenMP threads that outnumber the cores slow a tiny run many times over
+    "MIXLAB_TORCH_THREADS": "1",
     # the shared stack does not sweep (tests of the sweeps make stale runs on
     # purpose); the fault-injection tests start API processes that do
     "MIXLAB_RECONCILE_INTERVAL_S": "0",

@@ -34,7 +34,8 @@ from worker.reporter import RunReporter
 log = logging.getLogger(__name__)
 
 
-_FINAL_KEYS = ("train_time_s", "temperature", "temperature_at_bound")
+_FINAL_KEYS = ("train_time_s", "temperature", "temperature_at_bound", "selected_epoch",
+               "stopped_epoch")
 
 
 def final_metrics(metrics: dict[str, float]) -> dict[str, float]:

@@ -65,7 +65,20 @@ def to_bytes(point: ResumePoint) -> bytes:
                         for k, v in values.items()})
     metadata = {"epoch": str(point.epoch), "step": str(point.step),
                 "optimizer": json.dumps(optim_meta), "extra": json.dumps(point.extra)}
-    return st_save(tensors, metadata=metadata)
+    return st_save(_unshared(tensors), metadata=metadata)
+
+
+def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Copies of tensors whose storage another entry already holds: safetensors
+    refuses shared memory, and the best epoch's weights may be the model's own."""
+    seen: set[int] = set()
+    out = {}
+    for name, value in tensors.items():
+        ptr = value.untyped_storage().data_ptr() if value.numel() else -1
+        out[name] = value.clone() if ptr in seen else value
+        if ptr != -1:
+            seen.add(ptr)
+    return out
 
 
 def from_bytes(blob: bytes) -> ResumePoint:

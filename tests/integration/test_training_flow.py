@@ -206,3 +206,15 @@ def test_multimodal_experiment_end_to_end(client: MixlabClient) -> None:
         "augmentation": {"method": "manifold_mixup", "manifold_layers": [3]}})
     assert bad.status_code == 422
     assert bad.json()["detail"][0]["loc"] == ["body", "augmentation", "manifold_layers"]
+
+
+def test_a_best_checkpoint_run_reports_both_epochs(client: MixlabClient, digits: dict) -> None:
+    run_id = experiment(client, digits["id"], training={"epochs": 3, "checkpoint": "best"})
+    run = client.wait_for_run(run_id, timeout=180)
+    assert run["status"] == "succeeded", run["error"]
+    m = run["metrics"]
+    val = {p["epoch"]: p["value"] for p in client.metrics(run_id, key="val_acc")["val_acc"]}
+    best = max(val, key=lambda e: (val[e], -e))
+    assert m["selected_epoch"] == best and run["checkpoint"]["epoch"] == best
+    assert {"test_acc", "test_acc_last", "test_ece_last"} <= set(m)
+    assert {"lr", "train_loss_step"} <= set(client.metrics(run_id))

@@ -264,3 +264,16 @@ def test_a_run_with_every_recipe_state_resumes_exactly(digits):
         assert all(torch.equal(a[k], b[k]) for k in a)
     point = from_bytes(first.points[3])
     assert set(point.states) == {"ema", "best"} and "selection" in point.extra
+
+
+def test_best_without_ema_resumes_exactly(digits):
+    # the best epoch's weights can be the very tensors of the last epoch's model:
+    # the resume point must still be writable (safetensors refuses shared memory)
+    spec = TrainSpec(**{**FULL, "ema": None, "epochs": 3, "milestones": (2,)})
+    whole = train(digits, MODEL, MixSpec("mixup"), spec, Recorder())
+    first = Recorder(stop_after_epoch=2)
+    train(digits, MODEL, MixSpec("mixup"), spec, first)
+    point = from_bytes(first.points[2])
+    assert set(point.states) == {"best"}
+    resumed = train(digits, MODEL, MixSpec("mixup"), spec, Recorder(), resume=point)
+    assert resumed.metrics == {**whole.metrics, "train_time_s": resumed.metrics["train_time_s"]}
