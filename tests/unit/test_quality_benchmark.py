@@ -150,6 +150,19 @@ def test_targets_are_stated_met_or_not(quality) -> None:
     assert quality.target_checks("digits", records[:2])[0]["noise"] == 0.0
 
 
+def test_a_temperature_at_its_bound_has_no_calibrated_figure(quality) -> None:
+    fitted = _record(quality, "0", "none", 1.0)
+    bound = _record(quality, "0", "none", 1.0, seed=1)
+    bound.calibration = {"source": "run", "temperature": 0.01, "temperature_at_bound": True,
+                         "test_ece_calibrated": None, "test_nll_calibrated": None}
+    mixup = _record(quality, "0", "mixup", 1.0)
+    table = quality.image_table([fitted, bound, mixup])
+    assert "| 0.050 (1 of 2 T at bound) |" in table
+    [line] = quality.result_lines("digits", [fitted, bound, mixup])
+    assert "none 1.000 (ECE 0.100→0.050, 1 T at bound)" in line
+    assert quality.at_bound(0.01) and quality.at_bound(100.0) and not quality.at_bound(0.05)
+
+
 def test_thread_comparison_pairs_runs_by_seed(quality) -> None:
     one = _record(quality, "0.4", "mixup", 0.9, threads=1, history=[{"epoch": 1, "x": 1.0}])
     same = _record(quality, "0.4", "mixup", 0.9, threads=2, history=[{"epoch": 1, "x": 1.0}])
@@ -193,6 +206,8 @@ def test_own_temperature_fit_matches_the_runs(quality, monkeypatch, tmp_path: Pa
     assert own["calibration"]["source"] == "benchmark"
     assert own["spec"]["training"]["calibration"] == "none"
     assert own["final"]["test_acc"] == by_run["final"]["test_acc"]
+    assert own["calibration"]["temperature_at_bound"] is False
+    assert by_run["calibration"]["temperature_at_bound"] is False
     for key in ("temperature", "test_ece_calibrated", "test_nll_calibrated"):
         assert own["calibration"][key] == pytest.approx(by_run["calibration"][key], rel=1e-3)
 
