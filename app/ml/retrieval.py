@@ -342,7 +342,6 @@ class RetrievalObjective(Objective):
 
     def train_loss(self, idx: torch.Tensor, epoch: int,
                    generators: dict[str, torch.Generator]) -> torch.Tensor:
-        self.model.train()
         active = self.mix_spec.active_at(epoch, self.spec.epochs)
         batch = _gather(self.train_inputs, self.normalize, idx, self.device)
         batch = augment_batch(batch, self.kinds, self.spec, generators["augment"])

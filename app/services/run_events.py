@@ -6,6 +6,7 @@ connection between polls and never blocks the event loop. The stream ends
 after the run reaches a terminal status (or disappears).
 """
 
+import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -82,6 +83,4 @@ async def stream(project_id: uuid.UUID, run_id: uuid.UUID, render: Callable[[Run
 
 
 def _json(value: Any) -> str:
-    import json
-
     return json.dumps(value, default=str)

@@ -132,7 +132,6 @@ class ClassifierObjective(Objective):
 
     def train_loss(self, idx: torch.Tensor, epoch: int,
                    generators: dict[str, torch.Generator]) -> torch.Tensor:
-        self.model.train()
         batch, masks = gather(self.train_inputs, self.normalize, idx, self.device,
                               self.train_present)
         batch = augment_batch(batch, self.kinds, self.spec, generators["augment"])
