@@ -127,14 +127,28 @@ def migrate(revision: Annotated[str, typer.Option(
 
 
 @cli.command()
-def api(host: str = "127.0.0.1", port: int = 8000) -> None:
+def api(host: str = "127.0.0.1", port: int = 8000,
+        workers: Annotated[int, typer.Option(
+            min=1, max=64, help="API processes on this port (uvicorn workers); on Postgres "
+                                "only one of them, in the whole deployment, reconciles.")] = 1,
+        access_log: Annotated[bool, typer.Option(
+            help="Log a line per request (off: it costs a hot read about 10 % of its "
+                 "time; GET /metrics has request counts and latencies).")] = False,
+        ) -> None:
     """Serve the REST API (no worker)."""
     import uvicorn
+
+    from app.settings import get_settings
 
     problem = port_problem(host, port)
     if problem:
         raise _fail(problem)
-    uvicorn.run("app.api.main:app", host=host, port=port, log_level="info")
+    if workers > 1 and get_settings().is_embedded:
+        # one SQLite file and a folder broker are for one process on one machine
+        raise _fail("--workers > 1 needs MIXLAB_DATABASE_URL and MIXLAB_BROKER_URL "
+                    "(the embedded mode runs one API process)")
+    uvicorn.run("app.api.main:app", host=host, port=port, log_level="info", workers=workers,
+                access_log=access_log)
 
 
 @cli.command()

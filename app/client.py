@@ -198,8 +198,19 @@ class MixlabClient:
 
     def metrics(self, run_id: str, key: str | None = None, after_step: int | None = None,
                 max_points: int | None = None) -> dict[str, list[dict[str, Any]]]:
-        """Metric history by key: points after ``after_step`` only (incremental
-        fetches), each curve down-sampled to at most ``max_points`` (extremes kept)."""
+        """Metric history by key, a ``{step, epoch, value}`` dict per point: points
+        after ``after_step`` only (incremental fetches), each curve down-sampled to
+        at most ``max_points`` (extremes kept). ``metric_columns`` is the same as
+        the API sends it, columns per key (lighter for long curves)."""
+        return {k: [{"step": s, "epoch": e, "value": v}
+                    for s, e, v in zip(c["step"], c["epoch"], c["value"], strict=True)]
+                for k, c in self.metric_columns(run_id, key, after_step, max_points).items()}
+
+    def metric_columns(self, run_id: str, key: str | None = None,
+                       after_step: int | None = None, max_points: int | None = None,
+                       ) -> dict[str, dict[str, list[Any]]]:
+        """Metric history as the API replies it: key → ``{"step": [...], "epoch":
+        [...], "value": [...]}`` (parallel lists, by step)."""
         params: dict[str, Any] = {"key": key} if key else {}
         if after_step is not None:
             params["after_step"] = after_step

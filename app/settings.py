@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     ingest_stale_s: float = Field(default=300.0, gt=0)
     ingest_max_attempts: int = Field(default=3, ge=1)
 
-    # Durable runs (app.reconciler, in the API process): a run queued for longer
+    # Durable runs (app.runs.reconciler, in the API process): a run queued for longer
     # than queued_grace_s that the broker does not hold is published again; a
     # running run whose heartbeat (every control_poll_s) is older than
     # heartbeat_timeout_s lost its worker and is requeued to resume from its
@@ -83,6 +83,14 @@ class Settings(BaseSettings):
         description="Folder of Fashion-MNIST's idx .gz files (Debian's dataset-fashion-mnist).")
 
     public_url: str = Field(default="", description="Prefix for URLs in replies; '' = relative.")
+
+    # Test hooks (worker.hold): honoured only with test_hooks on, never in production.
+    # A worker holds each run after its epoch test_hold_epoch is recorded (checkpoint
+    # included), writes test_hold_dir/held-<run>-<attempt>, and carries on once
+    # test_hold_dir/release exists: fault tests wait on events, not on timing.
+    test_hooks: bool = False
+    test_hold_epoch: int | None = Field(default=None, ge=1)
+    test_hold_dir: Path | None = None
 
     @property
     def import_root_paths(self) -> list[Path]:

@@ -4,26 +4,31 @@ The loop calls ``on_progress`` every step; that only stores the latest value.
 A helper thread writes progress, buffered metrics, the latest checkpoint and a
 heartbeat at a fixed period and reads the cancel flag back, which the loop sees
 as an in-memory ``Event``: no database round trip, no file write and no GPU sync
-on the training thread.
+on the training thread. Every write goes through ``app.runs.attempt``.
 """
 
 import threading
 import time
 import uuid
+from typing import Literal
 
 import torch
 from safetensors.torch import save as st_save
 
-from app.db.session import session_scope
 from app.ml.resume import ResumePoint
 from app.ml.resume import to_bytes as resume_bytes
 from app.ml.training import Progress, TrainHooks
-from app.services import runs as run_service
+from app.runs import attempt as run_attempt
+from app.settings import get_settings
 from app.storage import ArtifactStore, checkpoint_key, resume_key
+from worker.hold import EpochHold
 from worker.periodic import PeriodicFlush
 
 # (epoch, tensors, metadata, resume point)
 Checkpoint = tuple[int, dict[str, torch.Tensor], dict[str, str], ResumePoint | None]
+# why the loop was told to stop: the run's cancel, its time limit, or the run is
+# no longer this attempt's (requeued elsewhere, or deleted)
+StopReason = Literal["cancel", "time_limit", "lost"]
 
 
 class RunReporter(TrainHooks):
@@ -43,9 +48,11 @@ class RunReporter(TrainHooks):
         self._pending_metrics: list[tuple[int, int, dict[str, float]]] = []
         self._checkpoint: Checkpoint | None = None  # the latest epoch's, not yet written
         self._cancel = threading.Event()
-        self._final_queued = False
         self._deadline = time.monotonic() + time_limit_s if time_limit_s else None
-        self.timed_out = False
+        self.stop_reason: StopReason | None = None
+        self._recorded = threading.Condition()  # the last epoch whose checkpoint is stored
+        self._recorded_epoch = 0
+        self._hold = EpochHold.from_settings(get_settings())
         self._flusher = PeriodicFlush(self._flush, period_s, f"reporter-{run_id}")
 
     # --- hooks, on the training thread ---------------------------------------
@@ -54,10 +61,12 @@ class RunReporter(TrainHooks):
         large dataset does not look like a dead worker); idempotent."""
         self._flusher.start()
 
+    @property
+    def timed_out(self) -> bool:
+        return self.stop_reason == "time_limit"
+
     def on_start(self, device: str, total_steps: int) -> None:
-        with session_scope() as session:
-            run_service.record_start(session, self.run_id, device, total_steps,
-                                     attempt=self.attempt)
+        run_attempt.record_start(self.run_id, self.attempt, device, total_steps)
         self.start()
 
     def on_progress(self, progress: Progress) -> None:
@@ -79,10 +88,14 @@ class RunReporter(TrainHooks):
         with self._lock:
             self._checkpoint = (epoch, tensors, {**metadata, "run_id": str(self.run_id)},
                                 resume)
+        if self._hold.wants(epoch):  # tests only: once this epoch is recorded
+            with self._recorded:
+                self._recorded.wait_for(lambda: self._recorded_epoch >= epoch)
+            self._hold.hold(self.run_id, self.attempt)
 
     def should_stop(self) -> bool:
         if self._deadline is not None and time.monotonic() > self._deadline:
-            self.timed_out = True
+            self.stop_reason = "time_limit"
             return True
         return self._cancel.is_set()
 
@@ -100,14 +113,15 @@ class RunReporter(TrainHooks):
                     self.store.put(resume_key(self.run_id, self.attempt), resume_bytes(point))
                 key = checkpoint_key(self.run_id, self.attempt)
                 self.store.put(key, st_save(tensors, metadata=metadata))
-            with session_scope() as session:
-                # metrics, progress and the checkpoint's key in one transaction
-                if metrics:
-                    run_service.record_metrics(session, self.run_id, metrics,
-                                               attempt=self.attempt, commit=False)
-                if run_service.record_progress(session, self.run_id, self._progress, key,
-                                               attempt=self.attempt, checkpoint_epoch=epoch):
-                    self._cancel.set()
+            control = run_attempt.record_flush(self.run_id, self.attempt, metrics,
+                                               self._progress, key, epoch)
+            if control != "go":
+                self.stop_reason = self.stop_reason or control
+                self._cancel.set()
+            if epoch is not None:
+                with self._recorded:
+                    self._recorded_epoch = max(self._recorded_epoch, epoch)
+                    self._recorded.notify_all()
         except BaseException:
             # keep what was not recorded for the next flush (metric writes are
             # idempotent); a newer checkpoint, if one came meanwhile, wins
@@ -117,13 +131,8 @@ class RunReporter(TrainHooks):
                     self._checkpoint = checkpoint
             raise
 
-    def close(self, final_metrics: dict[str, float] | None = None, step: int = 0) -> None:
-        """Stop the thread and write everything still buffered."""
+    def close(self) -> None:
+        """Stop the thread and write everything still buffered (the final metrics
+        go with the outcome, ``app.runs.attempt.report``)."""
         self._flusher.stop()
-        if final_metrics and not self._final_queued:
-            # once: close() is retried as a whole when the last flush fails
-            with self._lock:
-                self._pending_metrics.append((self.epochs, step, final_metrics))
-            self._final_queued = True
         self._flush()
-

@@ -1,6 +1,6 @@
 import uuid
 
-from app.queue import PREPARE_DATASET_TASK, TRAIN_RUN_TASK, celery_app
+from app.runs.queue import PREPARE_DATASET_TASK, TRAIN_RUN_TASK, celery_app
 from worker.execution import execute_run
 from worker.ingestion import execute_preparation
 

@@ -96,9 +96,8 @@ RUN_SUCCEEDED = {
     "finished_at": "2026-12-14T09:31:11Z", "heartbeat_at": "2026-12-14T09:31:11Z",
     "checkpoint": {"url": _CHECKPOINT, "epoch": 40, "partial": False}}
 
-METRICS = {"run_id": RUN_ID, "metrics": {"val_acc": [
-    {"step": 9, "epoch": 1, "value": 0.41}, {"step": 18, "epoch": 2, "value": 0.72},
-    {"step": 27, "epoch": 3, "value": 0.85}]}}
+METRICS = {"run_id": RUN_ID, "metrics": {"val_acc": {
+    "step": [9, 18, 27], "epoch": [1, 2, 3], "value": [0.41, 0.72, 0.85]}}}
 
 EVALUATION = {
     "run_id": RUN_ID, "split": "test", "task": "classification", "class_names": ["0", "1", "2"],

@@ -11,8 +11,12 @@ from app.api.deps import authenticate
 from app.api.examples import add_examples
 from app.api.openapi import add_body_models, add_common_errors, add_links, operation_id
 from app.api.routes import datasets, experiments, health, keys, runs, sweeps
-from app.reconciler import Reconciler
+from app.api.routes import metrics as prometheus
+from app.db.async_reads import HotReads
+from app.observability.metrics import LatencyMiddleware, install_collector
+from app.runs.reconciler import Reconciler
 from app.settings import get_settings
+from app.web import routes as web
 
 DESCRIPTION = """
 mixlab trains models with mixup-style augmentation. Register a dataset, preview
@@ -26,14 +30,21 @@ its id (OpenAPI `links`).
 
 
 @asynccontextmanager
-async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # the API is up whenever runs are: it hosts the sweeps for lost and dead runs
+    # (in one API process of the deployment at a time: app.runs.leader)
     reconciler = Reconciler(get_settings())
+    app.state.reconciler = reconciler  # /readyz reports its role
     reconciler.start()
+    # hot reads (GET /v1/runs/{id}) on asyncio connections: app.db.async_reads
+    app.state.hot_reads = await HotReads.open(get_settings().resolved_database_url)
     try:
         yield
     finally:
         reconciler.stop()
+        if app.state.hot_reads is not None:
+            await app.state.hot_reads.close()
+        app.state.hot_reads = None
 
 
 def create_app() -> FastAPI:
@@ -52,6 +63,11 @@ def create_app() -> FastAPI:
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router)
+    # GET /metrics (Prometheus) and the latency of every request
+    app.include_router(prometheus.router)
+    app.add_middleware(LatencyMiddleware)
+    install_collector()
+    web.install(app)
 
     original_openapi = app.openapi
 

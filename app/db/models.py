@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     Float,
     ForeignKey,
     Index,
@@ -18,6 +19,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db.base import Base, JSONType, UTCDateTime, utcnow
+from app.runs.status import TERMINAL, RunStatus
 
 DATASET_STATUSES = ("preparing", "ready", "failed")
 KEY_SCOPES = ("read", "write")
@@ -25,8 +27,9 @@ KEY_SCOPES = ("read", "write")
 # the one every request acts as when authentication is off (the embedded default).
 DEFAULT_PROJECT_ID = uuid.UUID("00000000-0000-0000-0000-000000000001")
 DEFAULT_PROJECT_NAME = "default"
-RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+# the run lifecycle's (app.runs): the CHECK on runs.status allows exactly these
+RUN_STATUSES = tuple(s.value for s in RunStatus)
+TERMINAL_STATUSES = tuple(s.value for s in RunStatus if s in TERMINAL)
 
 
 class Project(Base):
@@ -151,7 +154,8 @@ class Run(Base):
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     experiment_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("experiments.id", ondelete="CASCADE"), index=True)
-    status: Mapped[str] = mapped_column(String(20), default="queued")
+    # written only by app.runs.lifecycle.transition (and new_run)
+    status: Mapped[str] = mapped_column(String(20), default=RunStatus.QUEUED.value)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
 
@@ -180,7 +184,9 @@ class Run(Base):
 
     experiment: Mapped[Experiment] = relationship(back_populates="runs")
 
-    __table_args__ = (Index("ix_runs_status_created_at", "status", "created_at"),)
+    __table_args__ = (Index("ix_runs_status_created_at", "status", "created_at"),
+                      CheckConstraint(f"status IN ({', '.join(repr(s) for s in RUN_STATUSES)})",
+                                      name="status"))
 
 
 class MetricPoint(Base):

@@ -4,7 +4,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+from app.runs.status import RunStatus as Status
+
+# the lifecycle's enum (app.runs.status), listed inline in OpenAPI as it always was
+RunStatus = Literal[Status.QUEUED, Status.RUNNING, Status.SUCCEEDED, Status.FAILED,
+                    Status.CANCELLED]
 
 
 class Progress(BaseModel):
@@ -55,6 +59,10 @@ class CheckpointOut(BaseModel):
 class RunOut(BaseModel):
     id: uuid.UUID
     experiment_id: uuid.UUID
+    name: str = Field(description="The experiment's name.")
+    sweep_id: uuid.UUID | None = Field(description="The sweep that made the run, if any.")
+    method: str = Field(description="augmentation.method of the spec.")
+    alpha: float = Field(description="augmentation.alpha of the spec.")
     status: RunStatus
     cancel_requested: bool
     attempt: int
@@ -76,15 +84,20 @@ class RunOut(BaseModel):
                           "run that failed).")
 
 
-class MetricPointOut(BaseModel):
-    step: int
-    epoch: int
-    value: float
+class MetricColumnsOut(BaseModel):
+    """One key's points as parallel columns, by step: point i is
+    (step[i], epoch[i], value[i])."""
+
+    step: list[int]
+    epoch: list[int]
+    value: list[float]
 
 
 class MetricHistory(BaseModel):
     run_id: uuid.UUID
-    metrics: dict[str, list[MetricPointOut]]
+    metrics: dict[str, MetricColumnsOut] = Field(
+        description="Metric key → its points as columns (`step`, `epoch`, `value`, by "
+                    "step).")
 
 
 class ClassScores(BaseModel):

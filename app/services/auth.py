@@ -2,13 +2,18 @@
 
 A key reads ``mxl_<8 hex>_<secret>``; its first 12 characters (``mxl_<8 hex>``)
 are its *prefix*, stored in clear to find the row and to show in listings. The
-key itself is shown once, at creation; only its SHA-256 is stored. There is no
-cache: every request reads the key's row, so a revoked key fails at once.
+key itself is shown once, at creation; only its SHA-256 is stored.
+
+A verified key is remembered for ``KEY_CACHE_S`` (1 s) by its SHA-256, so a busy
+client's requests do not each read its row. Revoking through this process
+forgets the key at once; another API process (``--workers``, another host) may
+accept a revoked key for at most ``KEY_CACHE_S`` more.
 """
 
 import hashlib
 import hmac
 import secrets
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -29,6 +34,10 @@ PREFIX_LENGTH = len(KEY_TAG) + 1 + PREFIX_HEX
 MAX_KEY_LENGTH = 200  # a real key is 56 characters; anything far longer is not one
 # last_used_at is written at most this often per key, so requests do not each write
 LAST_USED_RESOLUTION = timedelta(minutes=1)
+# how long a verified key is trusted without reading its row: the bound on how
+# late another process notices a revocation
+KEY_CACHE_S = 1.0
+KEY_CACHE_MAX = 10_000  # keys remembered at once; past it the cache starts afresh
 
 
 @dataclass(frozen=True)
@@ -122,12 +131,41 @@ def create_key(session: Session, project_id: uuid.UUID, name: str,
     return row, key
 
 
+# SHA-256 of a verified key → (monotonic expiry, its principal). Only keys that
+# verified are kept, so unknown keys cannot fill it; a plain dict, whose single
+# get/set/pop are atomic under the GIL, so the threadpool needs no lock.
+_verified: dict[str, tuple[float, Principal]] = {}
+
+
+def cached(key: str) -> Principal | None:
+    """The principal of a key verified less than ``KEY_CACHE_S`` ago, else None
+    (then ``authenticate`` reads the row)."""
+    hit = _verified.get(hash_key(key))
+    if hit is None or hit[0] <= time.monotonic():
+        return None
+    return hit[1]
+
+
+def forget(key_id: uuid.UUID | None = None) -> None:
+    """Drop a key (every key with None) from the cache of verified keys."""
+    if key_id is None:
+        _verified.clear()
+        return
+    for digest, (_, principal) in list(_verified.items()):
+        if principal.key_id == key_id:
+            _verified.pop(digest, None)
+
+
 def authenticate(session: Session, key: str) -> Principal | None:
-    """The principal a key stands for; None for an unknown, malformed or revoked key."""
+    """The principal a key stands for; None for an unknown, malformed or revoked key.
+    Reads the key's row unless it verified less than ``KEY_CACHE_S`` ago."""
     prefix = key_prefix(key)
     if prefix is None:
         return None
     digest = hash_key(key)
+    hit = _verified.get(digest)
+    if hit is not None and hit[0] > time.monotonic():
+        return hit[1]
     found = None
     for row in session.scalars(select(ApiKey).where(ApiKey.prefix == prefix)):
         if hmac.compare_digest(row.key_hash, digest):
@@ -135,7 +173,11 @@ def authenticate(session: Session, key: str) -> Principal | None:
     if found is None or found.revoked_at is not None:
         return None
     _touch(session, found)
-    return Principal(found.project_id, found.scope, found.id)
+    principal = Principal(found.project_id, found.scope, found.id)
+    if len(_verified) >= KEY_CACHE_MAX:
+        _verified.clear()
+    _verified[digest] = (time.monotonic() + KEY_CACHE_S, principal)
+    return principal
 
 
 def _touch(session: Session, key: ApiKey) -> None:
@@ -167,4 +209,5 @@ def revoke_key(session: Session, key_id: uuid.UUID,
     if key.revoked_at is None:
         key.revoked_at = utcnow()
         session.commit()
+    forget(key.id)  # this process refuses it from the next request on
     return key

@@ -66,11 +66,13 @@ def compare(session: Session, project_id: uuid.UUID, run_ids: list[uuid.UUID],
     runs = [run_service.get(session, project_id, run_id) for run_id in run_ids]  # 404s
     specs = {str(run.id): spec_of(run) for run in runs}
     histories: dict[str, dict[str, Any]] = {}
-    curves = {str(run.id): run_service.metric_history(session, project_id, run.id, keys=keys,
-                                                      max_points=max_points)
+    curves = {str(run.id): run_service.columns_of(session, run.id, keys=keys,
+                                                  max_points=max_points)
               for run in runs}
     for key in keys:
-        by_run = {run_id: {p.step: p.value for p in history.get(key, [])}
+        empty: dict[str, list[Any]] = {"step": [], "value": []}
+        by_run = {run_id: dict(zip(history.get(key, empty)["step"],
+                                   history.get(key, empty)["value"], strict=True))
                   for run_id, history in curves.items()}
         steps = sorted({step for points in by_run.values() for step in points})
         histories[key] = {"steps": steps,

@@ -28,7 +28,7 @@ from app.ml.data.errors import plain, reason
 from app.ml.data.fashion_mnist import FILES as FASHION_MNIST_FILES
 from app.ml.data.fashion_mnist import missing_message
 from app.ml.data.ingest_spec import IngestSpec
-from app.queue import enqueue_preparation
+from app.runs.queue import enqueue_preparation
 from app.schemas.datasets import DatasetCreate, UriSource
 from app.services import ingest, limits, sources
 from app.services.errors import ConflictError, FieldError, NotFoundError

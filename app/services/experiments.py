@@ -4,11 +4,10 @@ import logging
 import uuid
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from app.db.base import utcnow
-from app.db.models import Dataset, Experiment, Run
+from app.db.models import Dataset, Experiment
 from app.ml.models.image_models import image_mixing_layers
 from app.ml.models.multimodal import MIXING_LAYERS as MULTIMODAL_MIXING_LAYERS
 from app.ml.models.spec import ModelSpecError
@@ -16,7 +15,9 @@ from app.ml.retrieval import METRIC_NAMES as RETRIEVAL_METRICS
 from app.ml.tasks import TASKS
 from app.ml.training.checks import recipe_problems
 from app.ml.training.clock import StepPlan
-from app.queue import enqueue_run
+from app.runs.lifecycle import LIVE, new_run
+from app.runs.queue import enqueue_run
+from app.runs.service import request_cancel
 from app.schemas.experiments import ExperimentCreate
 from app.services import augmentation, datasets, initial_weights, limits, task_checks
 from app.services.errors import FieldError, FieldErrorCollector, NotFoundError
@@ -165,7 +166,7 @@ def build(project_id: uuid.UUID, request: ExperimentCreate, dataset: Dataset) ->
     # the first poll after its claim already say how many steps it takes
     plan = StepPlan.of(int(dataset.summary["split_sizes"]["train"]),
                        request.training.batch_size, request.training.epochs)
-    experiment.runs.append(Run(status="queued", total_steps=plan.total_steps))
+    experiment.runs.append(new_run(total_steps=plan.total_steps))
     return experiment
 
 
@@ -201,13 +202,13 @@ def list_page(session: Session, project_id: uuid.UUID, limit: int,
 def delete(session: Session, project_id: uuid.UUID, store: ArtifactStore,
            experiment_id: uuid.UUID) -> None:
     """Remove an experiment with its runs, metric history and checkpoints. Live
-    runs are cancelled first: a queued one is never claimed, and a running one's
-    worker finds its run gone at its next progress write, stops, and removes
-    whatever it wrote after this (``worker.execution``)."""
+    runs are cancelled first, as a cancel does it: a queued one is never claimed,
+    and a running one's worker finds its run gone at its next progress write,
+    stops, and removes whatever it wrote after this (``worker.execution``)."""
     experiment = get(session, project_id, experiment_id)
-    session.execute(update(Run).where(Run.experiment_id == experiment_id,
-                                      Run.status.in_(("queued", "running")))
-                    .values(status="cancelled", cancel_requested=True, finished_at=utcnow()))
+    for run in experiment.runs:
+        if run.status in LIVE:
+            request_cancel(session, run.id)
     run_ids = [r.id for r in experiment.runs]
     session.delete(experiment)
     session.commit()

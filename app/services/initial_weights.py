@@ -32,6 +32,7 @@ from app.db.models import Project, Run
 from app.ml.data.errors import reason
 from app.ml.models.weights import WeightMatch, best_match
 from app.ml.safetensors_meta import header_shapes, read_header_from
+from app.runs.status import RunStatus
 from app.schemas.experiments import ExperimentCreate, ModelSpecIn
 from app.services import limits, sources
 from app.services.errors import FieldError, NotFoundError
@@ -99,7 +100,7 @@ def _finished_run(session: Session, project_id: uuid.UUID, run_id: uuid.UUID) ->
     run = session.get(Run, run_id)
     if run is None or run.experiment.project_id != project_id:
         raise NotFoundError("run", run_id)
-    if run.status != "succeeded":
+    if run.status != RunStatus.SUCCEEDED:
         raise FieldError(RUN_LOC, f"run {run_id} is {run.status}: only a succeeded run's "
                                   "checkpoint can start another run")
     if run.checkpoint_key is None:

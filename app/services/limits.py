@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from app.db.models import Dataset, Experiment, Project, Run
 from app.ml.models import ModelSpecError, build_model
 from app.ml.models.towers import build_dual_encoder
+from app.runs.status import LIVE, RunStatus
 from app.schemas.access import ProjectLimits
 from app.schemas.experiments import ExperimentCreate
 from app.services.errors import FieldError, LimitExceeded, NotFoundError
@@ -125,9 +126,9 @@ def live_runs(session: Session, project_id: uuid.UUID) -> tuple[int, int]:
     """(running, queued) runs of the project."""
     counts = dict(session.execute(
         select(Run.status, func.count()).join(Experiment, Run.experiment_id == Experiment.id)
-        .where(Experiment.project_id == project_id, Run.status.in_(("queued", "running")))
+        .where(Experiment.project_id == project_id, Run.status.in_(LIVE))
         .group_by(Run.status)).all())
-    return int(counts.get("running", 0)), int(counts.get("queued", 0))
+    return int(counts.get(RunStatus.RUNNING, 0)), int(counts.get(RunStatus.QUEUED, 0))
 
 
 def _categorical(summary: dict[str, Any], kinds: Mapping[str, str],

@@ -37,6 +37,7 @@ from app.ml.data.samples import (
 )
 from app.ml.safetensors_meta import header_metadata
 from app.ml.tasks import TASKS
+from app.runs.status import LIVE, RunStatus
 from app.schemas.predictions import MAX_PREDICT_SAMPLES, Prediction, PredictionsOut, PredictRequest
 from app.services import datasets, ingest, runs
 from app.services.errors import ConflictError, FieldError
@@ -68,9 +69,9 @@ def load_run_model(session: Session, store: ArtifactStore, project_id: uuid.UUID
         raise FieldError(("path", "run_id"), f"run {run.id} is a {task} run: prediction "
                          "applies to classification and multilabel runs, whose models "
                          "output classes")
-    if run.status != "succeeded":
+    if run.status != RunStatus.SUCCEEDED:
         hint = (f"wait until it has finished (GET /v1/runs/{run.id})"
-                if run.status in ("queued", "running") else "it left no final model")
+                if run.status in LIVE else "it left no final model")
         raise ConflictError(f"run {run.id} is {run.status}: only a succeeded run's model "
                             f"predicts; {hint}")
     if not run.checkpoint_key:

@@ -14,8 +14,9 @@ from typing import Any
 
 import anyio
 
-from app.db.models import TERMINAL_STATUSES, Run
+from app.db.models import Run
 from app.db.session import session_scope
+from app.runs.status import TERMINAL
 from app.services import runs as run_service
 from app.services.errors import NotFoundError
 
@@ -36,10 +37,11 @@ def poll(project_id: uuid.UUID, run_id: uuid.UUID, after_step: int,
             run = run_service.get(session, project_id, run_id)
         except NotFoundError:
             return Poll(None, None, {})
-        history = run_service.metric_history(session, project_id, run_id,
-                                             after_step=after_step)
-        points = {k: [{"step": p.step, "epoch": p.epoch, "value": p.value} for p in pts]
-                  for k, pts in history.items()}
+        history = run_service.columns_of(session, run_id, after_step=after_step)
+        # the stream keeps one object per point (few per poll; its wire shape)
+        points = {k: [{"step": s, "epoch": e, "value": v}
+                      for s, e, v in zip(c["step"], c["epoch"], c["value"], strict=True)]
+                  for k, c in history.items()}
         return Poll(render(run), run.status, points)
 
 
@@ -76,7 +78,7 @@ async def stream(project_id: uuid.UUID, run_id: uuid.UUID, render: Callable[[Run
             after_step = top
             yield {"event": "metrics", "id": str(after_step),
                    "data": _json({"points": now.points})}
-        if now.status in TERMINAL_STATUSES:
+        if now.status in TERMINAL:
             yield {"event": "end", "data": _json({"status": now.status})}
             return
         await anyio.sleep(period_s)

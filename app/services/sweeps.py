@@ -22,12 +22,13 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from app.db.models import TERMINAL_STATUSES, Dataset, Experiment, Run, Sweep
+from app.db.models import Dataset, Experiment, Run, Sweep
 from app.ml.training.spec import metric_mode
+from app.runs import service as run_service
+from app.runs.status import LIVE, TERMINAL, RunStatus
 from app.schemas.experiments import ExperimentCreate
 from app.schemas.sweeps import MAX_POINTS, Distribution, SweepCreate
 from app.services import datasets, experiments, limits
-from app.services import runs as run_service
 from app.services.errors import (
     ConflictError,
     FieldError,
@@ -260,7 +261,7 @@ def status(sweep: Sweep) -> dict[str, Any]:
     counts: dict[str, int] = {}
     for run in runs:
         counts[run.status] = counts.get(run.status, 0) + 1
-    finished = sum(counts.get(s, 0) for s in TERMINAL_STATUSES)
+    finished = sum(counts.get(s, 0) for s in TERMINAL)
     return {"total": len(runs), "counts": counts, "finished": finished,
             "progress": finished / len(runs) if runs else 1.0,
             "done": finished == len(runs)}
@@ -287,7 +288,7 @@ def summary(session: Session, project_id: uuid.UUID, sweep_id: uuid.UUID,
                                   {"config": config, "runs": 0, "values": []})
         group["runs"] += 1
         value = (run.metrics or {}).get(metric)
-        if run.status == "succeeded" and value is not None:
+        if run.status == RunStatus.SUCCEEDED and value is not None:
             group["values"].append((float(value), run.id))
     rows = []
     for group in groups.values():
@@ -312,7 +313,7 @@ def cancel(session: Session, project_id: uuid.UUID, sweep_id: uuid.UUID) -> Swee
     """Cancel every live run through the run cancel service (queued ones at once,
     running ones at their next step)."""
     sweep = get(session, project_id, sweep_id)
-    live = [r.id for _, r in runs_of(sweep) if r.status in ("queued", "running")]
+    live = [r.id for _, r in runs_of(sweep) if r.status in LIVE]
     for run_id in live:
         with contextlib.suppress(ConflictError):  # it finished meanwhile
             run_service.cancel(session, project_id, run_id)

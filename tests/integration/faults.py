@@ -2,7 +2,10 @@
 proxy in front of Postgres to cut, and worker processes to SIGKILL.
 
 A fault stack is an API and workers started as processes, as in production,
-with the reconciler sweeping every second and short heartbeat timeouts.
+with the reconciler sweeping every second and short heartbeat timeouts. With
+``hold_epoch`` its workers hold each run once that epoch (and its checkpoint)
+is recorded, until the test releases them (``worker.hold``): a fault is injected
+when the run is known to be mid-training, never after a guessed delay.
 """
 
 import os
@@ -20,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.conftest import DB_NAME, PG_URL_BASE, TMP, free_port, stop, wait_http
+from tests.integration.helpers import wait_until
+from worker.hold import RELEASE, held_marker
 
 
 class RedisServer:
@@ -133,6 +138,28 @@ class FaultStack:
     api: subprocess.Popen[bytes]
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
+    hold_dir: Path | None = None
+
+    def wait_held(self, run_id: str | None = None, attempt: int = 1,
+                  timeout: float = 180) -> str:
+        """Wait until a worker holds ``run_id`` (any run when None) at the hold
+        epoch; the held run's id."""
+        assert self.hold_dir is not None, "fault_stack(hold_epoch=...) holds runs"
+        folder = self.hold_dir
+
+        def held() -> str | None:
+            if run_id is not None:
+                return run_id if held_marker(folder, run_id, attempt).exists() else None
+            found = sorted(folder.glob(f"held-*-{attempt}"))
+            return found[0].name[len("held-"):-len(f"-{attempt}")] if found else None
+
+        return str(wait_until(held, timeout=timeout, interval=0.05,
+                              what=f"a worker to hold run {run_id or '(any)'}"))
+
+    def release(self) -> None:
+        """Let every held run go on; no run is held from now on."""
+        assert self.hold_dir is not None
+        (self.hold_dir / RELEASE).touch()
 
     def start_worker(self, concurrency: int = 1) -> subprocess.Popen[bytes]:
         log = TMP / f"fault-worker-{uuid.uuid4().hex[:6]}.log"
@@ -155,8 +182,15 @@ class FaultStack:
 
 @contextmanager
 def fault_stack(broker_url: str, database_port: int = 5432,
-                extra_env: dict[str, str] | None = None) -> Iterator[FaultStack]:
+                extra_env: dict[str, str] | None = None,
+                hold_epoch: int | None = None) -> Iterator[FaultStack]:
     tag = uuid.uuid4().hex[:8]
+    hold_dir = None
+    if hold_epoch is not None:
+        hold_dir = TMP / f"hold-{tag}"
+        hold_dir.mkdir()
+        extra_env = {"MIXLAB_TEST_HOOKS": "true", "MIXLAB_TEST_HOLD_EPOCH": str(hold_epoch),
+                     "MIXLAB_TEST_HOLD_DIR": str(hold_dir), **(extra_env or {})}
     base = PG_URL_BASE.rsplit(":", 1)[0]  # postgresql+psycopg://postgres@127.0.0.1
     env = {**os.environ,
            "MIXLAB_DATABASE_URL": f"{base}:{database_port}/{DB_NAME}",
@@ -170,11 +204,13 @@ def fault_stack(broker_url: str, database_port: int = 5432,
     api = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.api.main:app", "--host",
                             "127.0.0.1", "--port", str(port), "--log-level", "warning"],
                            env=env, stdout=api_log.open("wb"), stderr=subprocess.STDOUT)
-    stack = FaultStack(f"http://127.0.0.1:{port}", env, api, logs=[api_log])
+    stack = FaultStack(f"http://127.0.0.1:{port}", env, api, logs=[api_log], hold_dir=hold_dir)
     try:
         wait_http(stack.base_url, api, api_log)
         yield stack
     finally:
+        if hold_dir is not None:  # a held worker would wait out its SIGTERM grace
+            stack.release()
         for proc in stack.workers:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)

@@ -176,14 +176,14 @@ def test_the_worker_resolves_the_start_again(digits: dict, run_a: str,
                                                 "model": {**MODEL, **model}})
 
     store = get_store()
-    start = load_start(access.project_id, spec({"init_from_run": run_a}), store)
+    start = load_start(access.project_id, spec({"init_from_run": run_a}).model, store)
     assert start is not None and start[0].label == f"run:{run_a}"
     assert start[1].keys() == st_load(store.get(checkpoint_key(run_a, 1))).keys()
-    assert load_start(access.project_id, spec({}), store) is None
+    assert load_start(access.project_id, spec({}).model, store) is None
     # a file removed (or a link turned elsewhere) since the submission fails the run
     gone = _weights_file({"head.1.bias": torch.zeros(10)})
     gone.unlink()
     with pytest.raises(ValueError, match=r"^model.weights: .*no such file"):
-        load_start(access.project_id, spec({"weights": gone.as_uri()}), store)
+        load_start(access.project_id, spec({"weights": gone.as_uri()}).model, store)
     with pytest.raises(ValueError, match=r"^model.init_from_run: run .* not found"):
-        load_start(access.project_id, spec({"init_from_run": str(uuid.uuid4())}), store)
+        load_start(access.project_id, spec({"init_from_run": str(uuid.uuid4())}).model, store)

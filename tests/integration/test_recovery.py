@@ -9,13 +9,14 @@ import pytest
 import redis
 from sqlalchemy import update
 
-from app.broker_contents import pending_args
 from app.db.base import utcnow
 from app.db.models import Dataset, Experiment, Run
 from app.db.session import session_scope
-from app.queue import TRAIN_RUN_TASK, celery_app
-from app.services import auth, recovery
-from app.services import runs as run_service
+from app.runs import recovery
+from app.runs import service as run_service
+from app.runs.broker_contents import pending_args
+from app.runs.queue import TRAIN_RUN_TASK, celery_app
+from app.services import auth
 from app.settings import get_settings
 
 QUEUE = f"recovery-test-{uuid.uuid4().hex[:8]}"

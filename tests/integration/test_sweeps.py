@@ -12,8 +12,8 @@ import pytest
 from app.client import MixlabClient
 from app.db.models import Dataset, Experiment, Run
 from app.db.session import session_scope
+from app.runs import service as run_service
 from app.services import auth
-from app.services import runs as run_service
 from tests.integration.helpers import auth_headers, wait_until
 from tests.integration.test_cli import ok
 

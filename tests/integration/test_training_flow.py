@@ -179,7 +179,9 @@ def test_experiment_delete_frees_its_dataset(client: MixlabClient) -> None:
 
 def test_readiness(stack) -> None:  # type: ignore[no-untyped-def]
     body = httpx.get(f"{stack.base_url}/readyz").json()
-    assert body == {"status": "ready", "database": "ok", "broker": "ok"}
+    # the shared stack does not sweep (MIXLAB_RECONCILE_INTERVAL_S=0)
+    assert body == {"status": "ready", "database": "ok", "broker": "ok", "reconciler": "off",
+                    "reconciler_passes": 0}
     assert httpx.get(f"{stack.base_url}/healthz").status_code == 200
 
 

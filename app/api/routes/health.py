@@ -1,9 +1,9 @@
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from app.db.session import get_engine
-from app.queue import celery_app
+from app.runs.queue import celery_app
 
 router = APIRouter(tags=["health"])
 
@@ -15,7 +15,7 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz", summary="Readiness: the database and the broker are reachable",
             responses={503: {"description": "A dependency is down"}})
-def readyz() -> JSONResponse:
+def readyz(request: Request) -> JSONResponse:
     checks: dict[str, str] = {}
     try:
         with get_engine().connect() as conn:
@@ -30,5 +30,10 @@ def readyz() -> JSONResponse:
     except Exception as exc:
         checks["broker"] = f"error: {type(exc).__name__}"
     ready = all(v == "ok" for v in checks.values())
+    # not a check: which API process sweeps (one per deployment), and how often it did
+    reconciler = getattr(request.app.state, "reconciler", None)
+    sweeping = {"reconciler": reconciler.role if reconciler else "off",
+                "reconciler_passes": reconciler.passes if reconciler else 0}
     return JSONResponse(status_code=200 if ready else 503,
-                        content={"status": "ready" if ready else "unavailable", **checks})
+                        content={"status": "ready" if ready else "unavailable", **checks,
+                                 **sweeping})

@@ -2,7 +2,7 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -14,21 +14,25 @@ from sse_starlette.sse import EventSourceResponse
 from app.api.deps import (
     WRITE_RESPONSES,
     BaseUrlDep,
+    HotReadsDep,
     ReaderDep,
     SessionDep,
     SettingsDep,
     StoreDep,
     WriterDep,
+    db_read,
 )
 from app.api.uploads import body_errors, ingest_spec, save_upload, upload_form
+from app.db.async_reads import Unavailable
 from app.db.models import Run
+from app.runs import service as lifecycle_service
+from app.runs import status as run_status
 from app.schemas.common import MAX_OFFSET, Page
 from app.schemas.predictions import MAX_PREDICT_SAMPLES, PredictionsOut, PredictRequest
 from app.schemas.runs import (
     CheckpointOut,
     EvaluationOut,
     MetricHistory,
-    MetricPointOut,
     Progress,
     RunOut,
     RunStatus,
@@ -44,13 +48,17 @@ from app.settings import get_settings
 router = APIRouter(prefix="/runs", tags=["runs"])
 
 
-def to_out(run: Run, base: str) -> RunOut:
+def to_out(run: Run | service.RunRow, base: str) -> RunOut:
     epochs = int(run.experiment.spec["training"]["epochs"])
     checkpoint = CheckpointOut(url=f"{base}/v1/runs/{run.id}/checkpoint",
                                epoch=run.checkpoint_epoch,
-                               partial=run.status != "succeeded") if run.checkpoint_key else None
+                               partial=run.status != run_status.RunStatus.SUCCEEDED
+                               ) if run.checkpoint_key else None
+    augmentation = run.experiment.spec.get("augmentation") or {}
     return RunOut(
-        id=run.id, experiment_id=run.experiment_id, status=run.status,  # type: ignore[arg-type]
+        id=run.id, experiment_id=run.experiment_id, name=run.experiment.name,
+        sweep_id=run.experiment.sweep_id, method=augmentation.get("method", "mixup"),
+        alpha=float(augmentation.get("alpha", 1.0)), status=run.status,  # type: ignore[arg-type]
         cancel_requested=run.cancel_requested, attempt=run.attempt,
         progress=Progress(epoch=run.epoch, epochs=epochs, step=run.step,
                           total_steps=run.total_steps, samples_per_s=run.samples_per_s,
@@ -66,10 +74,11 @@ def to_out(run: Run, base: str) -> RunOut:
 @router.get("", response_model=Page[RunOut], summary="List runs, newest first")
 def list_runs(session: SessionDep, base: BaseUrlDep, principal: ReaderDep,
               status: RunStatus | None = None, experiment_id: uuid.UUID | None = None,
+              sweep_id: uuid.UUID | None = None,
               limit: Annotated[int, Query(ge=1, le=500)] = 50,
               offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> Page[RunOut]:
     rows, total = service.list_page(session, principal.project_id, limit, offset, status,
-                                    experiment_id)
+                                    experiment_id, sweep_id)
     return Page(items=[to_out(r, base) for r in rows], total=total, limit=limit, offset=offset)
 
 
@@ -95,9 +104,16 @@ def compare_runs(session: SessionDep, principal: ReaderDep,
 
 
 @router.get("/{run_id}", response_model=RunOut)
-def get_run(run_id: uuid.UUID, session: SessionDep, base: BaseUrlDep,
-            principal: ReaderDep) -> RunOut:
-    return to_out(service.get(session, principal.project_id, run_id), base)
+async def get_run(run_id: uuid.UUID, base: BaseUrlDep, principal: ReaderDep,
+                  reads: HotReadsDep) -> RunOut:
+    # clients poll this route: one query, on the event loop where Postgres's
+    # asyncio pool is there (a threadpool hop cost more than the query), else in
+    # a thread
+    try:
+        run = await service.read_hot(reads, principal.project_id, run_id)
+    except Unavailable:
+        run = await db_read(service.read, principal.project_id, run_id)
+    return to_out(run, base)
 
 
 @router.get("/{run_id}/events", response_class=Response,
@@ -129,11 +145,12 @@ def run_events(run_id: uuid.UUID, request: Request, session: SessionDep, base: B
                         **WRITE_RESPONSES})
 def cancel_run(run_id: uuid.UUID, session: SessionDep, base: BaseUrlDep,
                principal: WriterDep) -> RunOut:
-    return to_out(service.cancel(session, principal.project_id, run_id), base)
+    return to_out(lifecycle_service.cancel(session, principal.project_id, run_id), base)
 
 
 @router.get("/{run_id}/metrics", response_model=MetricHistory,
-            summary="Metric history by step (all keys, or one with ?key=)")
+            summary="Metric history by step (all keys, or one with ?key=), as columns: "
+                    "`{key: {step: [...], epoch: [...], value: [...]}}`")
 def run_metrics(run_id: uuid.UUID, session: SessionDep, principal: ReaderDep,
                 key: Annotated[str | None, Query(max_length=100)] = None,
                 after_step: Annotated[int | None, Query(
@@ -144,12 +161,12 @@ def run_metrics(run_id: uuid.UUID, session: SessionDep, principal: ReaderDep,
                     ge=3, le=100_000,
                     description="Down-sample each key's curve to at most this many points: "
                                 "equal step ranges keep their lowest and highest value, and "
-                                "the last point stays")] = None) -> MetricHistory:
+                                "the last point stays")] = None) -> dict[str, Any]:
     history = service.metric_history(session, principal.project_id, run_id, key,
                                      after_step=after_step, max_points=max_points)
-    return MetricHistory(run_id=run_id, metrics={
-        k: [MetricPointOut(step=p.step, epoch=p.epoch, value=p.value) for p in points]
-        for k, points in history.items()})
+    # a dict, not MetricHistory(...): FastAPI validates it once against the
+    # response model and encodes it in pydantic-core
+    return {"run_id": run_id, "metrics": history}
 
 
 @router.get("/{run_id}/checkpoint", response_class=Response,

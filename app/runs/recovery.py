@@ -13,10 +13,10 @@ reconcile them:
   last checkpoint, until ``max_attempts``; then it fails with the reason. A run
   whose cancel was requested is cancelled instead.
 
-Every transition is a guarded UPDATE that also names the attempt it saw, so a
-worker that heartbeats at the last moment, or a second reconciler, wins or
-loses cleanly; a duplicate publish is harmless because a worker claims a run
-in Postgres before it trains it.
+Every transition (``app.runs.lifecycle.transition``) is a guarded UPDATE that
+also names the attempt it saw, so a worker that heartbeats at the last moment,
+or a second reconciler, wins or loses cleanly; a duplicate publish is harmless
+because a worker claims a run in Postgres before it trains it.
 """
 
 import logging
@@ -25,11 +25,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
 from app.db.models import Dataset, Run
+from app.runs.lifecycle import Action, RunStatus, transition
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def republish_lost(session: Session, held: set[str] | None, grace_s: float,
     if held is None:
         return []
     cutoff = utcnow() - timedelta(seconds=grace_s)
-    queued = session.scalars(select(Run.id).where(Run.status == "queued",
+    queued = session.scalars(select(Run.id).where(Run.status == RunStatus.QUEUED.value,
                                                   Run.created_at < cutoff)).all()
     lost = [run_id for run_id in queued if str(run_id) not in held and run_id not in skip]
     if lost:
@@ -85,26 +86,26 @@ def reap_dead(session: Session, heartbeat_timeout_s: float, max_attempts: int,
     report = SweepReport()
     cutoff = utcnow() - timedelta(seconds=heartbeat_timeout_s)
     stale = session.execute(select(Run.id, Run.attempt, Run.cancel_requested)
-                            .where(Run.status == "running", Run.heartbeat_at < cutoff)).all()
-    now = utcnow()
+                            .where(Run.status == RunStatus.RUNNING.value,
+                                   Run.heartbeat_at < cutoff)).all()
     for run_id, attempt, cancel_requested in stale:
-        guard = update(Run).where(Run.id == run_id, Run.status == "running",
-                                  Run.attempt == attempt, Run.heartbeat_at < cutoff)
+        # the heartbeat guard again: a worker that beat since the SELECT keeps its run
+        guard = [Run.heartbeat_at < cutoff]
         lost = f"worker lost: no heartbeat for {heartbeat_timeout_s:g} s"
         if cancel_requested:
-            values: dict[str, object] = {"status": "cancelled", "finished_at": now,
-                                         "error": f"{lost} after cancel was requested"}
+            action, error = Action.STOP, f"{lost} after cancel was requested"
             bucket = report.cancelled
         elif attempt >= max_attempts:
-            values = {"status": "failed", "finished_at": now,
-                      "error": f"{lost} on attempt {attempt} of {max_attempts}"}
+            action, error = Action.FAIL, f"{lost} on attempt {attempt} of {max_attempts}"
             bucket = report.failed
         else:
             # the claim sets worker, start and heartbeat again, and counts the attempt
-            values = {"status": "queued", "worker_host": None,
-                      "error": f"{lost} on attempt {attempt}; requeued"}
+            action, error = Action.REQUEUE, f"{lost} on attempt {attempt}; requeued"
             bucket = report.requeued
-        if session.execute(guard.values(**values)).rowcount == 1:  # type: ignore[attr-defined]
+        values: dict[str, object] = {"error": error}
+        if action is Action.REQUEUE:
+            values["worker_host"] = None
+        if transition(session, run_id, action, attempt=attempt, guard=guard, **values):
             bucket.append(run_id)
     session.commit()
     for run_id in report.failed + report.cancelled:
