@@ -64,7 +64,8 @@ sys.exit(0 if v == '${TORCH_VERSION}' else f'torch {torch.__version__} != ${TORC
  && cd /tmp \
  && MIXLAB_DATA_DIR=/tmp/mixlab-import-check python -c "import app.api.main, worker.celery_app, worker.tasks, mixlab; \
 from app.ml.models import timm_available, torchvision_available; \
-assert torchvision_available() and timm_available()" \
+assert torchvision_available() and timm_available(); \
+from app.web.routes import PLOTLY_BUNDLE; assert PLOTLY_BUNDLE.is_file(), 'no plotly.js for /ui'" \
  && rm -rf /tmp/mixlab-import-check \
  && mixlab --help > /dev/null
 

@@ -52,3 +52,20 @@ if [ ! -f "$FASHION_MNIST_DIR/train-images-idx3-ubyte.gz" ]; then
          "or set MIXLAB_FASHION_MNIST_DIR" >&2
   fi
 fi
+# The dashboard's browser tests (tests/browser) drive Debian's Chromium through
+# Playwright (Playwright's own browser download is not used). Installed here as root.
+if [ ! -x "${MIXLAB_CHROMIUM:-/usr/bin/chromium}" ]; then
+  if [ "$(id -u)" = 0 ]; then AS_ROOT=""; else AS_ROOT="sudo -n"; fi
+  if command -v apt-get >/dev/null 2>&1 && $AS_ROOT true 2>/dev/null; then
+    echo "installing chromium (apt-get) for the dashboard's browser tests" >&2
+    if ! { $AS_ROOT apt-get install -y -q chromium >/dev/null 2>&1 \
+           || { $AS_ROOT apt-get update -q >/dev/null 2>&1 \
+                && $AS_ROOT apt-get install -y -q chromium >/dev/null 2>&1; }; }; then
+      echo "note: could not install chromium; tests/browser will fail until it is" \
+           "installed (or MIXLAB_CHROMIUM names a Chromium binary)" >&2
+    fi
+  else
+    echo "note: no Chromium at /usr/bin/chromium: tests/browser need it ('apt-get install" \
+         "chromium' as root, or set MIXLAB_CHROMIUM)" >&2
+  fi
+fi

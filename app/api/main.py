@@ -13,6 +13,7 @@ from app.api.openapi import add_body_models, add_common_errors, add_links, opera
 from app.api.routes import datasets, experiments, health, keys, runs, sweeps
 from app.reconciler import Reconciler
 from app.settings import get_settings
+from app.web import routes as web
 
 DESCRIPTION = """
 mixlab trains models with mixup-style augmentation. Register a dataset, preview
@@ -52,6 +53,7 @@ def create_app() -> FastAPI:
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router)
+    web.install(app)
 
     original_openapi = app.openapi
 

@@ -349,4 +349,5 @@ class ExperimentOut(BaseModel):
     task: str
     spec: dict[str, Any]
     created_at: datetime
+    sweep_id: uuid.UUID | None = Field(None, description="The sweep that made it, if any.")
     runs: list[RunRef]

@@ -55,6 +55,10 @@ class CheckpointOut(BaseModel):
 class RunOut(BaseModel):
     id: uuid.UUID
     experiment_id: uuid.UUID
+    name: str = Field(description="The experiment's name.")
+    sweep_id: uuid.UUID | None = Field(description="The sweep that made the run, if any.")
+    method: str = Field(description="augmentation.method of the spec.")
+    alpha: float = Field(description="augmentation.alpha of the spec.")
     status: RunStatus
     cancel_requested: bool
     attempt: int

@@ -35,13 +35,16 @@ def get(session: Session, project_id: uuid.UUID, run_id: uuid.UUID) -> Run:
 
 def list_page(session: Session, project_id: uuid.UUID, limit: int, offset: int,
               status: str | None = None,
-              experiment_id: uuid.UUID | None = None) -> tuple[list[Run], int]:
+              experiment_id: uuid.UUID | None = None,
+              sweep_id: uuid.UUID | None = None) -> tuple[list[Run], int]:
     query = (select(Run).join(Experiment, Run.experiment_id == Experiment.id)
              .where(Experiment.project_id == project_id))
     if status:
         query = query.where(Run.status == status)
     if experiment_id:
         query = query.where(Run.experiment_id == experiment_id)
+    if sweep_id:
+        query = query.where(Experiment.sweep_id == sweep_id)
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     rows = session.scalars(query.order_by(Run.created_at.desc(), Run.id)
                            .limit(limit).offset(offset)).all()

@@ -29,7 +29,7 @@ def to_out(experiment: Experiment, base: str) -> ExperimentOut:
     return ExperimentOut(id=experiment.id, name=experiment.name,
                          dataset_id=experiment.dataset_id, task=experiment.task,
                          spec=experiment.spec, created_at=experiment.created_at,
-                         runs=_run_refs(experiment, base))
+                         sweep_id=experiment.sweep_id, runs=_run_refs(experiment, base))
 
 
 @router.post("", status_code=202, response_model=ExperimentCreated,

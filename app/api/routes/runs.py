@@ -49,8 +49,11 @@ def to_out(run: Run, base: str) -> RunOut:
     checkpoint = CheckpointOut(url=f"{base}/v1/runs/{run.id}/checkpoint",
                                epoch=run.checkpoint_epoch,
                                partial=run.status != "succeeded") if run.checkpoint_key else None
+    augmentation = run.experiment.spec.get("augmentation") or {}
     return RunOut(
-        id=run.id, experiment_id=run.experiment_id, status=run.status,  # type: ignore[arg-type]
+        id=run.id, experiment_id=run.experiment_id, name=run.experiment.name,
+        sweep_id=run.experiment.sweep_id, method=augmentation.get("method", "mixup"),
+        alpha=float(augmentation.get("alpha", 1.0)), status=run.status,  # type: ignore[arg-type]
         cancel_requested=run.cancel_requested, attempt=run.attempt,
         progress=Progress(epoch=run.epoch, epochs=epochs, step=run.step,
                           total_steps=run.total_steps, samples_per_s=run.samples_per_s,
@@ -66,10 +69,11 @@ def to_out(run: Run, base: str) -> RunOut:
 @router.get("", response_model=Page[RunOut], summary="List runs, newest first")
 def list_runs(session: SessionDep, base: BaseUrlDep, principal: ReaderDep,
               status: RunStatus | None = None, experiment_id: uuid.UUID | None = None,
+              sweep_id: uuid.UUID | None = None,
               limit: Annotated[int, Query(ge=1, le=500)] = 50,
               offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> Page[RunOut]:
     rows, total = service.list_page(session, principal.project_id, limit, offset, status,
-                                    experiment_id)
+                                    experiment_id, sweep_id)
     return Page(items=[to_out(r, base) for r in rows], total=total, limit=limit, offset=offset)
 
 
