@@ -33,14 +33,17 @@ export function confusion(el, matrix, classNames) {
 }
 
 // A metric against a swept parameter: one line per group, mean ± std over seeds.
-export function errorBars(el, title, groups, { xTitle, yTitle, logX = false, categorical = false }) {
+export function errorBars(el, title, groups, { xTitle, yTitle, logX = false, categorical = false,
+                                              ticks = null }) {
   const data = groups.map((g) => ({
     name: g.name, x: g.x, y: g.mean, type: "scatter", mode: "lines+markers",
     error_y: { type: "data", array: g.std, visible: true },
     customdata: g.n, hovertemplate: "%{x}: %{y:.4f} ± %{error_y.array:.4f} (n=%{customdata})",
   }));
   return Plotly.react(el, data, layout(title, {
-    xaxis: { title: { text: xTitle }, type: categorical ? "category" : logX ? "log" : "linear" },
+    // ticks at the swept values only (a log axis would otherwise label every minor tick)
+    xaxis: { title: { text: xTitle }, type: categorical ? "category" : logX ? "log" : "linear",
+             ...(ticks ? { tickvals: ticks } : {}) },
     yaxis: { title: { text: yTitle } },
     hovermode: "closest",
   }), CONFIG);

@@ -114,6 +114,7 @@ export async function sweepPage(view, { args: [sweepId], params, signal, navigat
       const values = rows.map((r) => r.config[axis]).filter((v) => typeof v === "number" && v > 0);
       errorBars(chartEl, `${metric}: mean ± std over seeds`, groups, {
         xTitle: axis, yTitle: metric, categorical: !numericAxis,
+        ticks: numericAxis ? [...new Set(rows.map((r) => r.config[axis]))].sort((a, b) => a - b) : null,
         logX: numericAxis && values.length === rows.length
               && Math.max(...values) / Math.min(...values) >= 20 });
     }
