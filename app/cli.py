@@ -206,7 +206,8 @@ def up(host: str = "127.0.0.1", port: int = 8000,
         raise _fail(f"{_database_problem(exc)}; is it up?") from None
     mode = "embedded" if settings.is_embedded else "external services"
     console.print(f"[bold]mixlab[/] ({mode}) data in {settings.data_dir.resolve()}; "
-                  f"API on http://{host}:{port}  (docs at /docs)", soft_wrap=True)
+                  f"API on http://{host}:{port}  (dashboard at /ui, docs at /docs)",
+                  soft_wrap=True)
     if not settings.auth_enabled:
         from app.api.access import AUTH_OFF_WARNING
 

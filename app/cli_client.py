@@ -987,26 +987,33 @@ def runs_list(
         experiment: Annotated[str | None, typer.Option(
             metavar="EXPERIMENT", show_default=False,
             help="Only this experiment's runs (an id, or a unique start of one).")] = None,
+        sweep: Annotated[str | None, typer.Option(
+            metavar="SWEEP", show_default=False,
+            help="Only this sweep's runs (an id, or a unique start of one).")] = None,
         limit: Limit = 50, offset: Offset = 0,
         url: Url = DEFAULT_URL, api_key: ApiKey = None, as_json: AsJson = False) -> None:
-    """List runs, newest first: status, progress, test accuracy, device."""
+    """List runs, newest first: name, method, α, status, progress, test accuracy, device."""
+    from app.cli_sweeps import resolve_sweep  # it imports this module
+
     with connect(url, api_key) as mx:
         experiment_id = resolve_experiment(mx, experiment) if experiment else None
+        sweep_id = resolve_sweep(mx, sweep) if sweep else None
         page = mx.list_runs(limit=limit, offset=offset,
                             status=status.value if status else None,
-                            experiment_id=experiment_id)
+                            experiment_id=experiment_id, sweep_id=sweep_id)
     if as_json:
         return print_json(page)
     filters = ", ".join(f for f in (status.value if status else "",
-                                    f"experiment {experiment_id[:8]}" if experiment_id else "")
+                                    f"experiment {experiment_id[:8]}" if experiment_id else "",
+                                    f"sweep {sweep_id[:8]}" if sweep_id else "")
                         if f)
-    t = table("id", "experiment", "status", "epoch", "step", "test_acc", "device", "created",
-              "finished", title=f"runs{f' ({filters})' if filters else ''}: "
-                                f"{len(page['items'])} of {page['total']}")
+    t = table("id", "name", "method", "α", "status", "epoch", "step", "test_acc", "device",
+              "created", "finished", title=f"runs{f' ({filters})' if filters else ''}: "
+                                           f"{len(page['items'])} of {page['total']}")
     for r in page["items"]:
         p = r["progress"]
         acc = r["metrics"].get("test_acc")
-        t.add_row(r["id"], r["experiment_id"][:8], r["status"],
+        t.add_row(r["id"], r["name"], r["method"], number(r["alpha"]), r["status"],
                   f"{p['epoch']}/{p['epochs']}", f"{p['step']}/{p['total_steps'] or '?'}",
                   number(acc) if acc is not None else "-", r["worker"]["device"] or "-",
                   when(r["created_at"]), when(r["finished_at"]))

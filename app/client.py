@@ -156,12 +156,15 @@ class MixlabClient:
         self._call("DELETE", f"/v1/experiments/{experiment_id}")
 
     def list_runs(self, limit: int = 50, offset: int = 0, status: str | None = None,
-                  experiment_id: str | None = None) -> dict[str, Any]:
+                  experiment_id: str | None = None,
+                  sweep_id: str | None = None) -> dict[str, Any]:
         params: dict[str, Any] = {"limit": limit, "offset": offset}
         if status:
             params["status"] = status
         if experiment_id:
             params["experiment_id"] = experiment_id
+        if sweep_id:
+            params["sweep_id"] = sweep_id
         return self._call("GET", "/v1/runs", params=params).json()
 
     def get_run(self, run_id: str) -> dict[str, Any]:

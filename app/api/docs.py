@@ -24,6 +24,18 @@ ASSETS = {"swagger_js": "swagger-ui-bundle.js", "swagger_css": "swagger-ui.css",
           "redoc_js": "redoc.standalone.js", "favicon": "favicon.png"}
 
 
+# ReDoc's bundle draws Redocly's logo from their CDN, whatever its options say: the
+# browser is told to load nothing from another host, so the page stays offline.
+LOCAL_ONLY = ("default-src 'self'; script-src 'self' 'unsafe-inline'; "
+              "style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+              "font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'")
+
+
+def _local_only(page: HTMLResponse) -> HTMLResponse:
+    page.headers["Content-Security-Policy"] = LOCAL_ONLY
+    return page
+
+
 def install(app: FastAPI, docs_url: str = "/docs", redoc_url: str = "/redoc") -> None:
     """Serve the pages at ``docs_url`` and ``redoc_url`` (the app is made with
     ``docs_url=None, redoc_url=None`` so FastAPI's CDN pages are not there)."""
@@ -41,13 +53,13 @@ def install(app: FastAPI, docs_url: str = "/docs", redoc_url: str = "/redoc") ->
 
     @app.get(docs_url, include_in_schema=False)
     async def swagger_ui(request: Request) -> HTMLResponse:
-        return get_swagger_ui_html(
+        return _local_only(get_swagger_ui_html(
             openapi_url=openapi_url(request), title=f"{app.title} - Swagger UI",
             oauth2_redirect_url=redirect_url, swagger_js_url=asset(request, "swagger_js"),
             swagger_css_url=asset(request, "swagger_css"),
             swagger_favicon_url=asset(request, "favicon"),
             # no badge from swagger.io's online validator: nothing leaves this server
-            swagger_ui_parameters={**(app.swagger_ui_parameters or {}), "validatorUrl": None})
+            swagger_ui_parameters={**(app.swagger_ui_parameters or {}), "validatorUrl": None}))
 
     @app.get(redirect_url, include_in_schema=False)
     async def swagger_ui_redirect() -> HTMLResponse:
@@ -55,7 +67,7 @@ def install(app: FastAPI, docs_url: str = "/docs", redoc_url: str = "/redoc") ->
 
     @app.get(redoc_url, include_in_schema=False)
     async def redoc(request: Request) -> HTMLResponse:
-        return get_redoc_html(
+        return _local_only(get_redoc_html(
             openapi_url=openapi_url(request), title=f"{app.title} - ReDoc",
             redoc_js_url=asset(request, "redoc_js"), redoc_favicon_url=asset(request, "favicon"),
-            with_google_fonts=False)
+            with_google_fonts=False))

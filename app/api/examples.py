@@ -63,11 +63,13 @@ EXPERIMENT = {
     "spec": {"model": {"kind": "cnn", "width": 16, "depth": 3, "dropout": 0.0},
              "augmentation": {"method": "mixup", "alpha": 1.0},
              "training": {"epochs": 40, "batch_size": 128, "lr": 0.1, "seed": 0}},
-    "created_at": "2026-12-14T09:31:00Z", "runs": [{**_RUN_REF, "status": "running"}]}
+    "created_at": "2026-12-14T09:31:00Z", "sweep_id": None,
+    "runs": [{**_RUN_REF, "status": "running"}]}
 
 _CHECKPOINT = f"{BASE}/v1/runs/{RUN_ID}/checkpoint"
 RUN_RUNNING = {
-    "id": RUN_ID, "experiment_id": EXPERIMENT_ID, "status": "running",
+    "id": RUN_ID, "experiment_id": EXPERIMENT_ID, "name": "digits-mixup", "sweep_id": None,
+    "method": "mixup", "alpha": 1.0, "status": "running",
     "cancel_requested": False, "attempt": 1,
     "progress": {"epoch": 13, "epochs": 40, "step": 117, "total_steps": 360,
                  "samples_per_s": 5210.0, "eta_s": 5.6},

@@ -333,7 +333,7 @@ def test_runs_list_with_filters(stack: Stack, finished_run: dict[str, str]) -> N
     listed = ok(stack.base_url, "runs", "list", "--experiment", experiment[:8])
     assert f"runs (experiment {experiment[:8]}): 1 of 1" in listed
     row = next(line for line in listed.splitlines() if run in line)
-    assert "succeeded" in row and "2/2" in row and experiment[:8] in row
+    assert "succeeded" in row and "2/2" in row and "cli-tiny" in row and "mixup" in row
     page = json.loads(ok(stack.base_url, "runs", "list", "--status", "succeeded", "--limit", "1",
                          "--json"))
     assert len(page["items"]) == 1 and page["total"] >= 1

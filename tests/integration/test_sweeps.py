@@ -258,3 +258,10 @@ def test_cli_sweep_submit_watch_prints_the_summary(stack, digits: dict, tmp_path
     assert "augmentation.method=none" in out and "augmentation.method=mixup" in out
     listing = ok(stack.base_url, "sweep", "list")
     assert "cli-sweep" in listing
+    sweep_id = next(s["id"] for s in json.loads(ok(stack.base_url, "sweep", "list", "--json"))
+                    ["items"] if s["name"] == "cli-sweep")
+    runs = json.loads(ok(stack.base_url, "runs", "list", "--sweep", sweep_id[:8], "--json"))
+    assert runs["total"] == 2 and {r["sweep_id"] for r in runs["items"]} == {sweep_id}
+    assert sorted(r["method"] for r in runs["items"]) == ["mixup", "none"]
+    with MixlabClient(stack.base_url) as mx:
+        assert mx.get_experiment(runs["items"][0]["experiment_id"])["sweep_id"] == sweep_id

@@ -1,0 +1,1 @@
+"""The dashboard at ``/ui``: static pages over the same /v1 API (app.web.routes)."""

@@ -1,0 +1,122 @@
+// One run: status and progress, live loss / score / learning-rate curves (server-sent
+// events, polling the history if the stream fails), final metrics, the confusion
+// matrix once evaluated, the spec, the error, and cancel.
+import { api, ApiError } from "../api.js";
+import { confusion, curves, purge } from "../charts.js";
+import { badge, bar, h, link, notice, num, pause, replace, shortId, when } from "../dom.js";
+import { followEvents } from "../events.js";
+import { CHARTS, chartOf, isCurve, lastStep, merge } from "../metrics.js";
+
+const ENDED = new Set(["succeeded", "failed", "cancelled"]);
+
+export async function runPage(view, { args: [runId], signal }) {
+  let run = await api(`/v1/runs/${runId}`, { signal });
+  const experiment = await api(`/v1/experiments/${run.experiment_id}`, { signal });
+
+  const title = h("h1");
+  const status = h("div", { class: "toolbar", id: "run-status" });
+  const facts = h("div", { class: "facts", id: "run-metrics" });
+  const errorBox = h("div");
+  const charts = h("div", { class: "charts" });
+  const chartEls = Object.fromEntries(CHARTS.map((c) => [c.id, h("div", {
+    class: "chart", id: `chart-${c.id}`, hidden: true })]));
+  charts.append(...Object.values(chartEls));
+  const evaluation = h("div", { id: "evaluation" });
+  view.append(title, status, errorBox, h("h2", {}, "Curves"), charts,
+    h("h2", {}, "Final metrics"), facts, evaluation,
+    h("h2", {}, "Spec"), h("pre", { id: "run-spec" }, JSON.stringify(experiment.spec, null, 2)));
+  signal.addEventListener("abort", () => Object.values(chartEls).forEach(purge));
+
+  const cancel = async (button) => {
+    button.disabled = true;
+    try {
+      run = await api(`/v1/runs/${runId}/cancel`, { method: "POST", signal });
+      showRun();
+    } catch (error) {
+      errorBox.replaceChildren(notice(error instanceof ApiError && error.status === 403
+        ? "Cancelling needs a key with the write scope." : `Cancel failed: ${error.message}`, "error"));
+      button.disabled = false;
+    }
+  };
+
+  function showRun() {
+    replace(title, `${run.name} `, h("span", { class: "muted" }, shortId(run.id)));
+    const p = run.progress;
+    const fraction = run.status === "succeeded" ? 1 : p.total_steps ? p.step / p.total_steps : 0;
+    replace(status, badge(run.status),
+      bar(fraction, `epoch ${p.epoch}/${p.epochs} · step ${p.step}/${p.total_steps}`),
+      p.samples_per_s ? h("span", { class: "muted" },
+        `${Math.round(p.samples_per_s).toLocaleString()} samples/s`) : "",
+      p.eta_s && !ENDED.has(run.status) ? h("span", { class: "muted" }, `ETA ${Math.round(p.eta_s)} s`) : "",
+      h("span", { class: "muted" }, `${run.method} α=${num(run.alpha)} · attempt ${run.attempt}`
+        + ` · created ${when(run.created_at)}`),
+      run.sweep_id ? link(`/ui/sweeps/${run.sweep_id}`, "its sweep") : "",
+      link(`/ui/previews?dataset=${experiment.dataset_id}&method=${run.method}&alpha=${run.alpha}`,
+        "preview its mixing"),
+      !ENDED.has(run.status) && !run.cancel_requested
+        ? h("button", { class: "danger", id: "cancel-run", onclick: (e) => cancel(e.target) }, "Cancel")
+        : run.cancel_requested && !ENDED.has(run.status) ? h("span", { class: "muted" }, "cancelling…") : "");
+    replace(errorBox, run.error ? h("pre", { class: "error", id: "run-error" }, run.error) : "");
+    const metricNames = Object.keys(run.metrics).sort();
+    replace(facts, metricNames.length
+      ? metricNames.map((k) => h("div", { class: "fact", "data-metric": k }, h("b", {}, k), num(run.metrics[k], 4)))
+      : h("span", { class: "muted" }, "None yet."));
+  }
+
+  const held = {};
+  function showCurves() {
+    for (const chart of CHARTS) {
+      const series = Object.fromEntries(Object.entries(held)
+        .filter(([key, c]) => isCurve(key) && chartOf(key) === chart.id && c.step.length));
+      const el = chartEls[chart.id];
+      el.hidden = Object.keys(series).length === 0;
+      if (!el.hidden) curves(el, chart.title, series, { logY: chart.logY });
+    }
+  }
+
+  async function showEvaluation() {
+    if (run.status !== "succeeded") return;
+    try {
+      const result = await api(`/v1/runs/${runId}/evaluation`, { signal });
+      if (!result.confusion_matrix) return;
+      const el = h("div", { class: "chart", id: "chart-confusion" });
+      replace(evaluation, h("h2", {}, "Evaluation"), h("div", { class: "charts" }, el));
+      confusion(el, result.confusion_matrix, result.class_names);
+      signal.addEventListener("abort", () => purge(el));
+    } catch (error) {
+      if (error.status !== 404 && error.status !== 409) throw error;
+    }
+  }
+
+  showRun();
+  const history = await api(`/v1/runs/${runId}/metrics?max_points=2000`, { signal });
+  merge(held, history.metrics);
+  showCurves();
+  if (ENDED.has(run.status)) {
+    await showEvaluation();
+    return;
+  }
+
+  const onEvent = (event, data) => {
+    if (event === "run") { run = data; showRun(); }
+    else if (event === "metrics") { merge(held, data.points); showCurves(); }
+    else if (event === "end") return "stop";
+    return undefined;
+  };
+  const streamed = await followEvents(
+    `/v1/runs/${runId}/events?after_step=${Math.max(-1, lastStep(held) - 1)}`, onEvent, signal)
+    .then(() => true, () => false);
+  // the fallback: poll the run and the history's new points
+  while (!streamed && !signal.aborted && !ENDED.has(run.status)) {
+    await pause(2000, signal);
+    run = await api(`/v1/runs/${runId}`, { signal });
+    const fresh = await api(`/v1/runs/${runId}/metrics?after_step=${lastStep(held)}`, { signal });
+    merge(held, fresh.metrics);
+    showRun();
+    showCurves();
+  }
+  if (signal.aborted) return;
+  run = await api(`/v1/runs/${runId}`, { signal });
+  showRun();
+  await showEvaluation();
+}
