@@ -13,7 +13,7 @@ ARG TORCH_VERSION=2.13.0
 # Empty: torch comes from PyPI like everything else. Set it to a PyTorch wheel
 # index to pick another CUDA (or the CPU) build of the same version.
 ARG TORCH_INDEX_URL=
-# Optional packages, space-separated: e.g. "s3fs" so s3:// dataset URIs can be read.
+# Optional packages, space-separated (s3fs, for s3:// stores and URIs, is in already).
 ARG EXTRA_PIP=
 
 ENV PYTHONUNBUFFERED=1 \
@@ -54,8 +54,9 @@ COPY migrations ./migrations
 # `python -m celery` (the worker) imports them from the working directory: same
 # code; precompiled here because the non-root user cannot write __pycache__.
 # [vision]: the torchvision and timm model kinds, pinned in pyproject.toml to the
-# releases built for this torch (pip keeps the pinned torch: they require it exactly)
-RUN pip install ".[vision]" \
+# releases built for this torch (pip keeps the pinned torch: they require it exactly);
+# [s3]: s3fs, so the artifact store can be object storage shared across hosts
+RUN pip install ".[vision,s3]" \
  && if [ -n "$EXTRA_PIP" ]; then pip install $EXTRA_PIP; fi \
  && rm -rf build ./*.egg-info \
  && python -m compileall -q app mixlab worker migrations \
@@ -65,7 +66,8 @@ sys.exit(0 if v == '${TORCH_VERSION}' else f'torch {torch.__version__} != ${TORC
  && MIXLAB_DATA_DIR=/tmp/mixlab-import-check python -c "import app.api.main, worker.celery_app, worker.tasks, mixlab; \
 from app.ml.models import timm_available, torchvision_available; \
 assert torchvision_available() and timm_available(); \
-from app.web.routes import PLOTLY_BUNDLE; assert PLOTLY_BUNDLE.is_file(), 'no plotly.js for /ui'" \
+from app.web.routes import PLOTLY_BUNDLE; assert PLOTLY_BUNDLE.is_file(), 'no plotly.js for /ui'; \
+from app.services.sources import s3_available; assert s3_available(), 'no s3fs'" \
  && rm -rf /tmp/mixlab-import-check \
  && mixlab --help > /dev/null
 

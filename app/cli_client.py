@@ -506,7 +506,8 @@ def datasets_create(
             exists=True, dir_okay=False, readable=True,
             help="Upload a file: .npz, .parquet, .zip, .tar.gz / .tgz.")] = None,
         uri: Annotated[str | None, typer.Option(
-            help="Let the server read file:///… (under its import roots) or s3://…")] = None,
+            help="Let the server read file:///… (under its import roots) or s3://… "
+                 "(under its import prefixes)")] = None,
         option: Annotated[list[str] | None, typer.Option(
             "--option", "-o", metavar="KEY=VALUE",
             help="Built-in option (repeatable), e.g. label_noise=0.4.")] = None,

@@ -9,8 +9,35 @@ Postgres and Redis.
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+S3_PLACEHOLDERS = ("{project}", "{project_id}")
+
+
+def split_s3_prefixes(value: str) -> list[str]:
+    """``MIXLAB_S3_IMPORT_PREFIXES`` as a list of ``s3://bucket/seg/.../`` (a trailing
+    '/' added: prefixes are whole path segments); ``ValueError`` for an entry that
+    is not one."""
+    prefixes = []
+    for raw in value.split(","):
+        entry = raw.strip()
+        if not entry:
+            continue
+        if not entry.startswith("s3://"):
+            raise ValueError(f"{entry!r}: expected s3://bucket/ or s3://bucket/path/")
+        bucket, *segments = entry[len("s3://"):].rstrip("/").split("/")
+        if not bucket or any(s in ("", ".", "..") for s in segments):
+            raise ValueError(f"{entry!r}: expected s3://bucket/ or s3://bucket/path/ "
+                             "(no empty, '.' or '..' segments)")
+        rest = entry
+        for placeholder in S3_PLACEHOLDERS:
+            rest = rest.replace(placeholder, "")
+        if any(c in rest for c in "{}?#"):
+            raise ValueError(f"{entry!r}: the only placeholders are {{project}} and "
+                             "{project_id}; '?' and '#' are not allowed")
+        prefixes.append("s3://" + "/".join([bucket, *segments]) + "/")
+    return prefixes
 
 
 class Settings(BaseSettings):
@@ -32,6 +59,18 @@ class Settings(BaseSettings):
     # empty refuses every file:// URI, so a user cannot make the service read its files.
     import_roots: str = Field(default="", description="Folders file:// dataset URIs may "
                                                       "point into, comma-separated.")
+    # s3:// dataset and weights URIs are read with the server's own credentials, so
+    # only these bucket prefixes may be imported from (comma-separated, matched on
+    # whole path segments); {project} / {project_id} give each project its own.
+    # Empty refuses every s3:// URI (app.services.sources).
+    s3_import_prefixes: str = Field(
+        default="", description="Bucket prefixes s3:// dataset and weights URIs may point "
+                                "into, comma-separated, e.g. 's3://bucket-a/datasets/,"
+                                "s3://bucket-b/{project}/'.")
+    # An S3-compatible server (MinIO, Ceph, moto) for the artifact store and s3:// URIs;
+    # unset: AWS (or botocore's own AWS_ENDPOINT_URL).
+    s3_endpoint_url: str | None = Field(default=None,
+                                        description="Endpoint of an S3-compatible server.")
     # A preparation whose heartbeat is older than this may be claimed again by a
     # redelivered message (its worker died); a live one beats every progress_flush_s.
     ingest_stale_s: float = Field(default=300.0, gt=0)
@@ -92,9 +131,20 @@ class Settings(BaseSettings):
     test_hold_epoch: int | None = Field(default=None, ge=1)
     test_hold_dir: Path | None = None
 
+    @field_validator("s3_import_prefixes")
+    @classmethod
+    def _check_s3_prefixes(cls, value: str) -> str:
+        split_s3_prefixes(value)  # a typo stops the start rather than refusing every URI
+        return value
+
     @property
     def import_root_paths(self) -> list[Path]:
         return [Path(p.strip()).resolve() for p in self.import_roots.split(",") if p.strip()]
+
+    @property
+    def s3_import_prefix_list(self) -> list[str]:
+        """The prefixes as written, each ending in '/' (templates not expanded)."""
+        return split_s3_prefixes(self.s3_import_prefixes)
 
     @property
     def worker_queues(self) -> list[str]:

@@ -3,20 +3,38 @@
 import uuid
 from functools import lru_cache
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import Any, BinaryIO, cast
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from app.settings import get_settings
+from app.settings import Settings, get_settings
+
+
+def storage_options(url: str, settings: Settings | None = None) -> dict[str, Any]:
+    """fsspec options for ``url``: for s3://, the configured endpoint (MinIO, moto)
+    and no listings cache, since other processes (API, workers on other hosts)
+    write the objects this one checks for."""
+    if not url.lower().startswith("s3://"):
+        return {}
+    settings = settings or get_settings()
+    options: dict[str, Any] = {"use_listings_cache": False}
+    if settings.s3_endpoint_url:
+        options["endpoint_url"] = settings.s3_endpoint_url
+    return options
+
+
+def url_to_fs(url: str, settings: Settings | None = None) -> tuple[Any, str]:
+    """``fsspec.core.url_to_fs`` with ``storage_options``: every s3 access goes here."""
+    return fsspec.core.url_to_fs(url, **storage_options(url, settings))
 
 
 class ArtifactStore:
     """Blobs addressed by a relative key under one fsspec root URL."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, settings: Settings | None = None) -> None:
         self.url = url.rstrip("/")
-        self.fs, self.root = fsspec.core.url_to_fs(self.url)
+        self.fs, self.root = url_to_fs(self.url, settings)
         self.fs.makedirs(self.root, exist_ok=True)
 
     def _path(self, key: str) -> str:
@@ -126,4 +144,5 @@ def evaluation_key(run_id: object) -> str:
 
 @lru_cache
 def get_store() -> ArtifactStore:
-    return ArtifactStore(get_settings().resolved_artifact_url)
+    settings = get_settings()
+    return ArtifactStore(settings.resolved_artifact_url, settings)

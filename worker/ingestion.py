@@ -65,7 +65,7 @@ class PreparationReporter:
 
 
 def _read_source(settings: Settings, store: ArtifactStore, dataset_id: uuid.UUID,
-                 source: dict[str, Any], folder: Path,
+                 source: dict[str, Any], project: sources.ProjectRef, folder: Path,
                  progress: ProgressFn) -> PreparedDataset:
     if source["kind"] == "builtin":
         progress("loading", 0.0)
@@ -84,17 +84,18 @@ def _read_source(settings: Settings, store: ArtifactStore, dataset_id: uuid.UUID
     else:
         progress("fetching", 0.0)
         path = sources.fetch(settings, source["uri"], folder,
-                             lambda done: progress("fetching", done))
+                             lambda done: progress("fetching", done), project)
         name = source["uri"]
     return ingest.prepare_file(settings, path, fmt, spec, name, progress)
 
 
 def _prepare_and_store(settings: Settings, store: ArtifactStore, dataset_id: uuid.UUID,
-                       source: dict[str, Any], reporter: PreparationReporter
-                       ) -> tuple[dict[str, Any], str, int]:
+                       source: dict[str, Any], project: sources.ProjectRef,
+                       reporter: PreparationReporter) -> tuple[dict[str, Any], str, int]:
     """Summary, key and size of the prepared blob, written to the store."""
     with tempfile.TemporaryDirectory(prefix="mixlab-prepare-") as tmp:
-        prepared = _read_source(settings, store, dataset_id, source, Path(tmp), reporter)
+        prepared = _read_source(settings, store, dataset_id, source, project, Path(tmp),
+                                reporter)
         reporter("writing", 0.0)
         summary = prepared.summary()
         blob = Path(tmp) / "prepared.safetensors"
@@ -115,6 +116,8 @@ def execute_preparation(dataset_id: uuid.UUID) -> str:
             log.info("dataset %s not claimable (gone, finished or live elsewhere)", dataset_id)
             return "skipped"
         attempt, source = dataset.attempt, dict(dataset.source)
+        # whose s3 prefixes apply, read again now: the setting may have changed
+        project = sources.project_ref(session, dataset.project_id)
     if attempt > settings.ingest_max_attempts:
         return _record_failure(store, dataset_id, attempt, [(
             "worker", f"the preparation was interrupted {attempt - 1} times (its worker "
@@ -123,7 +126,8 @@ def execute_preparation(dataset_id: uuid.UUID) -> str:
     reporter = PreparationReporter(dataset_id, attempt, settings.progress_flush_s)
     reporter.start()
     try:
-        summary, key, size = _prepare_and_store(settings, store, dataset_id, source, reporter)
+        summary, key, size = _prepare_and_store(settings, store, dataset_id, source, project,
+                                                reporter)
     except PreparationStopped:
         return _cleanup_if_gone(store, dataset_id, "cancelled")
     except DataValidationError as exc:

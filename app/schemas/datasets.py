@@ -181,7 +181,8 @@ class UriSource(StrictModel):
     uri: str = Field(
         min_length=1, max_length=2000,
         description="file:///path (only under the server's MIXLAB_IMPORT_ROOTS) or "
-                    "s3://bucket/key (needs s3fs on the server); the format comes from the "
+                    "s3://bucket/key (only under the server's MIXLAB_S3_IMPORT_PREFIXES, "
+                    "which may give each project its own); the format comes from the "
                     "name: .npz, .parquet, .zip, .tar.gz or .tgz.")
     spec: IngestSpecIn | None = Field(
         None, description="Parquet and archives: which column is which modality; omit to "

@@ -62,7 +62,8 @@ class ModelSpecIn(StrictModel):
     weights: str | None = Field(
         None, min_length=1, max_length=2000,
         description="Start from a safetensors file: file:///path (under the server's "
-                    "MIXLAB_IMPORT_ROOTS), s3://bucket/key, or store:KEY (a file of one of "
+                    "MIXLAB_IMPORT_ROOTS), s3://bucket/key (under its "
+                    "MIXLAB_S3_IMPORT_PREFIXES), or store:KEY (a file of one of "
                     "the project's runs in the artifact store, e.g. its checkpoint key). "
                     "Tensors load by name and shape; the run reports what loaded (`init`).")
     init_from_run: uuid.UUID | None = Field(

@@ -108,7 +108,8 @@ def submit_uri(session: Session, project_id: uuid.UUID, settings: Settings,
     """A file:// (under the import roots) or s3:// URI, read by the worker."""
     source = request.source
     assert isinstance(source, UriSource)
-    resolved = sources.resolve(settings, source.uri)
+    resolved = sources.resolve(settings, source.uri,
+                               project=sources.project_ref(session, project_id))
     fmt = sources.uri_format(resolved)
     spec = source.spec.to_spec() if source.spec is not None else None
     if resolved.path is not None:  # a local file: its headers can be checked now

@@ -1,7 +1,8 @@
 """Where a run's weights start: ``model.weights`` or ``model.init_from_run``.
 
 ``model.weights`` names a safetensors file: ``file:///…`` under the operator's
-import roots and ``s3://…`` (the rules of dataset URIs, ``app.services.sources``),
+import roots and ``s3://…`` under the project's bucket prefixes (the rules of
+dataset URIs, ``app.services.sources``),
 or ``store:KEY``, a file of one of the project's runs in the artifact store (its
 checkpoint key, say). ``model.init_from_run`` names a succeeded run of the
 project, whose checkpoint is the file.
@@ -37,7 +38,7 @@ from app.schemas.experiments import ExperimentCreate, ModelSpecIn
 from app.services import limits, sources
 from app.services.errors import FieldError, NotFoundError
 from app.settings import Settings
-from app.storage import ArtifactStore, get_store
+from app.storage import ArtifactStore, get_store, url_to_fs
 
 Loc = tuple[str | int, ...]
 WEIGHTS_LOC: Loc = ("body", "model", "weights")
@@ -90,7 +91,8 @@ def locate(session: Session, settings: Settings, store: ArtifactStore,
     if uri.startswith(STORE_SCHEME):
         return WeightsSource(uri, WEIGHTS_LOC, cap,
                              key=_store_key(session, store, project_id, uri[len(STORE_SCHEME):]))
-    resolved = sources.resolve(settings, uri, loc=WEIGHTS_LOC, suffixes=SUFFIXES, max_bytes=cap)
+    resolved = sources.resolve(settings, uri, loc=WEIGHTS_LOC, suffixes=SUFFIXES, max_bytes=cap,
+                               project=sources.ProjectRef(project.id, project.name))
     if resolved.path is not None:
         return WeightsSource(uri, WEIGHTS_LOC, cap, path=resolved.path)
     return WeightsSource(uri, WEIGHTS_LOC, cap, uri=uri)
@@ -136,10 +138,8 @@ def _open(source: WeightsSource, store: ArtifactStore) -> BinaryIO:
         return source.path.open("rb")
     if source.key is not None:
         return store.open(source.key)
-    import fsspec
-
     assert source.uri is not None
-    fs, path = fsspec.core.url_to_fs(source.uri)
+    fs, path = url_to_fs(source.uri)
     size = int(fs.size(path) or 0)
     if size > source.max_bytes:
         raise FieldError(source.loc, f"{source.label}: too large ({size} bytes; limit "
