@@ -87,7 +87,7 @@ def test_a_finished_run_shows_its_curves_confusion_matrix_metrics_and_spec(
     expect(page.locator("[data-metric=test_acc]")).to_contain_text(f"{run['metrics']['test_acc']:.4f}")
     expect(page.locator("#run-spec")).to_contain_text('"method": "mixup"')
     expect(page.locator("#cancel-run")).to_have_count(0)
-    curve = mx.metrics(run_id, key="train_loss")["train_loss"]  # columns: step, epoch, value
+    curve = mx.metric_columns(run_id, key="train_loss")["train_loss"]
     assert dashboard.points("chart-loss") >= len(curve["step"]) > 0
 
 
