@@ -4,8 +4,12 @@ Body problems use FastAPI's 422 shape (``detail`` is a list of ``loc``/``msg``/
 ``type``); everything else is ``{"detail": "<message>"}``.
 """
 
+import math
+
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -20,6 +24,19 @@ def field_error_body(*problems: tuple[Loc, str]) -> dict[str, object]:
     """FastAPI's 422 body: one ``detail`` entry per (loc, message)."""
     return {"detail": [{"loc": list(loc), "msg": plain(message), "type": "value_error"}
                        for loc, message in problems]}
+
+
+def json_safe(value: object) -> object:
+    """``value`` with every non-finite float spelled as a string. Python's JSON parser
+    reads ``Infinity`` and ``NaN``, and a 422 echoes the input, which strict JSON
+    cannot carry."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value).replace("inf", "Infinity").replace("nan", "NaN")
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def allowed_methods(request: Request) -> list[str]:
@@ -42,6 +59,11 @@ def install(app: FastAPI) -> None:
             return JSONResponse(status_code=405, content={"detail": exc.detail},
                                 headers=headers)
         return await http_exception_handler(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = json_safe(jsonable_encoder(exc.errors()))
+        return JSONResponse(status_code=422, content={"detail": detail})
 
     @app.exception_handler(NotFoundError)
     async def _not_found(_: Request, exc: NotFoundError) -> JSONResponse:

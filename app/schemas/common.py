@@ -31,9 +31,10 @@ def _has_nul(value: Any) -> bool:
 
 class StrictModel(BaseModel):
     """Request bodies: unknown fields are an error, not silently dropped, and a
-    boolean is not a number (pydantic's lax mode would read true as 1)."""
+    boolean is not a number (pydantic's lax mode would read true as 1), and no float
+    is infinite or NaN (Python's JSON parser reads ``Infinity`` and ``NaN``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
