@@ -63,6 +63,16 @@ def worker_command(queue: str | None = None, concurrency: int = 1,
             "--loglevel", loglevel, "--without-gossip", "--without-mingle"]
 
 
+def _log_config(level: str | None = None) -> dict[str, object]:
+    """The API's logging (uvicorn applies it in each of its processes), as the
+    worker's: ``app.observability.logs``."""
+    from app.observability.logs import logging_config
+    from app.settings import get_settings
+
+    settings = get_settings()
+    return logging_config(settings.log_format, level or settings.log_level)
+
+
 def port_problem(host: str, port: int) -> str | None:
     """Why the API could not listen on host:port (None: it can), found by binding a
     socket there as uvicorn will (SO_REUSEADDR) and closing it at once."""
@@ -148,7 +158,7 @@ def api(host: str = "127.0.0.1", port: int = 8000,
         raise _fail("--workers > 1 needs MIXLAB_DATABASE_URL and MIXLAB_BROKER_URL "
                     "(the embedded mode runs one API process)")
     uvicorn.run("app.api.main:app", host=host, port=port, log_level="info", workers=workers,
-                access_log=access_log)
+                access_log=access_log, log_config=_log_config())
 
 
 @cli.command()
@@ -222,7 +232,8 @@ def up(host: str = "127.0.0.1", port: int = 8000,
     # into SystemExit so the finally below still stops the worker.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        uvicorn.run("app.api.main:app", host=host, port=port, log_level="warning")
+        uvicorn.run("app.api.main:app", host=host, port=port, log_level="warning",
+                    log_config=_log_config("WARNING"))
     finally:
         stop_process_group(worker_proc, grace_s=15.0)
         log.close()

@@ -1157,6 +1157,40 @@ def runs_metrics(
         out.print(t)
 
 
+@runs_app.command("logs")
+def runs_logs(
+        run: RunArg,
+        attempt: Annotated[int | None, typer.Option(
+            min=1, show_default=False,
+            help="Only this attempt's lines (default: every attempt, in order).")] = None,
+        follow: Annotated[bool, typer.Option(
+            "--follow", "-f", help="Keep printing new lines until the run has ended.")]
+        = False,
+        url: Url = DEFAULT_URL, api_key: ApiKey = None,
+        as_json: Annotated[bool, typer.Option(
+            "--json", help="One JSON object per line (JSON Lines).")] = False) -> None:
+    """What the worker logged for a run: its start, each epoch's metrics, errors with
+    their tracebacks, its outcome; one attempt after another."""
+    with connect(url, api_key) as mx:
+        run_id = resolve_run(mx, run)
+        shown_attempt = None
+        try:
+            for line in mx.iter_logs(run_id, attempt, follow=follow):
+                if as_json:
+                    print(json.dumps(line), flush=True)
+                    continue
+                if line["attempt"] != shown_attempt:
+                    shown_attempt = line["attempt"]
+                    out.print(f"[bold]── attempt {shown_attempt} ──[/]")
+                clock = line["at"][11:19]  # ISO time of day, UTC
+                out.print(f"{clock} {line['level']:<7} {escape(line['message'])}",
+                          soft_wrap=True, highlight=False)
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+    if shown_attempt is None and not as_json:
+        err.print(f"run {run_id[:8]} has logged nothing yet")
+
+
 @runs_app.command("evaluation")
 def runs_evaluation(run: RunArg, url: Url = DEFAULT_URL, api_key: ApiKey = None,
                     as_json: AsJson = False) -> None:

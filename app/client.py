@@ -221,6 +221,42 @@ class MixlabClient:
             params["max_points"] = max_points
         return self._call("GET", f"/v1/runs/{run_id}/metrics", params=params).json()["metrics"]
 
+    def run_logs(self, run_id: str, attempt: int | None = None, after_line: int = 0,
+                 limit: int = 1000) -> dict[str, Any]:
+        """One page of what the worker logged for the run: ``attempt`` (default the
+        latest that logged), lines after ``after_line``; see ``iter_logs``."""
+        params: dict[str, Any] = {"after_line": after_line, "limit": limit}
+        if attempt is not None:
+            params["attempt"] = attempt
+        return self._call("GET", f"/v1/runs/{run_id}/logs", params=params).json()
+
+    def iter_logs(self, run_id: str, attempt: int | None = None, follow: bool = False,
+                  interval: float = 1.0) -> Iterator[dict[str, Any]]:
+        """Every stored line of the run, attempt after attempt (or of one attempt),
+        each a dict with its ``attempt``; with ``follow``, new lines as the worker
+        stores them (about every MIXLAB_CONTROL_POLL_S) until the run has ended.
+        A worker stores an attempt's last lines before its outcome, so a run that
+        ended has nothing more to come."""
+        current, after = attempt, 0
+        while True:
+            page = self.run_logs(run_id, current, after)
+            if current is None and page["attempts"]:
+                current = page["attempts"][0]
+                continue
+            if current is not None:
+                for line in page["lines"]:
+                    yield {"attempt": current, **line}
+                after = page["next_after_line"]
+                if page["more"]:
+                    continue
+                later = [a for a in page["attempts"] if a > current]
+                if attempt is None and later:
+                    current, after = later[0], 0
+                    continue
+            if not follow or page["status"] in TERMINAL:
+                return
+            time.sleep(interval)
+
     def compare_runs(self, run_ids: list[str], keys: list[str] | None = None,
                      max_points: int | None = None) -> dict[str, Any]:
         """2-20 runs side by side: runs (metrics, spec), differs, histories."""

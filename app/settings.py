@@ -8,6 +8,7 @@ Postgres and Redis.
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -96,6 +97,11 @@ class Settings(BaseSettings):
     # cores); 1 makes CPU results independent of the machine's core count
     torch_threads: int | None = Field(default=None, ge=1, le=1024)
     progress_flush_s: float = Field(default=1.0, gt=0)
+
+    # every process's stderr: one JSON object per line (with run_id, attempt and
+    # project_id inside a run, app.observability.logs) or plain text
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     # Access (app.services.auth): unset, API keys are required whenever the service
     # runs on Postgres and Redis, and not in the embedded default, which says so

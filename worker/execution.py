@@ -8,6 +8,7 @@ this attempt reports (``Succeeded``, ``Failed``, ``Cancelled``,
 
 import json
 import logging
+import socket
 import traceback
 import uuid
 
@@ -18,6 +19,7 @@ from app.ml.resume import ResumePoint
 from app.ml.resume import from_bytes as resume_from_bytes
 from app.ml.retrieval import train_retrieval
 from app.ml.training import TrainResult, train
+from app.observability.logs import RunLogCapture, run_context
 from app.runs import attempt as run_attempt
 from app.runs.service import Cancelled, Failed, Interrupted, Outcome, Succeeded
 from app.runs.spec import RunPlan
@@ -89,6 +91,13 @@ def load_start(project_id: uuid.UUID, model: ModelSpecIn, store: ArtifactStore
         raise ValueError(f"model.{field}: {exc}") from None
 
 
+def describe(outcome: Outcome) -> str:
+    """The outcome in a log line: its kind and, for a failure, why."""
+    kind = type(outcome).__name__.lower()
+    reason = getattr(outcome, "error", None) or getattr(outcome, "reason", None)
+    return f"{kind}: {reason}" if reason else kind
+
+
 def _stopped(reporter: RunReporter, limit: float | None) -> Outcome:
     """The outcome of a loop that stopped early, by why the reporter stopped it."""
     if reporter.stop_reason == "time_limit":
@@ -105,7 +114,6 @@ def execute_run(run_id: uuid.UUID) -> str:
     worker that dies instead leaves the run to the reconciler's reaper, which
     requeues it to resume from its last checkpoint.
     """
-    settings = get_settings()
     try:
         claimed = run_attempt.claim(run_id)
     except run_attempt.AtCapacity as full:
@@ -118,14 +126,26 @@ def execute_run(run_id: uuid.UUID) -> str:
     if isinstance(claimed, run_attempt.Rejected):
         log.error("run %s failed at its claim: %s", run_id, claimed.error)
         return "failed"
-    attempt, plan = claimed.attempt, claimed.plan
+    attempt = claimed.attempt
+    # every line from here names the run, its attempt and project, and the run keeps
+    # its own copy of them (GET /v1/runs/{id}/logs)
+    with (run_context(run_id, attempt, claimed.project_id),
+          RunLogCapture(run_id, attempt) as capture):
+        return _execute_claimed(run_id, claimed, capture)
 
+
+def _execute_claimed(run_id: uuid.UUID, claimed: run_attempt.Claimed,
+                     capture: RunLogCapture) -> str:
+    settings = get_settings()
+    attempt, plan = claimed.attempt, claimed.plan
+    log.info("run %s attempt %d started on %s: %s, %s, %d epochs", run_id, attempt,
+             socket.gethostname(), plan.task, plan.mixing.method, plan.training.epochs)
     if settings.torch_threads is not None:
         torch.set_num_threads(settings.torch_threads)
     store = get_store()
     reporter = RunReporter(run_id, store, plan.training.epochs,
                            period_s=settings.control_poll_s, attempt=attempt,
-                           time_limit_s=plan.time_limit_s)
+                           time_limit_s=plan.time_limit_s, log_capture=capture)
     reporter.start()  # heartbeat while the dataset loads
     source = None
     try:
@@ -157,6 +177,12 @@ def execute_run(run_id: uuid.UUID) -> str:
                    else _stopped(reporter, plan.time_limit_s))
     # what is still buffered (metrics, the last checkpoint) before the outcome
     run_attempt.retrying(reporter.close, f"reporting run {run_id}")
+    log.info("run %s attempt %d reports: %s", run_id, attempt, describe(outcome))
+    # the log before the outcome: a follower that sees the run ended has every line
+    try:
+        run_attempt.retrying(reporter.close_log, f"storing run {run_id}'s log")
+    except Exception:  # the outcome matters more than the log's last lines
+        log.exception("storing the last log lines of run %s failed", run_id)
     done = run_attempt.report(run_id, attempt, outcome)
     if done != "not_owned":
         return done

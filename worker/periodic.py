@@ -5,6 +5,7 @@ way, off the thread that does the work: a failed flush is logged and simply
 retried at the next period.
 """
 
+import contextvars
 import logging
 import threading
 from collections.abc import Callable
@@ -16,7 +17,11 @@ class PeriodicFlush:
     def __init__(self, flush: Callable[[], None], period_s: float, name: str) -> None:
         self._flush, self.period_s, self.name = flush, period_s, name
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        # the creator's context (a run's, app.observability.logs): the thread's
+        # lines name the run too
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(target=context.run, args=(self._loop,), name=name,
+                                        daemon=True)
 
     def _loop(self) -> None:
         while not self._stopping.wait(self.period_s):

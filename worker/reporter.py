@@ -7,6 +7,7 @@ as an in-memory ``Event``: no database round trip, no file write and no GPU sync
 on the training thread. Every write goes through ``app.runs.attempt``.
 """
 
+import logging
 import threading
 import time
 import uuid
@@ -18,11 +19,14 @@ from safetensors.torch import save as st_save
 from app.ml.resume import ResumePoint
 from app.ml.resume import to_bytes as resume_bytes
 from app.ml.training import Progress, TrainHooks
+from app.observability.logs import CapturedLine, RunLogCapture
 from app.runs import attempt as run_attempt
 from app.settings import get_settings
 from app.storage import ArtifactStore, checkpoint_key, resume_key
 from worker.hold import EpochHold
 from worker.periodic import PeriodicFlush
+
+log = logging.getLogger(__name__)
 
 # (epoch, tensors, metadata, resume point)
 Checkpoint = tuple[int, dict[str, torch.Tensor], dict[str, str], ResumePoint | None]
@@ -36,7 +40,8 @@ class RunReporter(TrainHooks):
 
     def __init__(self, run_id: uuid.UUID, store: ArtifactStore, epochs: int,
                  period_s: float = 0.5, attempt: int | None = None,
-                 time_limit_s: float | None = None) -> None:
+                 time_limit_s: float | None = None,
+                 log_capture: RunLogCapture | None = None) -> None:
         self.run_id = run_id
         # the fencing token: every write names the attempt, so once a reaper has
         # given the run to another worker, this one writes nothing and stops
@@ -46,6 +51,9 @@ class RunReporter(TrainHooks):
         self._lock = threading.Lock()
         self._progress: Progress | None = None
         self._pending_metrics: list[tuple[int, int, dict[str, float]]] = []
+        # the attempt's log lines, stored each period so `mixlab runs logs -f` follows
+        self._log_capture = log_capture
+        self._pending_lines: list[CapturedLine] = []
         self._checkpoint: Checkpoint | None = None  # the latest epoch's, not yet written
         self._cancel = threading.Event()
         self._deadline = time.monotonic() + time_limit_s if time_limit_s else None
@@ -75,6 +83,8 @@ class RunReporter(TrainHooks):
     def on_epoch_end(self, epoch: int, step: int, metrics: dict[str, float]) -> None:
         with self._lock:
             self._pending_metrics.append((epoch, step, metrics))
+        log.info("epoch %d/%d (step %d): %s", epoch, self.epochs, step,
+                 " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
 
     def on_step_metrics(self, epoch: int, points: list[tuple[int, dict[str, float]]]) -> None:
         with self._lock:
@@ -130,6 +140,22 @@ class RunReporter(TrainHooks):
                 if self._checkpoint is None:
                     self._checkpoint = checkpoint
             raise
+        self._flush_lines()
+
+    def _flush_lines(self, final: bool = False) -> None:
+        if self._log_capture is None or self.attempt is None:
+            return
+        with self._lock:
+            self._pending_lines.extend(self._log_capture.drain(final))
+            lines = list(self._pending_lines)
+        if lines:
+            run_attempt.record_logs(self.run_id, self.attempt, lines)
+            with self._lock:  # stored; a failed write keeps them for the next period
+                del self._pending_lines[:len(lines)]
+
+    def close_log(self) -> None:
+        """Store the attempt's last lines (after its outcome was reported)."""
+        self._flush_lines(final=True)
 
     def close(self) -> None:
         """Stop the thread and write everything still buffered (the final metrics

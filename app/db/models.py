@@ -201,3 +201,20 @@ class MetricPoint(Base):
     epoch: Mapped[int] = mapped_column(Integer)
     value: Mapped[float] = mapped_column(Float)
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class RunLogLine(Base):
+    """What the worker logged while it ran one attempt of a run, line by line
+    (``app.runs.logs``). ``line`` counts from 1 within the attempt, so a write
+    retried after a lost reply stores nothing twice."""
+
+    __tablename__ = "run_log_lines"
+
+    run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"),
+                                              primary_key=True)
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    line: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    level: Mapped[str] = mapped_column(String(10))
+    logger: Mapped[str] = mapped_column(String(200))
+    message: Mapped[str] = mapped_column(Text)

@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 from app.db.retry import retry_db
 from app.db.session import get_engine, session_scope
 from app.ml.training import Progress
+from app.observability.logs import CapturedLine
+from app.runs import logs as run_logs
 from app.runs import service
 from app.runs.queue import enqueue_run
 from app.schemas.experiments import ModelSpecIn
@@ -81,6 +83,12 @@ def record_flush(run_id: uuid.UUID, attempt: int | None,
             service.record_metrics(session, run_id, metrics, attempt=attempt, commit=False)
         return service.record_progress(session, run_id, progress, checkpoint_key,
                                        attempt=attempt, checkpoint_epoch=checkpoint_epoch)
+
+
+def record_logs(run_id: uuid.UUID, attempt: int, lines: list[CapturedLine]) -> bool:
+    """Store lines the attempt logged; False once the run is gone."""
+    with session_scope() as session:
+        return run_logs.store(session, run_id, attempt, lines)
 
 
 def record_init(run_id: uuid.UUID, attempt: int, init: dict[str, Any]) -> bool:

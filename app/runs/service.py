@@ -16,7 +16,7 @@ from sqlalchemy import Update, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from app.db.base import utcnow
+from app.db.base import Base, utcnow
 from app.db.models import Dataset, Experiment, MetricPoint, Project, Run
 from app.ml.data.errors import plain
 from app.ml.training import Progress
@@ -176,10 +176,13 @@ def record_progress(session: Session, run_id: uuid.UUID, progress: Progress | No
     return "cancel" if row[0] else "go"
 
 
-def _insert_ignoring_duplicates(session: Session, rows: list[dict[str, object]]) -> None:
+def insert_ignoring_duplicates(session: Session, table: type[Base],
+                               rows: list[dict[str, object]]) -> None:
+    """Insert ``rows``, skipping those whose key is stored: a write retried after a
+    lost reply stores nothing twice."""
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    session.execute(insert(MetricPoint).values(rows).on_conflict_do_nothing())
+    session.execute(insert(table).values(rows).on_conflict_do_nothing())
 
 
 def record_init(session: Session, run_id: uuid.UUID, init: dict[str, Any],
@@ -208,7 +211,7 @@ def record_metrics(session: Session, run_id: uuid.UUID,
                        and (run.attempt, run.status) != (attempt, RunStatus.RUNNING)):
         session.rollback()
         return
-    _insert_ignoring_duplicates(session, rows)
+    insert_ignoring_duplicates(session, MetricPoint, rows)
     latest = dict(run.metrics or {})
     for row in rows:
         latest[str(row["key"])] = float(row["value"])  # type: ignore[arg-type]

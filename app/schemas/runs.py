@@ -100,6 +100,26 @@ class MetricHistory(BaseModel):
                     "step).")
 
 
+class LogLineOut(BaseModel):
+    line: int = Field(description="Number within its attempt, from 1 (the paging cursor)")
+    at: datetime
+    level: str
+    logger: str
+    message: str
+
+
+class RunLogOut(BaseModel):
+    run_id: uuid.UUID
+    status: RunStatus = Field(description="The run's status now: a follower stops once it "
+                                       "ended and `more` is false")
+    attempts: list[int] = Field(description="The attempts that logged something")
+    attempt: int | None = Field(description="The attempt these lines are from (null: none "
+                                            "logged yet)")
+    lines: list[LogLineOut]
+    next_after_line: int = Field(description="Pass as `after_line` for the lines after these")
+    more: bool = Field(description="More lines of this attempt are stored already")
+
+
 class ClassScores(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 

@@ -25,6 +25,7 @@ from app.api.deps import (
 from app.api.uploads import body_errors, ingest_spec, save_upload, upload_form
 from app.db.async_reads import Unavailable
 from app.db.models import Run
+from app.runs import logs as run_logs_service
 from app.runs import service as lifecycle_service
 from app.runs import status as run_status
 from app.schemas.common import MAX_OFFSET, Page
@@ -32,8 +33,10 @@ from app.schemas.predictions import MAX_PREDICT_SAMPLES, PredictionsOut, Predict
 from app.schemas.runs import (
     CheckpointOut,
     EvaluationOut,
+    LogLineOut,
     MetricHistory,
     Progress,
+    RunLogOut,
     RunOut,
     RunStatus,
     WorkerInfo,
@@ -167,6 +170,27 @@ def run_metrics(run_id: uuid.UUID, session: SessionDep, principal: ReaderDep,
     # a dict, not MetricHistory(...): FastAPI validates it once against the
     # response model and encodes it in pydantic-core
     return {"run_id": run_id, "metrics": history}
+
+
+@router.get("/{run_id}/logs", response_model=RunLogOut,
+            summary="What the worker logged for this run, one attempt at a time, paged by "
+                    "line number")
+def run_logs(run_id: uuid.UUID, session: SessionDep, principal: ReaderDep,
+             attempt: Annotated[int | None, Query(
+                 ge=1, le=1000, description="Which attempt (default: the latest that "
+                                            "logged)")] = None,
+             after_line: Annotated[int, Query(
+                 ge=0, le=2**31 - 1, description="Only lines after this one (the "
+                                                 "previous page's `next_after_line`)")] = 0,
+             limit: Annotated[int, Query(ge=1, le=5000)] = 1000) -> RunLogOut:
+    run = service.get(session, principal.project_id, run_id)
+    page = run_logs_service.page(session, run_id, attempt, after_line, limit)
+    return RunLogOut(
+        run_id=run_id, status=run_status.RunStatus(run.status), attempts=page.attempts,
+        attempt=page.attempt,
+        lines=[LogLineOut(line=r.line, at=r.at, level=r.level, logger=r.logger,
+                          message=r.message) for r in page.lines],
+        next_after_line=page.lines[-1].line if page.lines else after_line, more=page.more)
 
 
 @router.get("/{run_id}/checkpoint", response_class=Response,
