@@ -86,6 +86,10 @@ def test_a_finished_run_shows_its_curves_confusion_matrix_metrics_and_spec(
         expect(page.locator(f"#chart-{chart} .scatterlayer .trace").first).to_be_visible()
     expect(page.locator("[data-metric=test_acc]")).to_contain_text(f"{run['metrics']['test_acc']:.4f}")
     expect(page.locator("#run-spec")).to_contain_text('"method": "mixup"')
+    expect(page.locator("#run-log")).to_contain_text("── attempt 1 ──")
+    expect(page.locator("#run-log")).to_contain_text("reports: succeeded")
+    last_epoch = f"epoch {run['progress']['epochs']}/{run['progress']['epochs']}"
+    expect(page.locator("#run-log")).to_contain_text(last_epoch)
     expect(page.locator("#cancel-run")).to_have_count(0)
     curve = mx.metric_columns(run_id, key="train_loss")["train_loss"]
     assert dashboard.points("chart-loss") >= len(curve["step"]) > 0
@@ -109,6 +113,9 @@ def test_a_training_runs_curves_grow_live_and_cancel_stops_it(
         expect(page.locator("#run-status .badge")).to_have_text("running")
         page.locator("#cancel-run").click()
         expect(page.locator("#run-status .badge")).to_have_text("cancelled", timeout=60_000)
+        # the log followed the run: its epochs, then how it ended
+        expect(page.locator("#run-log")).to_contain_text("epoch 1/1000")
+        expect(page.locator("#run-log")).to_contain_text("reports: cancelled", timeout=30_000)
     finally:
         mx.cancel_run(run_id)
     assert mx.get_run(run_id)["status"] == "cancelled"

@@ -1,6 +1,6 @@
 // One run: status and progress, live loss / score / learning-rate curves (server-sent
 // events, polling the history if the stream fails), final metrics, the confusion
-// matrix once evaluated, the spec, the error, and cancel.
+// matrix once evaluated, the spec, the error, the worker's log, and cancel.
 import { api, ApiError } from "../api.js";
 import { confusion, curves, purge } from "../charts.js";
 import { badge, bar, h, link, notice, num, pause, replace, shortId, when } from "../dom.js";
@@ -22,9 +22,11 @@ export async function runPage(view, { args: [runId], signal }) {
     class: "chart", id: `chart-${c.id}`, hidden: true })]));
   charts.append(...Object.values(chartEls));
   const evaluation = h("div", { id: "evaluation" });
+  const logBox = h("pre", { class: "log", id: "run-log" });
   view.append(title, status, errorBox, h("h2", {}, "Curves"), charts,
     h("h2", {}, "Final metrics"), facts, evaluation,
-    h("h2", {}, "Spec"), h("pre", { id: "run-spec" }, JSON.stringify(experiment.spec, null, 2)));
+    h("h2", {}, "Spec"), h("pre", { id: "run-spec" }, JSON.stringify(experiment.spec, null, 2)),
+    h("h2", {}, "Log"), logBox);
   signal.addEventListener("abort", () => Object.values(chartEls).forEach(purge));
 
   const cancel = async (button) => {
@@ -63,6 +65,41 @@ export async function runPage(view, { args: [runId], signal }) {
       : h("span", { class: "muted" }, "None yet."));
   }
 
+  // the worker's lines, attempt after attempt, appended as text (never as HTML)
+  const log = { attempt: null, after: 0, shown: null, epoch: -1, status: null };
+  async function showLog() {
+    log.epoch = run.progress.epoch;
+    log.status = run.status;
+    for (;;) {
+      const q = log.attempt === null ? "" : `?attempt=${log.attempt}&after_line=${log.after}`;
+      const page = await api(`/v1/runs/${runId}/logs${q}`, { signal });
+      if (log.attempt === null) {
+        if (!page.attempts.length) break;
+        log.attempt = page.attempts[0];
+        continue;
+      }
+      for (const line of page.lines) {
+        if (log.shown !== log.attempt) {
+          logBox.append(`── attempt ${log.attempt} ──\n`);
+          log.shown = log.attempt;
+        }
+        logBox.append(`${line.at.slice(11, 19)} ${line.level.padEnd(7)} ${line.message}\n`);
+      }
+      log.after = page.next_after_line;
+      if (page.more) continue;
+      const later = page.attempts.filter((a) => a > log.attempt);
+      if (!later.length) break;
+      [log.attempt, log.after] = [later[0], 0];
+    }
+    if (log.shown === null) replace(logBox, h("span", { class: "muted" }, "Nothing logged yet."));
+    else logBox.querySelector("span.muted")?.remove();
+  }
+  // one read at a time (chained), so no line is appended twice
+  let logRead = Promise.resolve();
+  const refreshLog = () => (logRead = logRead.then(showLog));
+  // new lines come with each epoch and with the end: read them then, not per event
+  const logIsBehind = () => run.progress.epoch !== log.epoch || run.status !== log.status;
+
   const held = {};
   function showCurves() {
     for (const chart of CHARTS) {
@@ -92,13 +129,18 @@ export async function runPage(view, { args: [runId], signal }) {
   const history = await api(`/v1/runs/${runId}/metrics?max_points=2000`, { signal });
   merge(held, history.metrics);
   showCurves();
+  await refreshLog();
   if (ENDED.has(run.status)) {
     await showEvaluation();
     return;
   }
 
   const onEvent = (event, data) => {
-    if (event === "run") { run = data; showRun(); }
+    if (event === "run") {
+      run = data;
+      showRun();
+      if (logIsBehind()) refreshLog().catch(() => { logRead = Promise.resolve(); });
+    }
     else if (event === "metrics") { merge(held, data.points); showCurves(); }
     else if (event === "end") return "stop";
     return undefined;
@@ -114,9 +156,11 @@ export async function runPage(view, { args: [runId], signal }) {
     merge(held, fresh.metrics);
     showRun();
     showCurves();
+    if (logIsBehind()) await refreshLog();
   }
   if (signal.aborted) return;
   run = await api(`/v1/runs/${runId}`, { signal });
   showRun();
+  await refreshLog();
   await showEvaluation();
 }
