@@ -20,6 +20,7 @@ from app.ml.data import PreparedDataset, load_digits
 from app.ml.data.synthetic import load_synthetic
 from app.ml.mixing import MixSpec
 from app.ml.models import ModelSpec
+from app.ml.retrieval import train_retrieval
 from app.ml.training import TrainSpec, batches, train
 from app.ml.training.classify import ClassifierObjective
 from app.ml.training.clock import StepPlan
@@ -30,6 +31,7 @@ EPOCHS, BATCH = 2, 64
 SMALL = ModelSpec(width=4, depth=2)
 MULTIMODAL = ModelSpec(kind="multimodal", fusion="attention", dim=8, width=4, depth=1,
                        text_dim=8, heads=2, text_encoder="transformer", modality_dropout=0.2)
+TOWERS = ModelSpec(kind="multimodal", dim=8, text_dim=8, width=4, depth=1)
 # (model, mixing, recipe overrides): every mixing method, and the recipe's
 # per-step parts (clipping, the weight average, AdamW, augmentation, off epochs)
 CASES = {
@@ -42,6 +44,9 @@ CASES = {
                                    {"optimizer": "adamw"}),
     "multimodal cross_modal": (MULTIMODAL, MixSpec("cross_modal", ops={
         "image": "cutmix", "text": "token_cutmix", "audio": "specmix"}), {"ema": 0.99}),
+    # two towers (app.ml.retrieval), image → text
+    "retrieval m3mix": (TOWERS, MixSpec("m3mix"), {}),
+    "retrieval mixgen": (TOWERS, MixSpec("mixgen"), {"grad_clip": 1.0}),
 }
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -69,8 +74,11 @@ def _windows(data: PreparedDataset, switch: Callable[[bool], None]) -> StepWindo
 
 def _train(data: PreparedDataset, case: str, device: str, hooks: StepWindows) -> None:
     model, mix_spec, recipe = CASES[case]
-    result = train(data, model, mix_spec,
-                   TrainSpec(epochs=EPOCHS, batch_size=BATCH, device=device, **recipe), hooks)
+    spec = TrainSpec(epochs=EPOCHS, batch_size=BATCH, device=device, **recipe)
+    if case.startswith("retrieval"):
+        result = train_retrieval(data, model, mix_spec, spec, hooks, query="image", target="text")
+    else:
+        result = train(data, model, mix_spec, spec, hooks)
     assert result.status == "completed"
     assert hooks.steps == EPOCHS * hooks.steps_per_epoch
 
@@ -189,3 +197,17 @@ def test_cuda_steps_from_host_memory_copy_asynchronously(digits, monkeypatch):
         hooks = _windows(digits, switch)
         _train(digits, "mixup_cutmix, ema, clip", "cuda", hooks)
     assert not reads.device_reads(), [(r.op, r.where) for r in reads.device_reads()[:5]]
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.xfail(strict=False, reason="torch's CUDA embedding backward reads the number of "
+                   "unique ids back once a batch holds more than 3,072 token ids (its sort path)")
+def test_cuda_long_texts_in_a_step(monkeypatch):
+    """Not mixlab's code: what torch's own kernels do with a batch of 64 texts of 64
+    tokens (4,096 ids). Recorded so a GPU run says whether it holds."""
+    data = load_synthetic(num_samples=400, image_size=8, text_length=64, audio_bins=8,
+                          audio_frames=8)
+    with _cuda_watch() as (_, switch):
+        hooks = _windows(data, switch)
+        _train(data, "multimodal cross_modal", "cuda", hooks)
