@@ -100,6 +100,10 @@ class Speed:
         step's forward and backward) so that compiling happens now; on failure
         the model stays eager and the reason is kept."""
         try:
+            # a worker trains run after run in one process: past dynamo's cache limit per
+            # function (8 models) it would run eagerly without a word. Inductor's cache
+            # on disk keeps what was compiled.
+            torch._dynamo.reset()
             forward = _TrainingForward(model, self._failed)
         except Exception as exc:  # torch.compile unavailable here
             self._failed(exc)
