@@ -19,6 +19,7 @@ from app.ml.device import describe
 from app.ml.resume import ResumePoint
 from app.ml.training.checkpoints import LoopState, Selection, capture, restore, snapshot
 from app.ml.training.clock import ProgressClock, StepPlan
+from app.ml.training.fast import Speed, align_optimizer_state
 from app.ml.training.hooks import TrainHooks, TrainResult, emit_checkpoint
 from app.ml.training.recipe import build_ema, build_optimizer, clip_gradients, lr_factor, set_lr
 from app.ml.training.spec import TrainSpec
@@ -77,6 +78,7 @@ def run(objective: Objective, spec: TrainSpec, hooks: TrainHooks, device: torch.
         home: torch.device, resume: ResumePoint | None = None) -> TrainResult:
     """Train ``objective.model`` by ``spec``'s recipe; see the module docstring."""
     model = objective.model
+    speed = Speed.prepare(model, device)  # first: the optimizer and the average copy its layout
     optimizer = build_optimizer(model, spec, objective.no_decay)
     ema = build_ema(model, spec.ema)
     generators = make_generators(spec.seed, home, device)
@@ -84,6 +86,9 @@ def run(objective: Objective, spec: TrainSpec, hooks: TrainHooks, device: torch.
     state = LoopState()
     if resume is not None:
         state = restore(resume, model, optimizer, generators, device, ema, selection)
+        align_optimizer_state(optimizer)
+    if spec.compile and state.epoch < spec.epochs:
+        speed.compile(model, lambda: _probe(objective, spec, home, device, state.epoch + 1))
 
     def evaluated() -> nn.Module:
         return ema.module if ema is not None else model
@@ -91,7 +96,7 @@ def run(objective: Objective, spec: TrainSpec, hooks: TrainHooks, device: torch.
     plan = StepPlan.of(objective.n_train, spec.batch_size, spec.epochs)
     spe = plan.steps_per_epoch
     log_every = spec.log_every_steps or max(1, math.ceil(spe / STEP_POINTS_PER_EPOCH))
-    device_name = describe(device)
+    device_name = describe(device, speed.notes())
     hooks.on_start(device_name, plan.total_steps)
     clock = ProgressClock(plan, spec.batch_size, objective.n_train, first_step=state.step)
     point: ResumePoint | None = resume
@@ -109,8 +114,8 @@ def run(objective: Objective, spec: TrainSpec, hooks: TrainHooks, device: torch.
         clock.start_epoch()
         for b in range(spe):
             if hooks.should_stop():
-                return TrainResult("stopped", device_name, state.epoch, state.step,
-                                   state.last_metrics)
+                return TrainResult("stopped", describe(device, speed.notes()), state.epoch,
+                                   state.step, state.last_metrics)
             lr = spec.lr * lr_factor(spec, state.step, spe)
             set_lr(optimizer, lr)
             lrs.append(lr)
@@ -178,7 +183,29 @@ def run(objective: Objective, spec: TrainSpec, hooks: TrainHooks, device: torch.
                     selected, _metadata(objective, state, temperature,
                                         selection.best_epoch if spec.checkpoint == "best"
                                         else None), point)
-    return TrainResult("completed", device_name, state.epoch, state.step, final, report)
+    # a compile that failed after the start is in the result's device string
+    return TrainResult("completed", describe(device, speed.notes()), state.epoch, state.step,
+                       final, report)
+
+
+def _probe(objective: Objective, spec: TrainSpec, home: torch.device, device: torch.device,
+           epoch: int) -> None:
+    """One training step's forward and backward on the first rows, with generators
+    of its own, so that a compiled model compiles before the run starts. Torch's
+    RNG (dropout), the model's buffers (BatchNorm statistics) and its gradients
+    are left as they were: the run trains as it would have without it."""
+    model = objective.model
+    saved = [b.detach().clone() for b in model.buffers()]
+    rows = torch.arange(min(spec.batch_size, objective.n_train), device=home)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        model.train()
+        try:
+            objective.train_loss(rows, epoch, make_generators(spec.seed, home, device)).backward()
+        finally:
+            model.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for buffer, value in zip(model.buffers(), saved, strict=True):
+                    buffer.copy_(value)
 
 
 def _metadata(objective: Objective, state: LoopState, temperature: float | None,
