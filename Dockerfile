@@ -55,8 +55,9 @@ COPY migrations ./migrations
 # code; precompiled here because the non-root user cannot write __pycache__.
 # [vision]: the torchvision and timm model kinds, pinned in pyproject.toml to the
 # releases built for this torch (pip keeps the pinned torch: they require it exactly);
-# [s3]: s3fs, so the artifact store can be object storage shared across hosts
-RUN pip install ".[vision,s3]" \
+# [s3]: s3fs, so the artifact store can be object storage shared across hosts;
+# [ops]: Flower, for the compose `flower` profile
+RUN pip install ".[vision,s3,ops]" \
  && if [ -n "$EXTRA_PIP" ]; then pip install $EXTRA_PIP; fi \
  && rm -rf build ./*.egg-info \
  && python -m compileall -q app mixlab worker migrations \
@@ -67,7 +68,8 @@ sys.exit(0 if v == '${TORCH_VERSION}' else f'torch {torch.__version__} != ${TORC
 from app.ml.models import timm_available, torchvision_available; \
 assert torchvision_available() and timm_available(); \
 from app.web.routes import PLOTLY_BUNDLE; assert PLOTLY_BUNDLE.is_file(), 'no plotly.js for /ui'; \
-from app.services.sources import s3_available; assert s3_available(), 'no s3fs'" \
+from app.services.sources import s3_available; assert s3_available(), 'no s3fs'; \
+import flower" \
  && rm -rf /tmp/mixlab-import-check \
  && mixlab --help > /dev/null
 

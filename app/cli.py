@@ -157,8 +157,13 @@ def api(host: str = "127.0.0.1", port: int = 8000,
         # one SQLite file and a folder broker are for one process on one machine
         raise _fail("--workers > 1 needs MIXLAB_DATABASE_URL and MIXLAB_BROKER_URL "
                     "(the embedded mode runs one API process)")
-    uvicorn.run("app.api.main:app", host=host, port=port, log_level="info", workers=workers,
-                access_log=access_log, log_config=_log_config())
+    from app.observability import multiprocess
+
+    # several processes merge their /metrics through files in one folder, which
+    # must be in the environment before uvicorn spawns them (docs/operations.md)
+    with multiprocess.directory(workers):
+        uvicorn.run("app.api.main:app", host=host, port=port, log_level="info",
+                    workers=workers, access_log=access_log, log_config=_log_config())
 
 
 @cli.command()

@@ -28,32 +28,16 @@ import re
 import shutil
 import statistics
 import subprocess
-import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import httpx
-import psycopg
+from bench_stack import bench_environment, start_api, stop
 
-ROOT = Path(__file__).resolve().parent.parent
-PG_ADMIN = os.environ.get("MIXLAB_BENCH_PG_ADMIN", "host=127.0.0.1 port=5432 user=postgres "
-                                                   "dbname=postgres")
-PG_URL_BASE = os.environ.get("MIXLAB_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432")
-REDIS_URL = os.environ.get("MIXLAB_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 POINTS = 100_000
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def seed(env: dict[str, str]) -> tuple[str, str]:
+def seed() -> tuple[str, str]:
     """A project, its read key, and a run with ``POINTS`` points of key ``curve``
     (plus a few epochs of val_acc): returns (key, run id)."""
     from sqlalchemy import insert, text
@@ -173,57 +157,27 @@ def main() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install -y wrk")
 
-    tag = uuid.uuid4().hex[:8]
-    db = f"mixlab_bench_{tag}"
-    tmp = Path(tempfile.mkdtemp(prefix="mixlab-bench-"))
-    env = {"MIXLAB_AUTH": "true", "MIXLAB_DATABASE_URL": f"{PG_URL_BASE}/{db}",
-           "MIXLAB_BROKER_URL": REDIS_URL, "MIXLAB_QUEUE": f"bench-{tag}",
-           "MIXLAB_INGEST_QUEUE": f"bench-ingest-{tag}", "MIXLAB_DATA_DIR": str(tmp / "data"),
-           "MIXLAB_ARTIFACT_URL": (tmp / "artifacts").as_uri()}
-    os.environ.update(env)  # before any app import: settings are read once
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{db}"')
-    api = None
-    try:
-        from app.db.migrate import upgrade
-
-        upgrade(env["MIXLAB_DATABASE_URL"])
-        key, run_id = seed(env)
-        port = _free_port()
-        log = (tmp / "api.log").open("wb")
-        api = subprocess.Popen([sys.executable, "-m", "app.cli", "api", "--port", str(port)],
-                               env={**os.environ, **env}, cwd=ROOT, stdout=log,
-                               stderr=subprocess.STDOUT)
-        base = f"http://127.0.0.1:{port}"
-        from app.client import wait_until_ready
-
-        if not wait_until_ready(base, 60, lambda: api.poll() is None):
-            raise SystemExit(f"the API did not start: {(tmp / 'api.log').read_text()[-3000:]}")
-        print(f"machine: {os.cpu_count()} CPUs; one `mixlab api` process; wrk -t2 "
-              f"-c{args.connections}, {args.rounds} rounds of {args.seconds}s per endpoint",
-              flush=True)
-        loaded = reads(base, key, run_id, args.rounds, args.seconds, args.connections)
-        curves = history(base, key, run_id, args.history_reps)
-        full = curves["all_100k"]["median_ms"]  # type: ignore[index]
-        print(f"RESULT api_load: run/healthz = {loaded['ratio']:.2f}x (goal >= 0.50), "
-              f"run p50 {loaded['run_p50_ms']:.2f} ms p99 {loaded['run_p99_ms']:.2f} ms "
-              f"(goal < 15), healthz {loaded['healthz_rps']:.0f}/s, run "
-              f"{loaded['run_rps']:.0f}/s (medians of {args.rounds} rounds, "
-              f"c={args.connections})")
-        print(f"RESULT metric_history: {POINTS} points of one key in {full:.0f} ms "
-              f"(median of {args.history_reps}; goal < 300)")
-        if args.json:
-            args.json.write_text(json.dumps({"reads": loaded, "history": curves}, indent=2))
-    finally:
-        if api is not None:
-            api.terminate()
-            api.wait(timeout=20)
-        from app.db.session import get_engine
-
-        get_engine().dispose()
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        shutil.rmtree(tmp, ignore_errors=True)
+    with bench_environment() as (env, tmp):
+        key, run_id = seed()
+        api, base = start_api(env, tmp)
+        try:
+            print(f"machine: {os.cpu_count()} CPUs; one `mixlab api` process; wrk -t2 "
+                  f"-c{args.connections}, {args.rounds} rounds of {args.seconds}s per "
+                  "endpoint", flush=True)
+            loaded = reads(base, key, run_id, args.rounds, args.seconds, args.connections)
+            curves = history(base, key, run_id, args.history_reps)
+        finally:
+            stop(api)
+    full = curves["all_100k"]["median_ms"]  # type: ignore[index]
+    print(f"RESULT api_load: run/healthz = {loaded['ratio']:.2f}x (goal >= 0.50), "
+          f"run p50 {loaded['run_p50_ms']:.2f} ms p99 {loaded['run_p99_ms']:.2f} ms "
+          f"(goal < 15), healthz {loaded['healthz_rps']:.0f}/s, run "
+          f"{loaded['run_rps']:.0f}/s (medians of {args.rounds} rounds, "
+          f"c={args.connections})")
+    print(f"RESULT metric_history: {POINTS} points of one key in {full:.0f} ms "
+          f"(median of {args.history_reps}; goal < 300)")
+    if args.json:
+        args.json.write_text(json.dumps({"reads": loaded, "history": curves}, indent=2))
 
 
 if __name__ == "__main__":

@@ -6,9 +6,15 @@ labelled by route template (``/v1/runs/{run_id}``), the rest is aggregated, so
 ``GET /metrics`` is open like /healthz. Database and broker figures are read at
 scrape time (one GROUP BY, one LLEN per queue), not kept in the process.
 
-Several API processes (``mixlab api --workers N``) each answer for themselves;
-prometheus-client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR) would merge
-them and is not set up here (docs/operations.md).
+Several API processes (``mixlab api --workers N``): the command puts them in
+prometheus-client's multiprocess mode (app.observability.multiprocess), each
+process writes its counters and histograms to files in PROMETHEUS_MULTIPROC_DIR,
+and whichever process answers ``/metrics`` serves a registry that merges them
+(MultiProcessCollector: histogram buckets, counts and sums added over the
+processes) plus the scrape-time StateCollector once, so runs by status and
+queue depth appear once, not once per process. One process serves the default
+registry as before (with the process_* and python_* families that multiprocess
+mode drops).
 """
 
 import time
@@ -17,10 +23,13 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from prometheus_client.core import REGISTRY, GaugeMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import func, select
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.observability import multiprocess
 
 REQUEST_SECONDS = Histogram(
     "mixlab_http_request_duration_seconds", "HTTP request latency, by route template",
@@ -142,6 +151,7 @@ def _queue_depth() -> Iterator[GaugeMetricFamily]:
 
 
 _collector: StateCollector | None = None
+_merged: CollectorRegistry | None = None
 
 
 def install_collector() -> None:
@@ -151,5 +161,21 @@ def install_collector() -> None:
         REGISTRY.register(_collector)
 
 
+def _registry() -> CollectorRegistry:
+    """The default registry of this process, or in multiprocess mode one that
+    holds no metric of its own (the library's docs: metrics registered beside a
+    MultiProcessCollector would come out twice) but the merge of every
+    process's files and the scrape-time figures."""
+    global _merged
+    if not multiprocess.enabled():
+        return REGISTRY
+    if _merged is None:
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged)
+        merged.register(_collector or StateCollector())
+        _merged = merged
+    return _merged
+
+
 def exposition() -> tuple[bytes, str]:
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    return generate_latest(_registry()), CONTENT_TYPE_LATEST
