@@ -24,6 +24,19 @@ def metric_mode(metric: str) -> str:
     return "min" if any(metric.endswith(s) for s in _LOWER_IS_BETTER) else "max"
 
 
+def world_size_problem(world_size: int, batch_size: int, device: str) -> str | None:
+    """Why a run cannot train on ``world_size`` processes, or None."""
+    if world_size < 1:
+        return "must be >= 1"
+    if world_size > 1 and batch_size < 2 * world_size:
+        return (f"batch_size {batch_size} is split across {world_size} processes and each "
+                f"must mix at least 2 samples: use a batch_size of {2 * world_size} or more")
+    if world_size > 1 and ":" in device:
+        return (f"each of the {world_size} processes takes a device of its own: set device to "
+                f"auto, cpu or cuda, not {device}")
+    return None
+
+
 @dataclass(frozen=True)
 class EarlyStopping:
     """Stop once ``metric`` (a validation metric, e.g. ``val_acc``) has not
@@ -69,7 +82,9 @@ class TrainSpec:
     how often the per-step training loss and the learning rate enter the
     metric history (None: about 10 times an epoch); they are buffered on the
     device and read once an epoch. ``calibration``: ``temperature`` fits T on
-    the validation split of the kept model.
+    the validation split of the kept model. ``world_size``: processes the run
+    trains on (``app.ml.training.distributed``); ``batch_size`` stays the global
+    batch, split across them.
     """
 
     epochs: int = 100
@@ -95,6 +110,7 @@ class TrainSpec:
     device: str = "auto"
     eval_batch_size: int = 1024
     calibration: str = "temperature"
+    world_size: int = 1
 
     def __post_init__(self) -> None:
         choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "checkpoint": CHECKPOINTS,
@@ -135,6 +151,9 @@ class TrainSpec:
                              f"not {self.checkpoint_metric!r}")
         if self.log_every_steps is not None and self.log_every_steps < 1:
             raise ValueError("log_every_steps: must be >= 1")
+        problem = world_size_problem(self.world_size, self.batch_size, self.device)
+        if problem:
+            raise ValueError(f"world_size: {problem}")
 
     @property
     def warmup(self) -> int:
