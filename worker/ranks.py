@@ -18,7 +18,7 @@ import logging
 import os
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -28,8 +28,10 @@ from app.ml.device import DeviceUnavailableError, resolve_device
 from app.ml.resume import ResumePoint
 from app.ml.resume import from_bytes as resume_from_bytes
 from app.ml.training import TrainHooks, TrainResult, train
-from app.ml.training.distributed import RankFailed, Rendezvous, joined, launch_local
+from app.ml.training.distributed import Ranks, Rendezvous, joined
+from app.ml.training.launch import RankFailed, launch_local
 from app.observability.logs import configure, run_context
+from app.runs import spec as run_spec
 from app.runs.spec import RunPlan
 from app.services import datasets as dataset_service
 from app.settings import get_settings
@@ -42,13 +44,21 @@ __all__ = ["Job", "RankFailed", "offered", "refusal", "train_ranks"]
 
 @dataclass(frozen=True)
 class Job:
-    """What a spawned rank needs to train its share of an attempt (picklable)."""
+    """What another rank needs to train its share of an attempt, besides the plan."""
 
     run_id: uuid.UUID
     attempt: int
     project_id: uuid.UUID
     dataset_key: str
     resume_key: str | None  # the resume point the attempt continues from, if any
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, uuid.UUID) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Job":
+        return cls(uuid.UUID(data["run_id"]), int(data["attempt"]), uuid.UUID(data["project_id"]),
+                   data["dataset_key"], data["resume_key"])
 
 
 def offered(device: str) -> tuple[int, str]:
@@ -93,7 +103,7 @@ def train_ranks(data: PreparedDataset, plan: RunPlan, reporter: TrainHooks,
     kind = resolve_device(plan.training.device).type
     threads, before = _threads(world_size), torch.get_num_threads()
 
-    def lead(ranks: Any) -> TrainResult:
+    def lead(ranks: Ranks) -> TrainResult:
         return train(data, plan.model, plan.mixing, plan.training, reporter, task=plan.task,
                      resume=resume, init_weights=init_weights, ranks=ranks)
 
@@ -104,9 +114,9 @@ def train_ranks(data: PreparedDataset, plan: RunPlan, reporter: TrainHooks,
 
     torch.set_num_threads(threads)
     try:
-        result, others = launch_local(lead, _follow, (job, plan, threads), world_size,
-                                      _rank_device(kind, 0), settings.dist_timeout_s,
-                                      on_spawned=spawned)
+        result, others = launch_local(lead, follow, (job.to_json(), plan.source, threads),
+                                      world_size, _rank_device(kind, 0),
+                                      settings.dist_timeout_s, on_spawned=spawned)
     finally:
         torch.set_num_threads(before)
     disagree = {r: s for r, s in others.items()
@@ -119,14 +129,18 @@ def train_ranks(data: PreparedDataset, plan: RunPlan, reporter: TrainHooks,
     return result
 
 
-def _follow(rank: int, rendezvous: Rendezvous, job: Job, plan: RunPlan,
-            threads: int) -> dict[str, Any]:
-    """Rank ``rank`` of the attempt, in a spawned process: its log lines name the
-    run; it loads what it trains on from the artifact store, not the database."""
+def follow(rank: int, rendezvous: Rendezvous, job_json: dict[str, Any],
+           source: dict[str, Any], threads: int) -> dict[str, Any]:
+    """Rank ``rank`` of the attempt, in its own process (``app.ml.training.follower``):
+    it parses the run's stored spec again, loads what it trains on from the
+    artifact store (no database), and logs lines that name the run."""
     settings = get_settings()
     configure(settings.log_format, settings.log_level)
+    job = Job.from_json(job_json)
     with run_context(job.run_id, job.attempt, job.project_id):
         torch.set_num_threads(threads)
+        plan = run_spec.parse(source["name"], uuid.UUID(source["dataset_id"]), source["task"],
+                              source["spec"])
         store = get_store()
         data = dataset_service.load_prepared_at(store, job.dataset_key)
         resume = resume_from_bytes(store.get(job.resume_key)) if job.resume_key else None

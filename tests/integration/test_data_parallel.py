@@ -14,10 +14,11 @@ from tests.conftest import REDIS_URL, Stack
 from tests.integration.faults import fault_stack
 from tests.integration.helpers import wait_until
 from tests.integration.test_faults import connect, epochs_recorded, ready_dataset
+from tests.recipes import SHORT
 
 pytestmark = pytest.mark.integration
 
-TINY_MODEL = {"width": 4, "depth": 1}
+TINY_MODEL = {"width": 8, "depth": 2}
 DEVICE = "2× cpu (1 thread, fp32, gloo)"
 
 
@@ -43,7 +44,8 @@ def digits(stack: Stack) -> str:
 
 
 def test_a_two_process_run_trains_through_the_api(client: MixlabClient, digits: str) -> None:
-    run_id = str(client.create_experiment(spec(digits, epochs=3))["run_ids"][0])
+    # tests.recipes.SHORT: a recipe that learns within three epochs
+    run_id = str(client.create_experiment(spec(digits, epochs=3, **SHORT))["run_ids"][0])
     queued = client.get_run(run_id)
     assert queued["worker"]["world_size"] == 2
     assert queued["progress"]["total_steps"] == 3 * 20  # 1259 rows, global batches of 64

@@ -1,7 +1,9 @@
-"""Followers for the data-parallel tests: top-level functions a spawned rank can
-import (``launch_local`` pickles them by name), training on the built-in digits."""
+"""Followers for the data-parallel tests: module-level functions a rank process
+imports (``launch_local`` names them; their arguments are JSON), and the digits
+recipe both sides build."""
 
 import hashlib
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,6 +15,14 @@ from app.ml.resume import ResumePoint
 from app.ml.resume import from_bytes as resume_from_bytes
 from app.ml.training import TrainHooks, TrainSpec, train
 from app.ml.training.distributed import Rendezvous, joined
+from tests.recipes import SHORT
+
+MODEL, MIXING = ModelSpec(width=8, depth=2), MixSpec("mixup", alpha=1.0)
+
+
+def recipe(world_size: int, epochs: int) -> TrainSpec:
+    return TrainSpec(epochs=epochs, batch_size=64, seed=0, device="cpu", world_size=world_size,
+                     **SHORT)
 
 
 class Counter(TrainHooks):
@@ -40,13 +50,15 @@ def checksum(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def follow_digits(rank: int, rendezvous: Rendezvous, model: ModelSpec, mixing: MixSpec,
-                  spec: TrainSpec, resume: bytes | None = None) -> dict[str, Any]:
+def follow_digits(rank: int, rendezvous: Rendezvous, epochs: int,
+                  resume: str | None = None) -> dict[str, Any]:
+    """``recipe(2, epochs)`` on digits, from the resume point in file ``resume``."""
     torch.set_num_threads(1)
     hooks = Counter()
-    point: ResumePoint | None = resume_from_bytes(resume) if resume is not None else None
+    point: ResumePoint | None = resume_from_bytes(Path(resume).read_bytes()) if resume else None
     with joined(rendezvous, rank, torch.device("cpu")) as ranks:
-        result = train(load_digits(), model, mixing, spec, hooks, resume=point, ranks=ranks)
+        result = train(load_digits(), MODEL, MIXING, recipe(rendezvous.world_size, epochs),
+                       hooks, resume=point, ranks=ranks)
     return {"status": result.status, "steps": result.steps, "hook_calls": hooks.calls,
             "metrics": result.metrics}
 

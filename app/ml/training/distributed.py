@@ -27,7 +27,7 @@ Semantics (``docs/distributed.md`` says the same for users):
   same step.
 - **Failure.** A collective waits at most ``Rendezvous.timeout_s``; a rank
   that dies closes its connections, so the others' next collective fails at
-  once; ``launch_local`` then tears the rest down and raises ``RankFailed``.
+  once; ``app.ml.training.launch`` then ends the rest and raises ``RankFailed``.
 - **Resume.** Rank 0's resume point also holds every other rank's generator
   states (``name@rank``) and the world size; a run resumes with the same one.
 
@@ -37,37 +37,22 @@ exactly as it did before data parallelism existed.
 
 import hashlib
 import json
-import logging
 import os
-import signal
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from app.ml.resume import ResumePoint
 
-log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-# what ProcessContext.join raises for a failed process
-ProcessFailure = (mp.ProcessRaisedException, mp.ProcessExitedException)
+# a rank > 0 sets it once its data is loaded, before it joins the group
 READY_KEY = "mixlab/ready/{rank}"
-DONE_KEY = "mixlab/done/{rank}"
-# how long the leader waits for a failed collective's peer to be seen dead
-PEER_EXIT_GRACE_S = 10.0
-# how long followers get to end by themselves once the leader is done
-FOLLOWER_EXIT_S = 60.0
-# SIGTERM → SIGKILL grace when tearing followers down
-FOLLOWER_GRACE_S = 5.0
 
 
 def backend_for(device: torch.device) -> str:
@@ -237,7 +222,7 @@ class Ranks:
 SOLO = Ranks()
 
 
-def _store(rendezvous: Rendezvous, rank: int) -> dist.TCPStore:
+def connect(rendezvous: Rendezvous) -> dist.TCPStore:
     """A client of rank 0's store (rank 0 makes the store itself: ``serve``)."""
     return dist.TCPStore(rendezvous.host, rendezvous.port, is_master=False,
                          timeout=timedelta(seconds=rendezvous.timeout_s))
@@ -258,7 +243,7 @@ def joined(rendezvous: Rendezvous, rank: int, device: torch.device,
     passes the store it serves; the others connect to it and announce themselves
     (``READY_KEY``) first, so a leader can tell a slow rank from a dead one."""
     if store is None:
-        store = _store(rendezvous, rank)
+        store = connect(rendezvous)
     if rank > 0:
         store.set(READY_KEY.format(rank=rank), str(os.getpid()))
     backend = backend_for(device)
@@ -271,116 +256,3 @@ def joined(rendezvous: Rendezvous, rank: int, device: torch.device,
         yield Ranks(rank, rendezvous.world_size, device, backend, control)
     finally:
         dist.destroy_process_group()
-
-
-class RankFailed(RuntimeError):
-    """A rank of a data-parallel run died or raised, which ends the attempt.
-    ``died``: killed by a signal or exited without a Python error (the run may
-    resume from its checkpoint); otherwise ``detail`` is the rank's traceback."""
-
-    def __init__(self, rank: int, message: str, died: bool, detail: str = "") -> None:
-        super().__init__(message)
-        self.rank, self.died, self.detail = rank, died, detail
-
-
-def _as_failure(exc: mp.ProcessRaisedException | mp.ProcessExitedException) -> RankFailed:
-    rank = exc.error_index + 1
-    if isinstance(exc, mp.ProcessRaisedException):
-        lines = exc.msg.strip().splitlines()
-        return RankFailed(rank, f"rank {rank} failed: {lines[-1] if lines else 'an error'}",
-                          died=False, detail=exc.msg)
-    signal_name = getattr(exc, "signal_name", None)
-    how = f"was killed by {signal_name}" if signal_name \
-        else f"exited with code {getattr(exc, 'exit_code', '?')}"
-    return RankFailed(rank, f"rank {rank} (pid {exc.error_pid}) {how}", died=True)
-
-
-def _failure(context: mp.ProcessContext, timeout: float) -> RankFailed | None:
-    """The first follower seen failed within ``timeout`` (torch then terminates
-    the others), or None."""
-    try:
-        context.join(timeout=timeout, grace_period=FOLLOWER_GRACE_S)
-    except ProcessFailure as exc:
-        return _as_failure(exc)
-    return None
-
-
-def _wait_ready(store: dist.TCPStore, context: mp.ProcessContext, world_size: int,
-                timeout_s: float) -> None:
-    """Until every follower has loaded its data and announced itself; RankFailed if
-    one died first (init_process_group would wait the whole timeout for it)."""
-    keys = [READY_KEY.format(rank=r) for r in range(1, world_size)]
-    deadline = time.monotonic() + timeout_s
-    while not store.check(keys):
-        failed = _failure(context, 0.05)  # also the pause between two looks
-        if failed is not None:
-            raise failed
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the ranks did not all start within {timeout_s} s")
-
-
-def _follower(index: int, follow: Callable[..., dict[str, Any]], rendezvous: Rendezvous,
-              args: tuple[Any, ...]) -> None:
-    """A spawned rank: run ``follow(rank, rendezvous, *args)``, then leave its
-    summary (JSON) in the store for the leader."""
-    rank = index + 1
-    summary = follow(rank, rendezvous, *args)
-    _store(rendezvous, rank).set(DONE_KEY.format(rank=rank), json.dumps(summary))
-
-
-def launch_local(lead: Callable[[Ranks], T], follow: Callable[..., dict[str, Any]],
-                 args: tuple[Any, ...], world_size: int, device: torch.device,
-                 timeout_s: float, host: str = "127.0.0.1",
-                 on_spawned: Callable[[list[int]], None] | None = None
-                 ) -> tuple[T, dict[int, Any]]:
-    """Run one data-parallel job on this host: ``lead(ranks)`` as rank 0 in this
-    process, and ``follow(rank, rendezvous, *args)`` as ranks 1…W-1 in processes
-    spawned here (a picklable top-level function that calls ``joined`` and
-    returns a JSON-able summary). Returns the leader's result and the followers'
-    summaries by rank.
-
-    Raises ``RankFailed`` when a follower dies or raises (the others are torn
-    down); when the leader raises, the followers are terminated. A follower
-    whose parent dies gets SIGINT (torch sets the parent-death signal).
-    """
-    store, rendezvous = serve(host, world_size, timeout_s)
-    context = mp.start_processes(_follower, args=(follow, rendezvous, args),
-                                 nprocs=world_size - 1, join=False, start_method="spawn")
-    try:
-        if on_spawned is not None:
-            on_spawned(context.pids())
-        _wait_ready(store, context, world_size, timeout_s)
-        try:
-            with joined(rendezvous, 0, device, store) as ranks:
-                result = lead(ranks)
-        except Exception as exc:
-            # a peer's death shows here as a failed collective: say which rank died
-            grace = PEER_EXIT_GRACE_S if isinstance(exc, RuntimeError) else 0.0
-            failed = _failure(context, grace)
-            if failed is not None:
-                raise failed from exc
-            raise
-        try:
-            ended = context.join(timeout=FOLLOWER_EXIT_S, grace_period=FOLLOWER_GRACE_S)
-        except ProcessFailure as exc:
-            raise _as_failure(exc) from None
-        if not ended:
-            raise RankFailed(0, f"the other ranks did not end within {FOLLOWER_EXIT_S} s "
-                                "of rank 0", died=True)
-        summaries = {r: json.loads(store.get(DONE_KEY.format(rank=r)).decode())
-                     for r in range(1, world_size)}
-        return result, summaries
-    finally:
-        _terminate(context)
-
-
-def _terminate(context: mp.ProcessContext) -> None:
-    """End the followers still running: SIGTERM, then SIGKILL after a grace."""
-    alive = [p for p in context.processes if p.is_alive()]
-    for p in alive:
-        p.terminate()
-    for p in alive:
-        p.join(FOLLOWER_GRACE_S)
-        if p.is_alive() and p.pid is not None:
-            os.kill(p.pid, signal.SIGKILL)
-            p.join()
