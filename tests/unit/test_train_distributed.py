@@ -206,6 +206,30 @@ def test_two_ranks_resume_from_rank_0s_point_and_end_as_the_uninterrupted_run(di
     assert resumed_followers[1]["metrics"] == followers[1]["metrics"]
 
 
+class StopAt(Counter):
+    """Rank 0's hooks asking to stop (a cancel, a time limit) after ``steps`` steps."""
+
+    def __init__(self, steps: int) -> None:
+        super().__init__()
+        self.steps, self.seen = steps, 0
+
+    def on_progress(self, progress: object) -> None:
+        self.seen += 1
+
+    def should_stop(self) -> bool:
+        return self.seen >= self.steps
+
+
+def test_a_stop_rank_0_decides_stops_every_rank_at_the_same_step(digits):
+    def lead(ranks: Ranks):  # type: ignore[no-untyped-def]
+        return train(digits, MODEL, MIXING, spec(2, epochs=2), StopAt(25), ranks=ranks)
+
+    result, followers = launch_local(lead, ddp_ranks.follow_digits, (2, None), 2, CPU,
+                                     TIMEOUT_S)
+    assert (result.status, result.steps) == ("stopped", 25)
+    assert (followers[1]["status"], followers[1]["steps"]) == ("stopped", 25)
+
+
 def test_a_resume_point_of_another_world_size_is_refused(digits, runs):
     point = runs[3].point
     assert point is not None

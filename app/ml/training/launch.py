@@ -136,6 +136,9 @@ def launch_local(lead: Callable[[Ranks], T], follow: Callable[..., Any],
     the followers' summaries by rank. ``RankFailed`` when a follower dies or
     raises; the followers are ended whatever happens.
     """
+    if follow.__module__ == "__main__" or "." in follow.__qualname__:
+        raise ValueError(f"{follow.__qualname__}: a follower is a module-level function of an "
+                         "importable module (not __main__), which the rank process imports")
     store, rendezvous = serve(host, world_size, timeout_s)
     target = f"{follow.__module__}:{follow.__qualname__}"
     command = [sys.executable, "-m", FOLLOWER_MODULE, target, json.dumps(asdict(rendezvous)),
