@@ -17,9 +17,11 @@ core's torch threads against two gloo ranks with ``cores / 2`` threads each.
    validation and the follower's start-up excluded) and of the whole call
    (start-up included: the second rank is a fresh Python process that imports
    torch and builds its data). Rounds interleave the two and alternate which
-   goes first; the ratio is a median of per-round ratios. Not a target on a
-   2-core machine: two ranks there only trade intra-op threads for processes
-   and add an all-reduce per step.
+   goes first; the ratio is a median of per-round ratios. One process on one
+   thread runs too, for context: on a shared machine the two-thread process
+   suffers most from other load (its OpenMP threads wait for each other). Not a
+   target on a 2-core machine: two ranks there only trade intra-op threads for
+   processes and add an all-reduce per step.
 
 Usage (from the repository root)::
 
@@ -109,10 +111,10 @@ def follow(rank: int, rendezvous: Rendezvous, config: dict[str, Any], seed: int,
     return {"steps": result.steps}
 
 
-def run(data: PreparedDataset, config: dict[str, Any], world_size: int, seed: int
-        ) -> tuple[TrainResult, EpochClock, float]:
-    cores = os.cpu_count() or 1
-    threads = max(1, cores // world_size)
+def run(data: PreparedDataset, config: dict[str, Any], world_size: int, seed: int,
+        threads: int | None = None) -> tuple[TrainResult, EpochClock, float]:
+    """One call; each rank gets ``threads`` torch threads (default: the cores shared out)."""
+    threads = threads or max(1, (os.cpu_count() or 1) // world_size)
     torch.set_num_threads(threads)
     model = ModelSpec(width=config["width"], depth=config["depth"])
     clock = EpochClock()
@@ -148,6 +150,10 @@ def accuracy(seeds: int, epochs: int) -> dict[str, Any]:
             "within_noise": abs(diff) <= max(2 * se, 0.01)}
 
 
+# (label, world size, torch threads per rank; None: the cores shared out)
+VARIANTS = (("W=1", 1, None), ("W=2", 2, None), ("W=1, 1 thread", 1, 1))
+
+
 def throughput(rounds: int, n_train: int, epochs: int) -> dict[str, Any]:
     config = {"data": "synthetic", "n_train": n_train, "epochs": epochs, "batch": 128,
               "width": 32, "depth": 3}
@@ -155,27 +161,28 @@ def throughput(rounds: int, n_train: int, epochs: int) -> dict[str, Any]:
     run(dataset({**config, "n_train": 2000}), {**config, "epochs": 1}, 1, 0)  # warm-up
     rows = []
     for r in range(rounds):
-        order = (1, 2) if r % 2 == 0 else (2, 1)
+        order = VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]  # rotated
         # the machine is shared: the 1-minute load says how much the round competed
-        row: dict[str, Any] = {"order": order, "load": os.getloadavg()[0]}
-        for world_size in order:
-            result, clock, wall = run(data, config, world_size, 0)
-            train_s = sum(clock.epoch_s)
-            row[world_size] = {"train_samples_per_s": n_train * epochs / train_s,
-                               "call_samples_per_s": n_train * epochs / wall,
-                               "epoch_s": clock.epoch_s, "wall_s": wall,
-                               "device": result.device, "test_acc": result.metrics["test_acc"]}
-        row["ratio"] = row[2]["train_samples_per_s"] / row[1]["train_samples_per_s"]
-        row["call_ratio"] = row[2]["call_samples_per_s"] / row[1]["call_samples_per_s"]
-        print(f"round {r + 1} ({', '.join(f'W={w}' for w in order)}, load {row['load']:.2f}): "
-              f"W=1 {row[1]['train_samples_per_s']:.0f} samples/s "
-              f"({row[1]['wall_s']:.1f} s call), W=2 {row[2]['train_samples_per_s']:.0f} "
-              f"samples/s ({row[2]['wall_s']:.1f} s call): {row['ratio']:.2f}× training, "
-              f"{row['call_ratio']:.2f}× call", flush=True)
+        row: dict[str, Any] = {"order": [v[0] for v in order], "load": os.getloadavg()[0]}
+        for label, world_size, threads in order:
+            result, clock, wall = run(data, config, world_size, 0, threads)
+            row[label] = {"train_samples_per_s": n_train * epochs / sum(clock.epoch_s),
+                          "call_samples_per_s": n_train * epochs / wall,
+                          "epoch_s": clock.epoch_s, "wall_s": wall,
+                          "device": result.device, "test_acc": result.metrics["test_acc"]}
+        row["ratio"] = row["W=2"]["train_samples_per_s"] / row["W=1"]["train_samples_per_s"]
+        row["call_ratio"] = row["W=2"]["call_samples_per_s"] / row["W=1"]["call_samples_per_s"]
+        row["ratio_1_thread"] = (row["W=2"]["train_samples_per_s"]
+                                 / row["W=1, 1 thread"]["train_samples_per_s"])
+        print(f"round {r + 1} (load {row['load']:.2f}): " + ", ".join(
+            f"{label} {row[label]['train_samples_per_s']:.0f} samples/s "
+            f"({row[label]['wall_s']:.1f} s call)" for label, _, _ in order)
+            + f": W=2/W=1 {row['ratio']:.2f}× training, {row['call_ratio']:.2f}× call; "
+            f"W=2/(W=1, 1 thread) {row['ratio_1_thread']:.2f}×", flush=True)
         rows.append(row)
     return {"config": config, "rounds": rows,
-            "ratio": statistics.median(r["ratio"] for r in rows),
-            "call_ratio": statistics.median(r["call_ratio"] for r in rows)}
+            **{key: statistics.median(r[key] for r in rows)
+               for key in ("ratio", "call_ratio", "ratio_1_thread")}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write every figure here")
     args = parser.parse_args(argv)
     seeds, epochs = (2, 3) if args.quick else (3, 15)
-    rounds, n_train, tp_epochs = (1, 2000, 1) if args.quick else (3, 12000, 2)
+    rounds, n_train, tp_epochs = (1, 2000, 1) if args.quick else (3, 6000, 2)
     environment = {"machine": platform.processor() or platform.machine(),
                    "cores": os.cpu_count(), "torch": torch.__version__,
                    "python": platform.python_version()}
@@ -203,8 +210,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{means[2]:.4f} (diff {acc['diff']:+.4f}, 2 SE {2 * acc['se']:.4f}, seeds={seeds}, "
           f"epochs={epochs}): {'within noise' if acc['within_noise'] else 'NOT within noise'}")
     print(f"RESULT data_parallel_throughput: world_size 2 / 1 = {speed['ratio']:.2f}x training "
-          f"samples/s, {speed['call_ratio']:.2f}x whole call (median of {rounds} rounds, "
-          f"n_train={n_train}, batch 128, {os.cpu_count()} cores; not a target)")
+          f"samples/s, {speed['call_ratio']:.2f}x whole call; against 1 process on 1 thread "
+          f"{speed['ratio_1_thread']:.2f}x (medians of {rounds} rounds, n_train={n_train}, "
+          f"batch 128, {os.cpu_count()} cores; not a target)")
     return 0 if acc["within_noise"] else 1
 
 
