@@ -19,6 +19,7 @@ from app.ml.resume import ResumePoint
 from app.ml.resume import from_bytes as resume_from_bytes
 from app.ml.retrieval import train_retrieval
 from app.ml.training import TrainResult, train
+from app.ml.training.fast import keep_compile_cache
 from app.observability.logs import RunLogCapture, run_context
 from app.runs import attempt as run_attempt
 from app.runs.service import Cancelled, Failed, Interrupted, Outcome, Succeeded
@@ -146,6 +147,8 @@ def _execute_claimed(run_id: uuid.UUID, claimed: run_attempt.Claimed,
              socket.gethostname(), plan.task, plan.mixing.method, plan.training.epochs)
     if settings.torch_threads is not None:
         torch.set_num_threads(settings.torch_threads)
+    # training.compile: what this worker compiled once, later runs load
+    keep_compile_cache(settings.data_dir.resolve() / "torch-compile")
     store = get_store()
     reporter = RunReporter(run_id, store, plan.training.epochs,
                            period_s=settings.control_poll_s, attempt=attempt,

@@ -1,5 +1,7 @@
 """Choosing where training runs."""
 
+from collections.abc import Sequence
+
 import torch
 
 
@@ -29,9 +31,12 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if device.type == "cuda" else None
 
 
-def describe(device: torch.device) -> str:
+def describe(device: torch.device, notes: Sequence[str] = ()) -> str:
+    """``cuda:0 (NVIDIA H200, bf16 autocast, …notes)`` or ``cpu (2 threads, fp32, …)``."""
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
-        return f"cuda:{index} ({torch.cuda.get_device_name(index)}, bf16 autocast)"
+        parts = [torch.cuda.get_device_name(index), "bf16 autocast", *notes]
+        return f"cuda:{index} ({', '.join(parts)})"
     threads = torch.get_num_threads()
-    return f"cpu ({threads} thread{'' if threads == 1 else 's'}, fp32)"
+    parts = [f"{threads} thread{'' if threads == 1 else 's'}", "fp32", *notes]
+    return f"cpu ({', '.join(parts)})"

@@ -60,7 +60,7 @@ from app.ml.models.weights import load_matching
 from app.ml.resume import ResumePoint
 from app.ml.training import normalization
 from app.ml.training.augment import augment_batch
-from app.ml.training.batches import categorical_columns, data_device, vocab_sizes
+from app.ml.training.batches import categorical_columns, data_device, rows_to, vocab_sizes
 from app.ml.training.checks import recipe_problems
 from app.ml.training.hooks import TrainHooks, TrainResult
 from app.ml.training.loop import Objective, run
@@ -184,7 +184,7 @@ Normalize = Mapping[str, Callable[[torch.Tensor], torch.Tensor]]
 def _gather(inputs: Mapping[str, torch.Tensor], normalize: Normalize,
             idx: torch.Tensor | slice, device: torch.device) -> dict[str, torch.Tensor]:
     """Rows ``idx`` of each modality, on ``device``, normalised."""
-    return {m: normalize[m](x[idx].to(device, non_blocking=True)) for m, x in inputs.items()}
+    return {m: normalize[m](rows_to(x, idx, device)) for m, x in inputs.items()}
 
 
 @torch.inference_mode()
@@ -349,7 +349,7 @@ class RetrievalObjective(Objective):
         batch = augment_batch(batch, self.kinds, self.spec, generators["augment"])
         mix_gen, method = generators["mix"], self.mix_spec.method
         if active and method == "mixgen":
-            y = self.train_labels[idx].to(self.device, non_blocking=True)
+            y = rows_to(self.train_labels, idx, self.device)
             batch = mixgen_batch(batch, y, self.mix_spec, mix_gen, self.num_classes, self.kinds,
                                  math.ceil(MIXGEN_SHARE * idx.shape[0]))
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):

@@ -233,6 +233,12 @@ class TrainingSpecIn(StrictModel):
                     "under-confident model) and report temperature, test_ece_calibrated and "
                     "test_nll_calibrated next to the raw metrics; predictions do not "
                     "change and T is saved with the checkpoint. none: skip it.")
+    compile: bool = Field(
+        _default("compile"),
+        description="torch.compile the model for the training steps (compiled before the "
+                    "first step, cached per worker; evaluation stays eager). Pays on GPUs "
+                    "for long runs. A worker that cannot compile trains eagerly: a warning "
+                    "in the run's log, and 'compile failed: … (eager)' in its device.")
     time_limit_s: int | None = Field(
         None, ge=1, le=30 * 24 * 3600,
         description="Wall-clock limit of one attempt, from its claim; past it the run "

@@ -77,10 +77,13 @@ def test_a_sigkilled_worker_run_resumes_on_another_worker(database, access):
         assert done["attempt"] == 2
         # every epoch's metrics once, none missing, none twice
         assert epochs_recorded(mx, run_id) == list(range(1, 11))
-        logs = stack.worker_logs()
-        assert f"run {run_id} attempt 2 resumes after epoch" in logs
-        resumed_after = int(logs.split(f"run {run_id} attempt 2 resumes after epoch ")[1]
-                            .split()[0])
+        # the run's own log: attempt 1 was cut off mid-run, attempt 2 says where it resumed
+        assert mx.run_logs(run_id)["attempts"] == [1, 2]
+        said = [line["message"] for line in mx.run_logs(run_id, attempt=2)["lines"]]
+        prefix = f"run {run_id} attempt 2 resumes after epoch "
+        resumed = [m for m in said if m.startswith(prefix)]
+        assert len(resumed) == 1, said
+        resumed_after = int(resumed[0][len(prefix):])
         assert resumed_after == 3  # the checkpoint recorded before the kill
         # detected within the heartbeat timeout (4 s) plus a sweep period or two
         print(f"recovered: resumed after epoch {resumed_after}, "

@@ -40,9 +40,11 @@ from app.ml.tasks import CLASSIFICATION, MULTILABEL
 CPU = torch.device("cpu")
 FAST = settings(max_examples=40, deadline=None)
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-# (device, float dtype) for the tests that run on every device: bf16 everywhere, fp32 too
-DEVICE_DTYPES = [(d, dt) for d in DEVICES for dt in (torch.bfloat16, torch.float32)]
+NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+# (device, float dtype) for the tests that run on every device: bf16 everywhere, fp32 too;
+# the CUDA ones are marked (pytest -m cuda, benchmarks/gpu/run.sh)
+DEVICE_DTYPES = [pytest.param(d, dt, marks=(pytest.mark.cuda, NEEDS_CUDA) if d == "cuda" else ())
+                 for d in ("cpu", "cuda") for dt in (torch.bfloat16, torch.float32)]
 
 seeds = st.integers(min_value=0, max_value=2**31 - 1)
 alphas = st.sampled_from([0.2, 0.4, 1.0, 2.0])
@@ -1307,7 +1309,8 @@ def test_manifold_mixup_on_an_accelerator_generator_needs_a_host_generator():
     assert plan.ops == {}
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
+@NEEDS_CUDA
 def test_manifold_mixup_on_cuda_needs_a_host_generator():
     batch = {"image": torch.rand(4, 1, 4, 4, device="cuda")}
     spec = MixSpec("manifold_mixup")

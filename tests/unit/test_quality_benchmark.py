@@ -63,6 +63,29 @@ def test_default_grid_is_the_default_recipe_with_alpha_1(quality) -> None:
     assert quality._model(cuda, "fashion-mnist") == {"kind": "preact_resnet18"}
 
 
+def test_paper_recipe_at_32x32(quality) -> None:
+    """What benchmarks/gpu/run.sh asks for: the mixup paper's recipe, images padded
+    to its 32×32, as specs the service accepts."""
+    grid, _ = quality.parse_args(["--device", "cuda", "--recipe", "paper", "--fashion-size",
+                                  "32", "--epochs", "fashion-mnist=20", "--compile"])
+    training = quality._training(grid, "fashion-mnist", 0)
+    assert training == {**quality.PAPER_RECIPE, "seed": 0, "device": "cuda", "epochs": 20,
+                        "compile": True}
+    spec = quality.experiment_spec(quality._model(grid, "fashion-mnist"),
+                                   quality._augmentation(grid, "mixup", 0.0), training)
+    recipe = spec.training.to_ml()
+    assert (recipe.nesterov, recipe.weight_decay, recipe.warmup, recipe.step_milestones(),
+            recipe.augmentations) == (False, 1e-4, 0, (10, 15), ("crop", "flip"))
+    assert spec.model.to_ml().kind == "preact_resnet18"
+    images = torch.full((3, 1, 28, 28), 7, dtype=torch.uint8)
+    data = quality.PreparedDataset(inputs={"image": images}, labels=torch.zeros(3),
+                                   clean_labels=torch.zeros(3), split=torch.zeros(3),
+                                   class_names=["a"], modality_kinds={"image": "image"})
+    padded = quality.pad_images(data, 32).inputs["image"]
+    assert padded.shape == (3, 1, 32, 32) and padded.dtype == torch.uint8
+    assert torch.equal(padded[..., 2:30, 2:30], images) and int(padded.sum()) == 7 * images.numel()
+
+
 def test_alpha_and_threads_overrides(quality) -> None:
     grid, _ = quality.parse_args(["--alpha", "4", "--threads", "2,1,2"])
     assert quality._augmentation(grid, "mixup", 0.6)["alpha"] == 4.0

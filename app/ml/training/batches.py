@@ -29,6 +29,23 @@ def data_device(tensors: list[torch.Tensor], device: torch.device) -> torch.devi
     return device if needed < free * GPU_RESIDENT_SHARE else torch.device("cpu")
 
 
+def rows_to(x: torch.Tensor, idx: torch.Tensor | slice, device: torch.device) -> torch.Tensor:
+    """Rows ``idx`` of ``x`` on ``device``. From host memory to a GPU they are
+    gathered into pinned (page-locked) memory first, so the copy is asynchronous:
+    a copy from pageable memory makes CUDA wait for the stream to drain, a
+    host–device sync every batch. The pinned blocks come from torch's caching
+    host allocator, which reuses a block only once its copy has finished."""
+    if device.type != "cuda" or x.device.type != "cpu":
+        return x[idx].to(device, non_blocking=True)
+    if isinstance(idx, slice):
+        rows = x[idx]
+        staged = torch.empty(rows.shape, dtype=rows.dtype, pin_memory=True).copy_(rows)
+    else:
+        staged = torch.empty((idx.shape[0], *x.shape[1:]), dtype=x.dtype, pin_memory=True)
+        torch.index_select(x, 0, idx, out=staged)
+    return staged.to(device, non_blocking=True)
+
+
 def gather(inputs: Mapping[str, torch.Tensor], normalize: Mapping[str, NormalizeFn],
            idx: torch.Tensor | slice, device: torch.device,
            present: Mapping[str, torch.Tensor] | None = None,
@@ -37,9 +54,9 @@ def gather(inputs: Mapping[str, torch.Tensor], normalize: Mapping[str, Normalize
     sample's values become 0 (the train mean; padding for token ids)."""
     batch, masks = {}, {}
     for m, x in inputs.items():
-        value = normalize[m](x[idx].to(device, non_blocking=True))
+        value = normalize[m](rows_to(x, idx, device))
         if present is not None and m in present:
-            keep = present[m][idx].to(device, non_blocking=True)
+            keep = rows_to(present[m], idx, device)
             masks[m] = keep
             value = value * keep.view(-1, *([1] * (value.dim() - 1))).to(value.dtype)
         batch[m] = value

@@ -31,6 +31,7 @@ from app.ml.training.batches import (
     categorical_columns,
     data_device,
     gather,
+    rows_to,
     vocab_sizes,
     with_own_codes,
 )
@@ -136,7 +137,7 @@ class ClassifierObjective(Objective):
         batch, masks = gather(self.train_inputs, self.normalize, idx, self.device,
                               self.train_present)
         batch = augment_batch(batch, self.kinds, self.spec, generators["augment"])
-        y = self.train_labels[idx].to(self.device, non_blocking=True)
+        y = rows_to(self.train_labels, idx, self.device)
         active = self.mix_spec.active_at(epoch, self.spec.epochs)
         mixed = mix(batch, y, self.task_mix if active else self.no_mix, generators["mix"],
                     self.num_classes, kinds={m: self.kinds[m] for m in self.modalities},

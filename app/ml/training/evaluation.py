@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 import torch
 
 from app.ml.tasks import CLASSIFICATION, Task, get_task
-from app.ml.training.batches import gather, noisy
+from app.ml.training.batches import gather, noisy, rows_to
 
 Inputs = torch.Tensor | Mapping[str, torch.Tensor]
 Normalize = Callable[[torch.Tensor], torch.Tensor] | Mapping[str, Callable]
@@ -54,7 +54,7 @@ def predict(model: torch.nn.Module, images: Inputs, normalize: Normalize,
             n = next(iter(x.values())).shape[0]
             masks.update({m: torch.zeros(n, dtype=torch.bool, device=device) for m in absent})
         else:
-            x = normalize(images[rows].to(device, non_blocking=True))  # type: ignore[operator]
+            x = normalize(rows_to(images, rows, device))  # type: ignore[operator]
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             out = model(x, None, masks) if multimodal else model(x)
             logits.append(out.float())

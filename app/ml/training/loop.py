@@ -20,6 +20,7 @@ from app.ml.resume import ResumePoint
 from app.ml.training.checkpoints import LoopState, Selection, capture, restore, snapshot
 from app.ml.training.clock import ProgressClock, StepPlan
 from app.ml.training.distributed import SOLO, Ranks, rank_seed
+from app.ml.training.fast import Speed, align_optimizer_state
 from app.ml.training.hooks import TrainHooks, TrainResult, emit_checkpoint
 from app.ml.training.recipe import build_ema, build_optimizer, clip_gradients, lr_factor, set_lr
 from app.ml.training.spec import TrainSpec
@@ -81,9 +82,7 @@ def run(objective: Objective, spec: TrainSpec, hooks: TrainHooks, device: torch.
     """Train ``objective.model`` by ``spec``'s recipe; see the module docstring and,
     for several processes, ``app.ml.training.distributed``."""
     model = objective.model
-    # train_loss reaches the model through objective.model: DDP must see each step
-    objective.model = ranks.wrap(model)
-    try:
+    try:  # _run swaps in the DDP replica
         return _run(objective, model, spec, hooks if ranks.is_leader else TrainHooks(),
                     device, home, resume, ranks)
     finally:
@@ -93,6 +92,7 @@ def run(objective: Objective, spec: TrainSpec, hooks: TrainHooks, device: torch.
 def _run(objective: Objective, model: nn.Module, spec: TrainSpec, hooks: TrainHooks,
          device: torch.device, home: torch.device, resume: ResumePoint | None,
          ranks: Ranks) -> TrainResult:
+    speed = Speed.prepare(model, device)  # first: the optimizer and the average copy its layout
     optimizer = build_optimizer(model, spec, objective.no_decay)
     # only rank 0 evaluates, so only it keeps the weight average
     ema = build_ema(model, spec.ema) if ranks.is_leader else None
@@ -103,6 +103,13 @@ def _run(objective: Objective, model: nn.Module, spec: TrainSpec, hooks: TrainHo
     if resume is not None:
         state = restore(ranks.own_point(resume), model, optimizer, generators, device, ema,
                         selection)
+        align_optimizer_state(optimizer)
+    if spec.compile and state.epoch < spec.epochs:
+        # each rank compiles alone, on its own share's shape, before DDP wraps the model
+        speed.compile(model, lambda: _probe(objective, spec, home, device, state.epoch + 1,
+                                            ranks))
+    # train_loss reaches the model through objective.model: DDP must see each step
+    objective.model = ranks.wrap(model)
 
     def evaluated() -> nn.Module:
         return ema.module if ema is not None else model
@@ -110,8 +117,11 @@ def _run(objective: Objective, model: nn.Module, spec: TrainSpec, hooks: TrainHo
     plan = StepPlan.of(objective.n_train, spec.batch_size, spec.epochs, ranks.world_size)
     spe = plan.steps_per_epoch
     log_every = spec.log_every_steps or max(1, math.ceil(spe / STEP_POINTS_PER_EPOCH))
-    device_name = ranks.describe(describe(device))
-    hooks.on_start(device_name, plan.total_steps)
+
+    def device_name() -> str:  # a compile that fails later shows in it
+        return ranks.describe(describe(device, speed.notes()))
+
+    hooks.on_start(device_name(), plan.total_steps)
     clock = ProgressClock(plan, spec.batch_size, objective.n_train, first_step=state.step)
     point: ResumePoint | None = resume
     weights: dict[str, torch.Tensor] | None = None
@@ -128,7 +138,7 @@ def _run(objective: Objective, model: nn.Module, spec: TrainSpec, hooks: TrainHo
         clock.start_epoch()
         for b in range(spe):
             if ranks.any(hooks.should_stop()):  # rank 0 decides, every rank stops here
-                return TrainResult("stopped", device_name, state.epoch, state.step,
+                return TrainResult("stopped", device_name(), state.epoch, state.step,
                                    state.last_metrics)
             lr = spec.lr * lr_factor(spec, state.step, spe)
             set_lr(optimizer, lr)
@@ -181,7 +191,7 @@ def _run(objective: Objective, model: nn.Module, spec: TrainSpec, hooks: TrainHo
         done = selection.should_stop
 
     if not ranks.is_leader:  # the others only train; rank 0 tests and saves
-        return TrainResult("completed", device_name, state.epoch, state.step,
+        return TrainResult("completed", device_name(), state.epoch, state.step,
                            state.last_metrics)
 
     final_model = evaluated()
@@ -209,7 +219,28 @@ def _run(objective: Objective, model: nn.Module, spec: TrainSpec, hooks: TrainHo
                     selected, _metadata(objective, state, temperature,
                                         selection.best_epoch if spec.checkpoint == "best"
                                         else None), point)
-    return TrainResult("completed", device_name, state.epoch, state.step, final, report)
+    # a compile that failed after the start is in the result's device string
+    return TrainResult("completed", device_name(), state.epoch, state.step, final, report)
+
+
+def _probe(objective: Objective, spec: TrainSpec, home: torch.device, device: torch.device,
+           epoch: int, ranks: Ranks = SOLO) -> None:
+    """One training step's forward and backward on the first rows, with generators
+    of its own, so that a compiled model compiles before the run starts. Torch's
+    RNG (dropout), the model's buffers (BatchNorm statistics) and its gradients
+    are left as they were: the run trains as it would have without it."""
+    model = objective.model
+    saved = [b.detach().clone() for b in model.buffers()]
+    rows = ranks.shard(torch.arange(min(spec.batch_size, objective.n_train), device=home))
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        model.train()
+        try:
+            objective.train_loss(rows, epoch, make_generators(spec.seed, home, device)).backward()
+        finally:
+            model.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for buffer, value in zip(model.buffers(), saved, strict=True):
+                    buffer.copy_(value)
 
 
 def _metadata(objective: Objective, state: LoopState, temperature: float | None,

@@ -7,8 +7,10 @@ schedulers in the tests: ``cosine`` = LinearLR warm-up then CosineAnnealingLR,
 ``step`` = MultiStepLR, ``onecycle`` = OneCycleLR (cosine, no momentum cycling).
 """
 
+import itertools
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,10 +36,13 @@ def build_optimizer(model: nn.Module, spec: TrainSpec,
         (plain if p.dim() < 2 or name in skip else decay).append(p)
     groups = [{"params": decay, "weight_decay": spec.weight_decay},
               {"params": plain, "weight_decay": 0.0}]
+    # on CUDA one fused kernel updates every parameter, and AdamW's step counts
+    # stay on the device; elsewhere torch's default (foreach) implementation
+    fused = True if decay + plain and all(p.is_cuda for p in decay + plain) else None
     if spec.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum,
-                               nesterov=spec.nesterov and spec.momentum > 0)
-    return torch.optim.AdamW(groups, lr=spec.lr)
+                               nesterov=spec.nesterov and spec.momentum > 0, fused=fused)
+    return torch.optim.AdamW(groups, lr=spec.lr, fused=fused)
 
 
 def _cos_anneal(start: float, end: float, pct: float) -> float:
@@ -77,9 +82,49 @@ def clip_gradients(model: nn.Module, max_norm: float | None) -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm, foreach=True)
 
 
-def build_ema(model: nn.Module, decay: float | None) -> AveragedModel | None:
-    """torch's exponential moving average of the weights, buffers (BatchNorm
+class WeightAverage(AveragedModel):
+    """torch's EMA ``AveragedModel`` (same state, same arithmetic as
+    ``get_ema_multi_avg_fn``: the first update copies, later ones lerp by
+    1 − decay), with an update that never waits for the device.
+
+    torch's ``update_parameters`` tests its ``n_averaged`` counter (a host tensor)
+    and copies it to the device every step; on CUDA that blocking copy waits for
+    every queued kernel. Here the count is mirrored in a Python int, set when
+    the average is made or loaded, outside the steps."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        super().__init__(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        self.decay = decay
+        self._count = 0
+
+    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        result = super().load_state_dict(*args, **kwargs)
+        self._count = int(self.n_averaged)
+        return result
+
+    @torch.no_grad()
+    def update_parameters(self, model: nn.Module) -> None:
+        pairs = [(a.detach(), p.detach()) for a, p in zip(
+            itertools.chain(self.module.parameters(), self.module.buffers()),
+            itertools.chain(model.parameters(), model.buffers()), strict=True)]
+        if self._count == 0:
+            for averaged, live in pairs:
+                averaged.copy_(live)
+        else:
+            floats = [(a, p) for a, p in pairs if a.is_floating_point() or a.is_complex()]
+            if floats:
+                torch._foreach_lerp_([a for a, _ in floats], [p for _, p in floats],
+                                     1 - self.decay)
+            for averaged, live in pairs:  # integer buffers (num_batches_tracked), as torch
+                if not (averaged.is_floating_point() or averaged.is_complex()):
+                    averaged.copy_(averaged * self.decay + live * (1 - self.decay))
+        self.n_averaged += 1
+        self._count += 1
+
+
+def build_ema(model: nn.Module, decay: float | None) -> WeightAverage | None:
+    """An exponential moving average of the weights, buffers (BatchNorm
     statistics) included, so the average is a model that can be evaluated as is."""
     if decay is None:
         return None
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    return WeightAverage(model, decay)

@@ -82,9 +82,11 @@ class TrainSpec:
     how often the per-step training loss and the learning rate enter the
     metric history (None: about 10 times an epoch); they are buffered on the
     device and read once an epoch. ``calibration``: ``temperature`` fits T on
-    the validation split of the kept model. ``world_size``: processes the run
-    trains on (``app.ml.training.distributed``); ``batch_size`` stays the global
-    batch, split across them.
+    the validation split of the kept model. ``compile``: ``torch.compile`` the
+    model's training forward (``app.ml.training.fast``); where it cannot
+    compile, the run trains eagerly and its device string says why.
+    ``world_size``: processes the run trains on (``app.ml.training.distributed``);
+    ``batch_size`` stays the global batch, split across them.
     """
 
     epochs: int = 100
@@ -110,6 +112,7 @@ class TrainSpec:
     device: str = "auto"
     eval_batch_size: int = 1024
     calibration: str = "temperature"
+    compile: bool = False
     world_size: int = 1
 
     def __post_init__(self) -> None:
