@@ -123,3 +123,20 @@ def lead_until_peer_fails(ranks: Any) -> None:
     """Rank 0's side of the failure tests: collectives until one fails."""
     while not ranks.any(False):
         pass
+
+
+def follow_compiled(rank: int, rendezvous: Rendezvous, epochs: int) -> dict[str, Any]:
+    """``recipe(2, epochs)`` with ``compile`` on, through dynamo's ``eager`` backend
+    (tracing without Inductor: quick, no C++ compiler)."""
+    from dataclasses import replace
+
+    from app.ml.training import fast
+
+    fast.COMPILE_BACKEND = "eager"
+    torch.set_num_threads(1)
+    with joined(rendezvous, rank, torch.device("cpu")) as ranks:
+        result = train(load_digits(), MODEL, MIXING,
+                       replace(recipe(rendezvous.world_size, epochs), compile=True),
+                       ranks=ranks)
+    return {"status": result.status, "steps": result.steps, "device": result.device,
+            "metrics": result.metrics}

@@ -230,6 +230,28 @@ def test_a_stop_rank_0_decides_stops_every_rank_at_the_same_step(digits):
     assert (followers[1]["status"], followers[1]["steps"]) == ("stopped", 25)
 
 
+def test_compiled_ranks_each_compile_alone_and_train_as_the_eager_ones(digits, runs,
+                                                                      monkeypatch):
+    """training.compile with two ranks: each compiles in its probe step before DDP
+    wraps the model (dynamo's eager backend here), and the run is the eager one's."""
+    from dataclasses import replace
+
+    from app.ml.training import fast
+
+    monkeypatch.setattr(fast, "COMPILE_BACKEND", "eager")
+    _, two, followers, _ = runs
+
+    def lead(ranks: Ranks):  # type: ignore[no-untyped-def]
+        return train(digits, MODEL, MIXING, replace(spec(2), compile=True), ranks=ranks)
+
+    compiled, others = launch_local(lead, ddp_ranks.follow_compiled, (EPOCHS,), 2, CPU,
+                                    TIMEOUT_S)
+    assert compiled.device == others[1]["device"] == "2× cpu (1 thread, fp32, compiled, gloo)"
+    assert {k: v for k, v in compiled.metrics.items() if k != "train_time_s"} == \
+        {k: v for k, v in two.metrics.items() if k != "train_time_s"}
+    assert others[1]["metrics"] == followers[1]["metrics"]
+
+
 def test_a_resume_point_of_another_world_size_is_refused(digits, runs):
     point = runs[3].point
     assert point is not None
