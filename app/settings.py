@@ -98,6 +98,22 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(default=None, ge=1, le=1024)
     progress_flush_s: float = Field(default=1.0, gt=0)
 
+    # Data-parallel runs (training.world_size; worker.ranks, docs/distributed.md): the
+    # API refuses more than max_world_size processes; a worker offers a run up to
+    # gpu_world_size GPUs (default: those it sees) or cpu_world_size CPU processes
+    # (default: its cores), and fails at the claim a run that asks for more.
+    max_world_size: int = Field(default=8, ge=1, le=1024,
+                                description="The largest training.world_size accepted.")
+    gpu_world_size: int | None = Field(default=None, ge=1, le=1024,
+                                       description="GPUs this worker gives one run (one "
+                                                   "process each, NCCL); default: all it sees.")
+    cpu_world_size: int | None = Field(default=None, ge=1, le=1024,
+                                       description="CPU processes this worker gives one run "
+                                                   "(gloo); default: its CPU cores.")
+    # how long a run's ranks wait for one another: to start, and in each collective
+    # (rank 0 validates alone while the others wait)
+    dist_timeout_s: float = Field(default=1800.0, gt=0)
+
     # every process's stderr: one JSON object per line (with run_id, attempt and
     # project_id inside a run, app.observability.logs) or plain text
     log_format: Literal["json", "text"] = "json"

@@ -49,6 +49,10 @@ os.environ.update({
     "MIXLAB_RECONCILE_INTERVAL_S": "0",
     # file:// dataset URIs may point here only (tests put files in it)
     "MIXLAB_IMPORT_ROOTS": str(TMP / "imports"),
+    # data-parallel runs: workers offer two CPU processes whatever the machine has, and
+    # ranks that lose each other give up within two minutes
+    "MIXLAB_CPU_WORLD_SIZE": "2",
+    "MIXLAB_DIST_TIMEOUT_S": "120",
 })
 (TMP / "imports").mkdir()
 

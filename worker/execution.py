@@ -36,6 +36,7 @@ from app.storage import (
     resume_key_beside,
     run_prefix,
 )
+from worker import ranks
 from worker.reporter import RunReporter
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,10 @@ def load_resume_point(store: ArtifactStore, checkpoint_key: str | None) -> Resum
 
 def _train(data: PreparedDataset, plan: RunPlan, reporter: RunReporter,
            resume: ResumePoint | None,
-           init_weights: dict[str, torch.Tensor] | None = None) -> TrainResult:
+           init_weights: dict[str, torch.Tensor] | None = None,
+           job: ranks.Job | None = None) -> TrainResult:
+    if plan.training.world_size > 1 and job is not None:
+        return ranks.train_ranks(data, plan, reporter, resume, init_weights, job)
     if plan.task == "retrieval":
         assert plan.retrieval_query is not None and plan.retrieval_target is not None
         return train_retrieval(data, plan.model, plan.mixing, plan.training, reporter,
@@ -116,7 +120,7 @@ def execute_run(run_id: uuid.UUID) -> str:
     requeues it to resume from its last checkpoint.
     """
     try:
-        claimed = run_attempt.claim(run_id)
+        claimed = run_attempt.claim(run_id, refuse=ranks.refusal)
     except run_attempt.AtCapacity as full:
         # stays queued; the reconciler publishes it again once the message is gone
         log.info("run %s deferred: %s", run_id, full)
@@ -160,11 +164,19 @@ def _execute_claimed(run_id: uuid.UUID, claimed: run_attempt.Claimed,
         # loaded on every attempt: one resumed from a point overwrites them, one that
         # starts over (no point yet) needs them, and both report what the start held
         source, tensors = load_start(claimed.project_id, plan.start, store) or (None, None)
-        result = _train(data, plan, reporter, resume, tensors)
+        job = ranks.Job(run_id, attempt, claimed.project_id, str(claimed.dataset.artifact_key),
+                        resume_key_beside(claimed.previous_checkpoint)
+                        if resume is not None and claimed.previous_checkpoint else None)
+        result = _train(data, plan, reporter, resume, tensors, job)
         del tensors  # CPU copies: the model holds what loaded
+    except ranks.RankFailed as exc:
+        # a rank that died (a lost process) is an interruption: the next attempt resumes
+        log.error("run %s: %s%s", run_id, exc, f"\n{exc.detail}" if exc.detail else "")
+        outcome: Outcome = Interrupted(str(exc)) if exc.died else Failed(str(exc))
+        result = None
     except Exception as exc:
         log.error("run %s failed:\n%s", run_id, traceback.format_exc())
-        outcome: Outcome = Failed(f"{type(exc).__name__}: {exc}")
+        outcome = Failed(f"{type(exc).__name__}: {exc}")
         result = None
 
     if result is not None:

@@ -269,6 +269,8 @@ def train_retrieval(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixS
     """
     if not (math.isfinite(m3mix_weight) and m3mix_weight >= 0):
         raise ValueError("retrieval.m3mix_weight: must be a finite number >= 0")
+    if spec.world_size != 1:  # in-batch negatives would shrink to each rank's share
+        raise ValueError("training.world_size: retrieval trains on one process")
     kinds = _check(data, mix_spec.method, spec, query, target)
     for field, problem in recipe_problems(spec, METRIC_NAMES, list(kinds.values())):
         raise ValueError(f"training.{field}: {problem}")

@@ -18,6 +18,7 @@ from app.observability.logs import CapturedLine
 from app.runs import logs as run_logs
 from app.runs import service
 from app.runs.queue import enqueue_run
+from app.runs.spec import RunPlan
 from app.schemas.experiments import ModelSpecIn
 from app.services import initial_weights, limits
 from app.settings import get_settings
@@ -42,14 +43,17 @@ def forget_inherited_connections() -> None:
     get_engine().dispose(close=False)
 
 
-def claim(run_id: uuid.UUID) -> service.Claimed | service.Rejected | None:
-    """``app.runs.service.claim`` under the project's ``running_runs`` limit."""
+def claim(run_id: uuid.UUID, refuse: Callable[[RunPlan], str | None] | None = None
+          ) -> service.Claimed | service.Rejected | None:
+    """``app.runs.service.claim`` under the project's ``running_runs`` limit; ``refuse``
+    says why this worker cannot train a plan (None: it can)."""
     settings = get_settings()
 
     def take() -> service.Claimed | service.Rejected | None:
         with session_scope() as session:
             return service.claim(session, run_id,
-                                 lambda project: limits.effective(settings, project).running_runs)
+                                 lambda project: limits.effective(settings, project).running_runs,
+                                 refuse)
 
     return retry_db(take, f"claiming run {run_id}", settings.db_retry_s)
 

@@ -102,12 +102,14 @@ def _check_capacity(session: Session, run_id: uuid.UUID,
 
 
 def claim(session: Session, run_id: uuid.UUID,
-          running_limit: Callable[[Project], int] | None = None
+          running_limit: Callable[[Project], int] | None = None,
+          refuse: Callable[[run_spec.RunPlan], str | None] | None = None
           ) -> Claimed | Rejected | None:
     """Move a queued run to running for this worker, its spec parsed first; None if
     someone else has it, it was cancelled, or it no longer exists. A spec that
-    does not parse fails the run here (``Rejected``), before anything trains.
-    With ``running_limit`` (the project's ``running_runs``), raises
+    does not parse fails the run here (``Rejected``), before anything trains, and
+    so does a plan ``refuse`` gives a reason for (more processes than the worker
+    offers). With ``running_limit`` (the project's ``running_runs``), raises
     ``AtCapacity`` while the project has that many running."""
     if running_limit is not None and not _check_capacity(session, run_id, running_limit):
         return None
@@ -120,9 +122,10 @@ def claim(session: Session, run_id: uuid.UUID,
         plan = run_spec.parse(experiment.name, experiment.dataset_id, experiment.task,
                               experiment.spec)
     except run_spec.SpecError as exc:
-        rejected = transition(session, run_id, Action.REJECT, error=plain(str(exc)))
-        session.commit()
-        return Rejected(run_id, str(exc)) if rejected else None
+        return _reject(session, run_id, str(exc))
+    problem = refuse(plan) if refuse is not None else None
+    if problem is not None:
+        return _reject(session, run_id, problem)
     now = utcnow()
     claimed = transition(session, run_id, Action.CLAIM, guard=[Run.cancel_requested.is_(False)],
                          started_at=now, heartbeat_at=now, worker_host=socket.gethostname(),
@@ -133,6 +136,12 @@ def claim(session: Session, run_id: uuid.UUID,
     session.refresh(run)
     return Claimed(run_id, run.attempt, plan, experiment.dataset, experiment.project_id,
                    run.checkpoint_key)
+
+
+def _reject(session: Session, run_id: uuid.UUID, error: str) -> Rejected | None:
+    rejected = transition(session, run_id, Action.REJECT, error=plain(error))
+    session.commit()
+    return Rejected(run_id, error) if rejected else None
 
 
 def _mine(run_id: uuid.UUID, attempt: int | None) -> Update:

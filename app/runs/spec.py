@@ -6,7 +6,7 @@ run at once with the reason, instead of leaving it ``running`` for the reaper.
 """
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
@@ -35,6 +35,9 @@ class RunPlan:
     retrieval_target: str | None = None
     m3mix_weight: float = 1.0
     time_limit_s: float | None = None
+    # the stored fields it was parsed from (JSON), for processes that parse it again:
+    # the other ranks of a data-parallel run
+    source: dict[str, Any] | None = field(default=None, compare=False)
 
 
 def _problems(exc: ValidationError) -> str:
@@ -56,7 +59,9 @@ def parse(name: str, dataset_id: uuid.UUID, task: str, spec: dict[str, Any]) -> 
                        retrieval_query=retrieval.query if retrieval else None,
                        retrieval_target=retrieval.target if retrieval else None,
                        m3mix_weight=retrieval.m3mix_weight if retrieval else 1.0,
-                       time_limit_s=request.training.time_limit_s)
+                       time_limit_s=request.training.time_limit_s,
+                       source={"name": name, "dataset_id": str(dataset_id), "task": task,
+                               "spec": spec})
     except ValidationError as exc:
         raise SpecError(f"the stored spec does not parse: {_problems(exc)}") from None
     except SpecError:

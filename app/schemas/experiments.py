@@ -15,6 +15,7 @@ from pydantic import (
 from app.ml.models import ModelSpec
 from app.ml.models.spec import default_depth, default_width
 from app.ml.training import EarlyStopping, TrainSpec
+from app.ml.training.spec import world_size_problem
 from app.schemas.augmentation import AugmentationSpec
 from app.schemas.common import StrictModel
 
@@ -242,6 +243,12 @@ class TrainingSpecIn(StrictModel):
         None, ge=1, le=30 * 24 * 3600,
         description="Wall-clock limit of one attempt, from its claim; past it the run "
                     "stops at its next step and fails with the reason.")
+    world_size: int = Field(
+        1, ge=1, le=1024,
+        description="Processes the run trains on, data-parallel: one per GPU of the worker "
+                    "(NCCL), or CPU processes (gloo). batch_size stays the global batch, "
+                    "split across them; lr and the schedule are unchanged. At most "
+                    "MIXLAB_MAX_WORLD_SIZE and what the worker offers (docs/distributed.md).")
 
     @field_validator("warmup_epochs")
     @classmethod
@@ -273,6 +280,15 @@ class TrainingSpecIn(StrictModel):
     def _nesterov_momentum(cls, value: bool, info: ValidationInfo) -> bool:
         if value and info.data.get("optimizer") == "sgd" and info.data.get("momentum") == 0:
             raise ValueError("needs momentum > 0 (or set nesterov to false)")
+        return value
+
+    @field_validator("world_size")
+    @classmethod
+    def _world_size_fits(cls, value: int, info: ValidationInfo) -> int:
+        problem = world_size_problem(value, info.data.get("batch_size", 2 * value),
+                                     info.data.get("device", "auto"))
+        if problem:
+            raise ValueError(problem)
         return value
 
     def to_ml(self) -> TrainSpec:

@@ -22,7 +22,10 @@ class Progress(BaseModel):
 
 class WorkerInfo(BaseModel):
     host: str | None
-    device: str | None
+    device: str | None = Field(description="What the run trains on, e.g. \"cpu (1 thread, "
+                                           "fp32)\" or \"2× cpu (1 thread, fp32, gloo)\".")
+    world_size: int = Field(1, description="Processes the run trains on "
+                                           "(training.world_size).")
 
 
 class ShapeMismatch(BaseModel):

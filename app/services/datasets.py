@@ -213,6 +213,12 @@ _cache = _PreparedCache()
 def load_prepared(store: ArtifactStore, dataset: Dataset) -> PreparedDataset:
     key = require_ready(dataset).artifact_key
     assert key is not None
+    return load_prepared_at(store, key)
+
+
+def load_prepared_at(store: ArtifactStore, key: str) -> PreparedDataset:
+    """A ready dataset's prepared form by its artifact key (a run's other ranks,
+    which have the key and no database session)."""
     return _cache.get(key, lambda: from_bytes(store.get(key)))
 
 

@@ -51,6 +51,19 @@ def _check_recipe(request: ExperimentCreate, kinds: dict[str, str],
         found.add(("body", "training", *field.split(".")), problem)
 
 
+def _check_world_size(request: ExperimentCreate, most: int, found: FieldErrorCollector) -> None:
+    """training.world_size against the deployment's maximum and the task."""
+    world_size = request.training.world_size
+    if world_size > most:
+        found.add(("body", "training", "world_size"),
+                  f"{world_size} processes asked; this deployment allows at most {most} "
+                  "(MIXLAB_MAX_WORLD_SIZE)")
+    elif world_size > 1 and request.task == "retrieval":
+        found.add(("body", "training", "world_size"),
+                  "retrieval trains on one process (its in-batch negatives would shrink to "
+                  "each process's share)")
+
+
 def _check_image_model(request: ExperimentCreate, summary: dict[str, Any],
                        kinds: dict[str, str]) -> int:
     """An image classifier's model against the dataset; the layers it mixes at."""
@@ -126,6 +139,7 @@ def validate_fields(session: Session, project_id: uuid.UUID, request: Experiment
     found = FieldErrorCollector()
     _validate_against_dataset(request, dataset, found)
     settings = get_settings()
+    _check_world_size(request, settings.max_world_size, found)
     with found.check():
         limits.check_epoch_samples(session, settings, project_id, request, dataset.summary)
     if not found.any_under("body", "model") and not found.any_under("body", "task") \
@@ -165,7 +179,8 @@ def build(project_id: uuid.UUID, request: ExperimentCreate, dataset: Dataset) ->
     # the plan the worker's loop reports at its start, known now: a queued run and
     # the first poll after its claim already say how many steps it takes
     plan = StepPlan.of(int(dataset.summary["split_sizes"]["train"]),
-                       request.training.batch_size, request.training.epochs)
+                       request.training.batch_size, request.training.epochs,
+                       request.training.world_size)
     experiment.runs.append(new_run(total_steps=plan.total_steps))
     return experiment
 

@@ -36,6 +36,7 @@ from app.ml.training.batches import (
     with_own_codes,
 )
 from app.ml.training.checks import recipe_problems
+from app.ml.training.distributed import SOLO, Ranks
 from app.ml.training.evaluation import Split, predict, robustness
 from app.ml.training.hooks import TrainHooks, TrainResult
 from app.ml.training.loop import Objective, run
@@ -178,7 +179,8 @@ class ClassifierObjective(Objective):
 def train(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixSpec,
           spec: TrainSpec, hooks: TrainHooks | None = None, *,
           task: str | Task = CLASSIFICATION, resume: ResumePoint | None = None,
-          init_weights: Mapping[str, torch.Tensor] | None = None) -> TrainResult:
+          init_weights: Mapping[str, torch.Tensor] | None = None,
+          ranks: Ranks = SOLO) -> TrainResult:
     """Train a model for ``task`` on ``data`` with ``mix_spec`` mixing by the
     recipe ``spec``. Raises ``ValueError`` when the task or model does not fit
     the data.
@@ -190,10 +192,15 @@ def train(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixSpec,
     ``resume`` (a point saved by an earlier attempt of the same run) continues
     after its epoch with every state of the loop, so the result is the one the
     uninterrupted run would have given on the same device.
+    ``ranks``: this process's place in a run of ``spec.world_size`` processes
+    (``app.ml.training.distributed.joined``); its device is the rank's own.
     """
     task = get_task(task)
     task.check(data)
-    device = resolve_device(spec.device)
+    if spec.world_size != ranks.world_size:
+        raise ValueError(f"training.world_size: {spec.world_size}, but this process trains in "
+                         f"a group of {ranks.world_size} (app.ml.training.distributed)")
+    device = ranks.device or resolve_device(spec.device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(spec.seed)
         objective = ClassifierObjective(data, model_spec, mix_spec, spec, task, device)
@@ -203,6 +210,7 @@ def train(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixSpec,
         match = None
         if init_weights is not None:
             match = load_matching(objective.model, init_weights)
-        result = run(objective, spec, hooks or TrainHooks(), device, objective.home, resume)
+        result = run(objective, spec, hooks or TrainHooks(), device, objective.home, resume,
+                     ranks)
     result.init = match.to_json() if match is not None else None
     return result

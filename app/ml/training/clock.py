@@ -10,15 +10,18 @@ from app.ml.training.hooks import Progress
 class StepPlan:
     """How many steps a run takes. A last batch of one is dropped: it cannot be
     mixed (and has no negatives for a contrastive loss) and breaks BatchNorm; a
-    different sample each epoch, since the order is reshuffled."""
+    different sample each epoch, since the order is reshuffled. Over
+    ``world_size`` ranks, a last batch that leaves a rank fewer than two rows is
+    dropped for the same reason."""
     steps_per_epoch: int
     samples_per_epoch: int
     total_steps: int
 
     @classmethod
-    def of(cls, n_train: int, batch_size: int, epochs: int) -> "StepPlan":
+    def of(cls, n_train: int, batch_size: int, epochs: int,
+           world_size: int = 1) -> "StepPlan":
         steps = -(-n_train // batch_size)
-        if n_train > 1 and n_train % batch_size == 1:
+        if steps > 1 and 0 < n_train % batch_size < 2 * world_size:
             steps -= 1
         return cls(steps, min(steps * batch_size, n_train), steps * epochs)
 

@@ -24,6 +24,19 @@ def metric_mode(metric: str) -> str:
     return "min" if any(metric.endswith(s) for s in _LOWER_IS_BETTER) else "max"
 
 
+def world_size_problem(world_size: int, batch_size: int, device: str) -> str | None:
+    """Why a run cannot train on ``world_size`` processes, or None."""
+    if world_size < 1:
+        return "must be >= 1"
+    if world_size > 1 and batch_size < 2 * world_size:
+        return (f"batch_size {batch_size} is split across {world_size} processes and each "
+                f"must mix at least 2 samples: use a batch_size of {2 * world_size} or more")
+    if world_size > 1 and ":" in device:
+        return (f"each of the {world_size} processes takes a device of its own: set device to "
+                f"auto, cpu or cuda, not {device}")
+    return None
+
+
 @dataclass(frozen=True)
 class EarlyStopping:
     """Stop once ``metric`` (a validation metric, e.g. ``val_acc``) has not
@@ -72,6 +85,8 @@ class TrainSpec:
     the validation split of the kept model. ``compile``: ``torch.compile`` the
     model's training forward (``app.ml.training.fast``); where it cannot
     compile, the run trains eagerly and its device string says why.
+    ``world_size``: processes the run trains on (``app.ml.training.distributed``);
+    ``batch_size`` stays the global batch, split across them.
     """
 
     epochs: int = 100
@@ -98,6 +113,7 @@ class TrainSpec:
     eval_batch_size: int = 1024
     calibration: str = "temperature"
     compile: bool = False
+    world_size: int = 1
 
     def __post_init__(self) -> None:
         choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "checkpoint": CHECKPOINTS,
@@ -138,6 +154,9 @@ class TrainSpec:
                              f"not {self.checkpoint_metric!r}")
         if self.log_every_steps is not None and self.log_every_steps < 1:
             raise ValueError("log_every_steps: must be >= 1")
+        problem = world_size_problem(self.world_size, self.batch_size, self.device)
+        if problem:
+            raise ValueError(f"world_size: {problem}")
 
     @property
     def warmup(self) -> int:
