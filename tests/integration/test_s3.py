@@ -187,7 +187,7 @@ def s3_dataset(s3_stack: S3Stack, bucket: Any) -> dict[str, Any]:
 def test_a_dataset_is_imported_from_s3_and_prepared_into_the_bucket(
         s3_stack: S3Stack, bucket: Any, s3_dataset: dict[str, Any]) -> None:
     assert bucket.exists(f"{BUCKET}/artifacts/datasets/{s3_dataset['id']}/"
-                         "prepared.safetensors")
+                         "prepared/index.safetensors")
     # the project's own prefix ({project} = tests) is allowed, another project's is not
     bucket.pipe(f"{BUCKET}/projects/tests/mine.npz", _npz())
     bucket.pipe(f"{BUCKET}/projects/other/theirs.npz", _npz())

@@ -82,6 +82,14 @@ class PreparedDataset:
         chosen = torch.nonzero(self.labels[index], as_tuple=False).flatten().tolist()
         return "+".join(self.class_names[k] for k in chosen) or "(none)"
 
+    def to_resident(self) -> "PreparedDataset":
+        """The dataset as tensors: itself (``ShardedDataset`` reads its shards)."""
+        return self
+
+    def close(self) -> None:
+        """Release what reading it holds: nothing for tensors (``ShardedDataset``
+        unmaps its shards)."""
+
     def value_range(self, modality: str) -> tuple[float, float]:
         t = self.inputs[modality]
         if t.dtype == torch.uint8:
