@@ -49,9 +49,10 @@ STATS_SEED_OFFSET = 5
 
 @dataclass(frozen=True)
 class EpochPlan:
-    """One epoch's order of train positions, and at which batch to ask for which
-    shards (indices into the dataset's shard list)."""
+    """One epoch's order of train positions, where in it each window starts, and
+    at which batch to ask for which shards (indices into the dataset's list)."""
     order: torch.Tensor
+    starts: list[int]
     hints: dict[int, list[int]]
 
 
@@ -62,19 +63,20 @@ def window_order(blocks: Sequence[tuple[int, int, int]], window: int, n_train: i
     window holds."""
     if len(blocks) <= window:
         order = torch.randperm(n_train, generator=generator, device=generator.device)
-        return EpochPlan(order, {0: [k for k, _, _ in blocks]})
+        return EpochPlan(order, [0], {0: [k for k, _, _ in blocks]})
     perm = torch.randperm(len(blocks), generator=generator).tolist()
     windows = [perm[w:w + window] for w in range(0, len(perm), window)]
     parts: list[torch.Tensor] = []
     hints: dict[int, list[int]] = {0: [blocks[i][0] for i in windows[0]]}
-    at = 0
+    starts, at = [], 0
     for w, members in enumerate(windows):  # one pass per window, not per row
         rows = torch.cat([torch.arange(blocks[i][1], blocks[i][2]) for i in members])
         parts.append(rows[torch.randperm(rows.numel(), generator=generator)])
         if w + 1 < len(windows):  # the next window is paged in while this one trains
             hints.setdefault(at // batch_size, []).extend(blocks[i][0] for i in windows[w + 1])
+        starts.append(at)
         at += rows.numel()
-    return EpochPlan(torch.cat(parts), hints)
+    return EpochPlan(torch.cat(parts), starts, hints)
 
 
 class BatchReader:
