@@ -3,6 +3,7 @@
 writing, the remote cache's bound, and the resident-or-streamed choice."""
 
 import gc
+import uuid
 from pathlib import Path
 
 import fsspec
@@ -19,7 +20,8 @@ from app.ml.data.shards import (
     open_sharded,
     write_sharded,
 )
-from app.services import prepared_data
+from app.schemas.datasets import PreviewRequest
+from app.services import prepared_data, previews
 from app.settings import Settings
 from app.storage import ArtifactStore, prepared_key, shards_prefix
 
@@ -58,6 +60,10 @@ def test_round_trip_groups_rows_by_split_and_keeps_everything(multimodal, tmp_pa
     assert not isinstance(resident, ShardedDataset)
     _same_by_split(multimodal, resident)
     _same_by_split(multimodal, sharded)  # rows read through the maps
+    # every row knows where it stood in the source
+    assert torch.equal(resident.source_rows.sort().values, torch.arange(400))
+    for m in multimodal.inputs:
+        assert torch.equal(resident.inputs[m], multimodal.inputs[m][resident.source_rows])
     # what the API shows needs no rows read whole
     assert sharded.summary() == multimodal.summary()
     for m in multimodal.inputs:
@@ -206,3 +212,17 @@ def test_the_api_opens_a_sharded_dataset_without_reading_it(tmp_path, multimodal
     rows = opened.split_indices("val")[:5]
     expected = multimodal.inputs["image"][multimodal.split_indices("val")[:5]]
     assert torch.equal(opened.inputs["image"][rows], expected)
+
+
+def test_previews_of_a_sharded_dataset_are_those_of_the_resident_one(tmp_path, multimodal):
+    write_sharded(multimodal, tmp_path, shard_bytes=8_000)
+    sharded = open_sharded(FolderSource(tmp_path))
+    request = PreviewRequest.model_validate({"method": "mixup", "n": 6, "seed": 3})
+    dataset_id = uuid.uuid4()
+    shown = [previews.describe(dataset_id, d, request, previews.compute(d, request), "")
+             for d in (multimodal, sharded)]
+    # the same samples, named by their rows in the source
+    assert shown[0].model_dump() == shown[1].model_dump()
+    for m in multimodal.inputs:
+        assert (previews.render(multimodal, previews.compute(multimodal, request), 0, m)
+                == previews.render(sharded, previews.compute(sharded, request), 0, m))

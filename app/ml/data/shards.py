@@ -3,8 +3,9 @@ without holding it in memory.
 
 A sharded prepared dataset is a folder (local, or in a remote store):
 
-- ``index.safetensors``: every row's ``label``, ``label_clean``, ``split`` and
-  ``present.<modality>`` (a few bytes a row, read whole), and in its metadata
+- ``index.safetensors``: every row's ``label``, ``label_clean``, ``split``,
+  ``present.<modality>`` and ``source_row`` (its position in the source's order,
+  which previews report; a few bytes a row, read whole), and in its metadata
   the class names, modality kinds, provenance, each modality's per-sample
   shape, dtype and value range, and the list of shards in row order;
 - ``<split>-<k>.safetensors``: one tensor per modality holding a run of
@@ -417,7 +418,8 @@ class ShardedDataset(PreparedDataset):
         return PreparedDataset(inputs=inputs, labels=self.labels,
                                clean_labels=self.clean_labels, split=self.split,
                                class_names=self.class_names, modality_kinds=self.modality_kinds,
-                               provenance=self.provenance, present=self.present)
+                               provenance=self.provenance, present=self.present,
+                               source_rows=self.source_rows)
 
     def close(self) -> None:
         """Unmap the shards and drop a remote cache's folder."""
@@ -460,7 +462,7 @@ def open_sharded(source: ShardSource, *, window_bytes: int | None = None,
                           class_names=list(meta["class_names"]),
                           modality_kinds=dict(meta["modality_kinds"]),
                           provenance=dict(meta.get("provenance", {})), present=present,
-                          reader=reader)
+                          source_rows=tensors["source_row"], reader=reader)
     if window_bytes is not None:
         data.window_bytes = window_bytes
     if prefetch_batches is not None:
@@ -478,6 +480,7 @@ class _SplitBuffer:
     shards: list[dict[str, Any]] = field(default_factory=list)
     labels: list[torch.Tensor] = field(default_factory=list)
     clean: list[torch.Tensor] = field(default_factory=list)
+    source: list[torch.Tensor] = field(default_factory=list)
     present: dict[str, list[torch.Tensor]] = field(default_factory=dict)
 
 
@@ -502,14 +505,17 @@ class ShardWriter:
         self.masked: list[str] = []
         self.shard_rows = 0
         self.bytes = 0
+        self.added = 0  # rows so far: a row's position in the source's order
         self._range: dict[str, list[float]] = {}
         self._splits = {code: _SplitBuffer() for code in range(len(SPLITS))}
 
     def add(self, inputs: Mapping[str, torch.Tensor], labels: torch.Tensor,
             split: torch.Tensor, clean_labels: torch.Tensor | None = None,
-            present: Mapping[str, torch.Tensor] | None = None) -> None:
+            present: Mapping[str, torch.Tensor] | None = None,
+            source_rows: torch.Tensor | None = None) -> None:
         """Rows: ``inputs`` (modality → (n, …)), ``labels`` (n,) or (n, K), ``split``
-        (n,) codes 0 train, 1 val, 2 test; clean labels default to ``labels``."""
+        (n,) codes 0 train, 1 val, 2 test; clean labels default to ``labels``,
+        the rows' positions in the source's order to the order they are added in."""
         present = dict(present or {})
         if not self.columns:
             self.columns = {m: (tuple(x.shape[1:]), x.dtype) for m, x in inputs.items()}
@@ -532,6 +538,10 @@ class ShardWriter:
                 seen = self._range.setdefault(m, [lo, hi])
                 seen[0], seen[1] = min(seen[0], lo), max(seen[1], hi)
         clean = labels if clean_labels is None else clean_labels
+        n = int(split.shape[0])
+        source = (torch.arange(self.added, self.added + n) if source_rows is None
+                  else source_rows.long())
+        self.added += n
         for code, buffer in self._splits.items():  # one pass per split, not per row
             rows = torch.nonzero(split == code).squeeze(1)
             if rows.numel() == 0:
@@ -541,6 +551,7 @@ class ShardWriter:
             buffer.pending_rows += int(rows.numel())
             buffer.labels.append(labels[rows])
             buffer.clean.append(clean[rows])
+            buffer.source.append(source[rows])
             for m in self.masked:
                 buffer.present.setdefault(m, []).append(present[m][rows].bool())
             self._flush(code, final=False)
@@ -574,6 +585,7 @@ class ShardWriter:
         tensors = {
             "label": torch.cat([t for b in parts for t in b.labels]).contiguous(),
             "label_clean": torch.cat([t for b in parts for t in b.clean]).contiguous(),
+            "source_row": torch.cat([t for b in parts for t in b.source]).contiguous(),
             "split": torch.cat([torch.full((sum(t.shape[0] for t in b.labels),), code,
                                            dtype=torch.uint8)
                                 for code, b in enumerate(parts)])}
@@ -608,9 +620,11 @@ def write_sharded(ds: PreparedDataset, folder: Path,
         rows = ds.split_indices(name)
         for start in range(0, rows.numel(), step):
             chunk = rows[start:start + step]
+            source = chunk if ds.source_rows is None else ds.source_rows[chunk]
             writer.add({m: x[chunk] for m, x in ds.inputs.items()}, ds.labels[chunk],
                        torch.full((chunk.numel(),), code, dtype=torch.uint8),
-                       ds.clean_labels[chunk], {m: p[chunk] for m, p in ds.present.items()})
+                       ds.clean_labels[chunk], {m: p[chunk] for m, p in ds.present.items()},
+                       source)
     return writer.close()
 
 
