@@ -20,6 +20,7 @@ from app.db.session import session_scope
 from app.ml.data import DataValidationError, PreparedDataset, load_builtin
 from app.ml.data.ingest_spec import IngestSpec, PreparationStopped, ProgressFn
 from app.ml.data.issues import issue_list
+from app.ml.data.shards import write_sharded
 from app.services import datasets as dataset_service
 from app.services import ingest, prepared_data, sources
 from app.settings import Settings, get_settings
@@ -99,8 +100,11 @@ def _prepare_and_store(settings: Settings, store: ArtifactStore, dataset_id: uui
         reporter("writing", 0.0)
         summary = prepared.summary()
         # written a shard at a time: no second copy of the dataset in memory
-        key, size = prepared_data.write(store, dataset_id, prepared, Path(tmp),
-                                        settings.shard_bytes)
+        local = Path(tmp) / "prepared"
+        size = write_sharded(prepared, local, settings.shard_bytes)
+        del prepared  # the shards hold it now
+        reporter("writing", 0.5)
+        key = prepared_data.upload(store, dataset_id, local)
     return summary, key, size
 
 

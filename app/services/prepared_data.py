@@ -39,18 +39,23 @@ log = logging.getLogger(__name__)
 CACHE_WINDOWS = 3
 
 
-def write(store: ArtifactStore, dataset_id: object, ds: PreparedDataset, folder: Path,
-          shard_bytes: int) -> tuple[str, int]:
-    """Store ``ds`` sharded (written to ``folder`` first); its key and size."""
-    local = folder / "prepared"
-    size = write_sharded(ds, local, shard_bytes)
+def upload(store: ArtifactStore, dataset_id: object, folder: Path) -> str:
+    """Put the sharded dataset in local ``folder`` in the store, the index last;
+    its key."""
     prefix = shards_prefix(dataset_id)
-    for path in sorted(local.iterdir()):
+    for path in sorted(folder.iterdir()):
         if path.name != INDEX:
             store.put_file(f"{prefix}/{path.name}", path)
     key = f"{prefix}/{INDEX}"
-    store.put_file(key, local / INDEX)
-    return key, size
+    store.put_file(key, folder / INDEX)
+    return key
+
+
+def write(store: ArtifactStore, dataset_id: object, ds: PreparedDataset, folder: Path,
+          shard_bytes: int) -> tuple[str, int]:
+    """Store ``ds`` sharded (written under ``folder`` first); its key and size."""
+    size = write_sharded(ds, folder / "prepared", shard_bytes)
+    return upload(store, dataset_id, folder / "prepared"), size
 
 
 def is_sharded(key: str) -> bool:

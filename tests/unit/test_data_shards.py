@@ -120,6 +120,21 @@ def test_chunked_writer_takes_rows_of_any_split_in_any_order(tmp_path):
         assert all(r == 50 for r in mine[:-1])
 
 
+def test_a_split_without_rows_and_presence_masks_write_and_read(tmp_path):
+    x = torch.arange(12.0).view(6, 2)
+    y = torch.tensor([0, 1, 0, 1, 0, 1])
+    present = torch.tensor([True, False, True, True, False, True])
+    writer = ShardWriter(tmp_path, ["a", "b"], {"x": "tabular"}, shard_bytes=16)
+    writer.add({"x": x}, y, torch.tensor([0, 0, 2, 0, 2, 0], dtype=torch.uint8),
+               present={"x": present})
+    writer.close()
+    sharded = open_sharded(FolderSource(tmp_path))
+    assert sharded.split_range("val") == (4, 4) and sharded.split_range("test") == (4, 6)
+    assert sharded.present["x"].tolist() == [True, False, True, True, True, False]
+    assert sharded.source_rows.tolist() == [0, 1, 3, 5, 2, 4]
+    assert torch.equal(sharded.inputs["x"][0:6], x[sharded.source_rows])
+
+
 def test_writer_and_reader_refuse_what_does_not_fit(tmp_path):
     writer = ShardWriter(tmp_path / "a", ["a"], {"x": "tabular"})
     with pytest.raises(ValueError, match="no rows"):

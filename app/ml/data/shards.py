@@ -590,7 +590,8 @@ class ShardWriter:
                                            dtype=torch.uint8)
                                 for code, b in enumerate(parts)])}
         for m in self.masked:
-            tensors[PRESENT_PREFIX + m] = torch.cat([t for b in parts for t in b.present[m]])
+            tensors[PRESENT_PREFIX + m] = torch.cat([t for b in parts
+                                                     for t in b.present.get(m, [])])
         modalities = [{"name": m, "shape": list(shape), "dtype": _safetensors_dtype(dtype),
                        "min": self._range.get(m, [0.0, 0.0])[0],
                        "max": self._range.get(m, [0.0, 0.0])[1]}

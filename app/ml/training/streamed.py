@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 RawBatch = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]
 # the seed offset of the draw of the statistics' shards (the loop's streams use 0–4)
 STATS_SEED_OFFSET = 5
+# shards a streamed run keeps mapped at most
+MAX_MAPPED = 512
 
 
 @dataclass(frozen=True)
@@ -222,6 +224,11 @@ class StreamedClassifierObjective(ClassifierObjective):
         row_bytes = sum(c.info.row_bytes for c in self.columns.values())
         largest = max((b - a for _, a, b in self.blocks), default=1) * max(1, row_bytes)
         self.window = max(1, data.window_bytes // largest)
+        reader = data.reader
+        assert reader is not None
+        # the window being read and the next one paged in stay mapped (each map
+        # holds a descriptor: at most MAX_MAPPED)
+        reader.max_open = max(reader.max_open, min(MAX_MAPPED, 2 * self.window + 4))
         ranges = self._stats_ranges()
         self.normalize = {
             m: normalization.fit(self.kinds[m],
