@@ -38,6 +38,7 @@ Usage (from the repository root)::
 
     .venv/bin/python benchmarks/data_streaming.py            # 20,000 images, 3 rounds
     .venv/bin/python benchmarks/data_streaming.py --quick    # 5,000 images, 2 rounds
+    .venv/bin/python benchmarks/data_streaming.py --device cuda --train-size 50000
 
 The last lines are ``RESULT data_streaming[<model>]: ...``.
 """
@@ -119,7 +120,7 @@ def run_side(side: str, folder: Path, model: ModelSpec, args: argparse.Namespace
     n_train = int((data.split == 0).sum())
     spec = TrainSpec(epochs=1, batch_size=args.batch_size, optimizer="adamw", lr=3e-3,
                      weight_decay=0.01, schedule="constant", augment=(), seed=seed,
-                     device="cpu", calibration="none")
+                     device=args.device, calibration="none")
     hooks = Timing()
     t1 = time.perf_counter()
     result = train(data, model, MixSpec(method="mixup", alpha=1.0), spec, hooks)
@@ -156,6 +157,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--window-bytes", type=int, default=16 * 2**20)
     p.add_argument("--prefetch", type=int, default=4, help="batches read ahead")
     p.add_argument("--models", default="cnn,tiny")
+    p.add_argument("--device", default="cpu",
+                   help="training device: cpu, cuda (the resident side then holds the data "
+                        "on the GPU; the streamed ones pin batches and copy them)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default torch's: the cores)")
     p.add_argument("--quick", action="store_true", help="5,000 images, 2 rounds")
@@ -174,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     print("== mixlab data streaming: streamed from shards vs tensor-resident (issue 13) ==")
     print(f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']} "
-          f"({info['torch_threads']} threads), load average {os.getloadavg()[0]:.2f}")
+          f"({info['torch_threads']} threads), load average {os.getloadavg()[0]:.2f}, "
+          f"device {args.device}")
     with tempfile.TemporaryDirectory(prefix="mixlab-stream-bench-") as tmp:
         folder = Path(tmp) / "prepared"
         t = time.perf_counter()

@@ -218,7 +218,8 @@ def train(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixSpec,
     shape match are loaded, and ``TrainResult.init`` says which did not.
     ``resume`` (a point saved by an earlier attempt of the same run) continues
     after its epoch with every state of the loop, so the result is the one the
-    uninterrupted run would have given on the same device.
+    uninterrupted run would have given on the same device. A ``ShardedDataset``
+    (``app.ml.data.shards``) is streamed from its shards (``app.ml.training.streamed``).
     """
     task = get_task(task)
     task.check(data)
