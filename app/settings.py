@@ -114,6 +114,20 @@ class Settings(BaseSettings):
     # (rank 0 validates alone while the others wait)
     dist_timeout_s: float = Field(default=1800.0, gt=0)
 
+    # Prepared data (app.services.prepared, docs/datasets.md "Data larger than
+    # memory"): stored as shards of about shard_bytes; a run holds its dataset in
+    # memory when the inputs fit resident_data_bytes and streams it from the
+    # shards otherwise. Unset sizes follow the memory this process may use
+    # (physical, cgroup, RLIMIT_DATA/AS): a quarter resident, an eighth (≤ 1 GiB)
+    # a shuffle window. A remote store's shards are copied into a folder of
+    # their own under shard_cache_dir, at most shard_cache_bytes.
+    shard_bytes: int = Field(default=64 * 1024**2, ge=4096)
+    resident_data_bytes: int | None = Field(default=None, ge=0)
+    shuffle_window_bytes: int | None = Field(default=None, ge=1)
+    prefetch_batches: int = Field(default=4, ge=1, le=256)
+    shard_cache_dir: Path | None = None
+    shard_cache_bytes: int = Field(default=4 * 1024**3, ge=1)
+
     # every process's stderr: one JSON object per line (with run_id, attempt and
     # project_id inside a run, app.observability.logs) or plain text
     log_format: Literal["json", "text"] = "json"
@@ -178,6 +192,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'mixlab.db').resolve()}"
+
+    @property
+    def resolved_shard_cache_dir(self) -> Path:
+        return (self.shard_cache_dir or self.data_dir / "shard-cache").resolve()
 
     @property
     def resolved_broker_url(self) -> str:

@@ -95,6 +95,10 @@ class ArtifactStore:
         if self.fs.exists(path):
             self.fs.rm(path, recursive=True)
 
+    def path(self, key: str) -> str:
+        """The backend's path of ``key`` (for ``self.fs``)."""
+        return self._path(key)
+
     def local_path(self, key: str) -> Path | None:
         """Filesystem path of a key when the store is local (for streaming replies)."""
         if isinstance(self.fs, LocalFileSystem):
@@ -108,7 +112,13 @@ def dataset_prefix(dataset_id: object) -> str:
 
 
 def prepared_key(dataset_id: object) -> str:
+    """The single-blob prepared form (datasets prepared before shards; still read)."""
     return f"{dataset_prefix(dataset_id)}/prepared.safetensors"
+
+
+def shards_prefix(dataset_id: object) -> str:
+    """The sharded prepared form: ``index.safetensors`` and the shards (app.ml.data.shards)."""
+    return f"{dataset_prefix(dataset_id)}/prepared"
 
 
 def upload_key(dataset_id: object, suffix: str) -> str:

@@ -155,8 +155,12 @@ def _execute_claimed(run_id: uuid.UUID, claimed: run_attempt.Claimed,
                            time_limit_s=plan.time_limit_s, log_capture=capture)
     reporter.start()  # heartbeat while the dataset loads
     source = None
+    data: PreparedDataset | None = None
     try:
-        data = dataset_service.load_prepared(store, claimed.dataset)
+        # retrieval and data-parallel runs train on tensor-resident data only
+        data = dataset_service.open_for_training(
+            store, claimed.dataset, settings,
+            stream=plan.task != "retrieval" and plan.training.world_size == 1)
         resume = (load_resume_point(store, claimed.previous_checkpoint) if attempt > 1
                   else None)
         if resume is not None:
@@ -178,6 +182,9 @@ def _execute_claimed(run_id: uuid.UUID, claimed: run_attempt.Claimed,
         log.error("run %s failed:\n%s", run_id, traceback.format_exc())
         outcome = Failed(f"{type(exc).__name__}: {exc}")
         result = None
+    finally:
+        if data is not None:
+            data.close()  # a streamed dataset's maps and cache folder
 
     if result is not None:
         if source is not None and result.init is not None:

@@ -1,4 +1,4 @@
-"""Prepare one dataset: claim it, read its source, write the prepared blob once,
+"""Prepare one dataset: claim it, read its source, write the prepared shards once,
 record ``ready`` or ``failed``; nothing half-prepared stays in the artifact store.
 
 A helper thread writes the latest progress and a heartbeat every
@@ -20,10 +20,11 @@ from app.db.session import session_scope
 from app.ml.data import DataValidationError, PreparedDataset, load_builtin
 from app.ml.data.ingest_spec import IngestSpec, PreparationStopped, ProgressFn
 from app.ml.data.issues import issue_list
+from app.ml.data.shards import write_sharded
 from app.services import datasets as dataset_service
-from app.services import ingest, sources
+from app.services import ingest, prepared_data, sources
 from app.settings import Settings, get_settings
-from app.storage import ArtifactStore, dataset_prefix, get_store, prepared_key, upload_key
+from app.storage import ArtifactStore, dataset_prefix, get_store, upload_key
 from worker.periodic import PeriodicFlush
 
 log = logging.getLogger(__name__)
@@ -98,12 +99,12 @@ def _prepare_and_store(settings: Settings, store: ArtifactStore, dataset_id: uui
                                 reporter)
         reporter("writing", 0.0)
         summary = prepared.summary()
-        blob = Path(tmp) / "prepared.safetensors"
-        size = ingest.write_prepared(prepared, blob)
-        del prepared  # the blob holds it now
+        # written a shard at a time: no second copy of the dataset in memory
+        local = Path(tmp) / "prepared"
+        size = write_sharded(prepared, local, settings.shard_bytes)
+        del prepared  # the shards hold it now
         reporter("writing", 0.5)
-        key = prepared_key(dataset_id)
-        store.put_file(key, blob)
+        key = prepared_data.upload(store, dataset_id, local)
     return summary, key, size
 
 

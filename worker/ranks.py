@@ -33,7 +33,7 @@ from app.ml.training.launch import RankFailed, launch_local
 from app.observability.logs import configure, run_context
 from app.runs import spec as run_spec
 from app.runs.spec import RunPlan
-from app.services import datasets as dataset_service
+from app.services import prepared_data
 from app.settings import get_settings
 from app.storage import get_store
 
@@ -142,7 +142,8 @@ def follow(rank: int, rendezvous: Rendezvous, job_json: dict[str, Any],
         plan = run_spec.parse(source["name"], uuid.UUID(source["dataset_id"]), source["task"],
                               source["spec"])
         store = get_store()
-        data = dataset_service.load_prepared_at(store, job.dataset_key)
+        # resident, as rank 0's (a data-parallel run never streams)
+        data = prepared_data.open_for_training(store, job.dataset_key, settings, stream=False)
         resume = resume_from_bytes(store.get(job.resume_key)) if job.resume_key else None
         device = _rank_device(resolve_device(plan.training.device).type, rank)
         with joined(rendezvous, rank, device) as ranks:

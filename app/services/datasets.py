@@ -23,16 +23,16 @@ from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
 from app.db.models import Dataset, Experiment
-from app.ml.data import DataValidationError, PreparedDataset, from_bytes
+from app.ml.data import DataValidationError, PreparedDataset
 from app.ml.data.errors import plain, reason
 from app.ml.data.fashion_mnist import FILES as FASHION_MNIST_FILES
 from app.ml.data.fashion_mnist import missing_message
 from app.ml.data.ingest_spec import IngestSpec
 from app.runs.queue import enqueue_preparation
 from app.schemas.datasets import DatasetCreate, UriSource
-from app.services import ingest, limits, sources
+from app.services import ingest, limits, prepared_data, sources
 from app.services.errors import ConflictError, FieldError, NotFoundError
-from app.settings import Settings
+from app.settings import Settings, get_settings
 from app.storage import ArtifactStore, dataset_prefix, upload_key
 
 log = logging.getLogger(__name__)
@@ -211,15 +211,20 @@ _cache = _PreparedCache()
 
 
 def load_prepared(store: ArtifactStore, dataset: Dataset) -> PreparedDataset:
+    """The dataset for previews and predictions: a sharded one opened without
+    reading its rows (those asked for are read), an older blob read whole."""
     key = require_ready(dataset).artifact_key
     assert key is not None
-    return load_prepared_at(store, key)
+    return _cache.get(key, lambda: prepared_data.open_prepared(store, key, get_settings()))
 
 
-def load_prepared_at(store: ArtifactStore, key: str) -> PreparedDataset:
-    """A ready dataset's prepared form by its artifact key (a run's other ranks,
-    which have the key and no database session)."""
-    return _cache.get(key, lambda: from_bytes(store.get(key)))
+def open_for_training(store: ArtifactStore, dataset: Dataset, settings: Settings,
+                      stream: bool = True) -> PreparedDataset:
+    """What a run trains on, resident or streamed (``prepared_data.open_for_training``);
+    not cached, so a worker holds one run's data at a time. The caller closes it."""
+    key = require_ready(dataset).artifact_key
+    assert key is not None
+    return prepared_data.open_for_training(store, key, settings, stream)
 
 
 # --- the preparation job (the worker's side) -------------------------------------------

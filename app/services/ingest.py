@@ -3,7 +3,7 @@
 ``check_file`` runs in the API before a preparation is queued and reads only
 what is fast to read (an .npz's array headers, a Parquet footer and a few
 cells, a zip's directory and manifest); ``prepare_file`` is the full, streaming
-preparation the worker runs; ``write_prepared`` writes its canonical form.
+preparation the worker runs (``prepared_data.write`` stores its canonical form).
 ``read_samples`` reads a file sent for prediction with the same readers, checks
 and caps (at most ``max_rows`` samples).
 """
@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from app.ml.data import NpzLimits, PreparedDataset, prepare_npz, to_bytes
+from app.ml.data import NpzLimits, PreparedDataset, prepare_npz
 from app.ml.data.archive import prepare_archive, probe_archive, read_archive_samples
 from app.ml.data.ingest_spec import IngestLimits, IngestSpec, ProgressFn
 from app.ml.data.npz import read_npz_samples
@@ -92,11 +92,3 @@ def read_samples(settings: Settings, path: Path, fmt: str, spec: IngestSpec | No
     return read_archive_samples(path, spec, fit, table, original_name=original_name)
 
 
-def write_prepared(ds: PreparedDataset, path: Path) -> int:
-    """The canonical blob, written once to a file; returns its size.
-
-    ``to_bytes`` serialises in memory, so this step peaks at about twice the
-    prepared size; everything before it stays near one prepared size."""
-    blob = to_bytes(ds)
-    path.write_bytes(blob)
-    return len(blob)

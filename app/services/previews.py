@@ -156,13 +156,15 @@ def describe(dataset_id: uuid.UUID, data: PreparedDataset, request: PreviewReque
     names = data.class_names
     png = f"{base_url}/v1/datasets/{dataset_id}/preview.png?"
     samples = []
+    # rows as the user's data numbers them (the sharded form groups them by split)
+    shown_a, shown_b = data.source_index(batch.indices_a), data.source_index(batch.indices_b)
     for i, (a, b) in enumerate(zip(batch.indices_a, batch.indices_b, strict=True)):
         row = batch.targets[i]
         mixture = {names[k]: round(float(row[k]), 6) for k in row.nonzero().flatten().tolist()}
         modalities = {m: _modality_json(data, mm, i, png + png_query(request, i, m))
                       for m, mm in batch.modalities.items()}
         samples.append(PreviewSample(
-            index_a=a, index_b=b, lam=batch.lam[i],
+            index_a=shown_a[i], index_b=shown_b[i], lam=batch.lam[i],
             label_a=data.label_name(a), label_b=data.label_name(b),
             label_mixture=mixture,
             box=batch.boxes[i] if batch.boxes is not None else None,
@@ -187,7 +189,8 @@ def _caption(data: PreparedDataset, batch: PreviewBatch, i: int, mm: ModalityMix
         op += " (in the model)"
     if batch.layer is not None:
         op = f"manifold mixup at layer {batch.layer}"
-    return (f"#{batch.indices_a[i]} + #{batch.indices_b[i]}\n"
+    a, b = data.source_index([batch.indices_a[i], batch.indices_b[i]])
+    return (f"#{a} + #{b}\n"
             f"lambda = {batch.lam[i]:.3f}\n{mixture}\n{mm.name}: {op}")
 
 

@@ -44,7 +44,8 @@ def test_embedded_stack_trains_a_run(tmp_path: Path) -> None:
         state = tmp_path / "state"
         assert (state / "mixlab.db").exists()
         assert list((state / "artifacts" / "runs").glob("*/attempt-1/checkpoint.safetensors"))
-        assert (state / "artifacts" / "datasets" / ds["id"] / "prepared.safetensors").exists()
+        assert (state / "artifacts" / "datasets" / ds["id"] / "prepared" /
+                "index.safetensors").exists()
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)

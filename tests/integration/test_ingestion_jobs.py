@@ -18,12 +18,13 @@ from fastapi.testclient import TestClient
 
 from app.db.models import DEFAULT_PROJECT_ID, Dataset
 from app.db.session import session_scope
-from app.ml.data import from_bytes
+from app.ml.data import PreparedDataset
 from app.ml.data.ingest_spec import PreparationStopped
-from app.services import auth
+from app.ml.data.shards import INDEX, ShardedDataset
+from app.services import auth, prepared_data
 from app.services import datasets as service
 from app.settings import get_settings
-from app.storage import dataset_prefix, get_store, prepared_key, upload_key
+from app.storage import dataset_prefix, get_store, shards_prefix, upload_key
 from tests.conftest import TEST_PROJECT
 from tests.integration.helpers import prepared, wait_for_dataset, wait_until
 from tests.unit.test_parquet import png
@@ -66,8 +67,17 @@ def _state(api_client: TestClient) -> tuple[int, set[str]]:
             {p.name for p in root.iterdir()} if root.exists() else set())
 
 
-def _blob(ds: dict) -> object:
-    return from_bytes(get_store().get(prepared_key(ds["id"])))
+def _blob(ds: dict) -> PreparedDataset:
+    """The stored prepared form, read whole (rows grouped by split)."""
+    data = prepared_data.open_prepared(get_store(), f"{shards_prefix(ds['id'])}/{INDEX}",
+                                       get_settings())
+    assert isinstance(data, ShardedDataset)
+    return data.to_resident()
+
+
+def _shard_files(dataset_id: str) -> set[str]:
+    root = Path(get_settings().resolved_artifact_url.removeprefix("file://"))
+    return {p.name for p in (root / shards_prefix(dataset_id)).iterdir()}
 
 
 def test_upload_is_accepted_then_prepared(api_client: TestClient) -> None:
@@ -85,9 +95,13 @@ def test_upload_is_accepted_then_prepared(api_client: TestClient) -> None:
     assert ds["num_samples"] == N and ds["multilabel"] is False
     assert [c["name"] for c in ds["classes"]] == ["ant", "bee"]
     assert ds["started_at"] <= ds["finished_at"]
-    # the raw upload is gone once prepared; the blob is the only file left
-    assert _stored(ds["id"]) == {"prepared.safetensors"}
-    assert ds["size_bytes"] == get_store().size(prepared_key(ds["id"]))
+    # the raw upload is gone once prepared; the shards are the only files left
+    assert _stored(ds["id"]) == {"prepared"}
+    files = _shard_files(ds["id"])
+    assert files == {INDEX, "train-00000.safetensors", "val-00000.safetensors",
+                     "test-00000.safetensors"}
+    assert ds["size_bytes"] == sum(get_store().size(f"{shards_prefix(ds['id'])}/{name}")
+                                   for name in files)
 
 
 def test_failed_preparation_lists_capped_problems_and_keeps_nothing(
@@ -198,7 +212,7 @@ def test_file_uri_under_an_import_root(api_client: TestClient, tmp_path: Path) -
     assert ds["source"]["kind"] == "uri" and ds["source"]["uri"] == uri
     assert [(m["name"], m["shape"]) for m in ds["modalities"]] == [("photo", [3, 4, 4])]
     assert (_imports() / "zoo.parquet").exists()  # the user's file is only read
-    assert _stored(ds["id"]) == {"prepared.safetensors"}
+    assert _stored(ds["id"]) == {"prepared"}
 
 
 def test_file_uris_outside_the_roots_are_refused(api_client: TestClient, tmp_path: Path,
@@ -274,7 +288,9 @@ def test_multilabel_parquet_is_prepared_multi_hot(api_client: TestClient) -> Non
     data = _blob(ds)
     assert data.class_names == ["ant", "bee", "cow"]
     assert data.labels.dtype == torch.uint8 and data.labels.shape == (N, 3)
-    assert data.labels[:4].tolist() == [[1, 0, 0], [1, 1, 0], [0, 0, 1], [0, 0, 0]]
+    # rows are grouped by split in the stored form: compare as a multiset
+    expected = [[int(c in tags[i % 4]) for c in ("ant", "bee", "cow")] for i in range(N)]
+    assert sorted(data.labels.tolist()) == sorted(expected)
     assert ds["multilabel"] is True
 
 

@@ -156,7 +156,7 @@ def test_bad_starts_are_refused_and_nothing_is_stored(client: MixlabClient, stac
         refused({"init_from_run": queued}, "init_from_run", "is cancelled")
         refused({"weights": (TMP / "elsewhere.safetensors").as_uri()}, "weights",
                 "outside the folders")
-        refused({"weights": f"store:datasets/{digits['id']}/prepared.safetensors"},
+        refused({"weights": f"store:datasets/{digits['id']}/prepared/index.safetensors"},
                 "weights", "runs/<run id>")
         for model in ({"init_from_run": str(uuid.uuid4())}, {"init_from_run": others},
                       {"weights": not_mine}):

@@ -21,9 +21,10 @@ from safetensors.torch import save as st_save
 from app.client import MixlabClient
 from app.db.models import Dataset, Experiment, Run
 from app.db.session import session_scope
-from app.ml.data import PreparedDataset, from_bytes
+from app.ml.data import PreparedDataset
 from app.ml.safetensors_meta import header_metadata
-from app.services import auth
+from app.services import auth, prepared_data
+from app.settings import get_settings
 from app.storage import get_store
 from tests.conftest import Access, Stack
 from tests.integration.helpers import auth_headers, experiment
@@ -64,7 +65,7 @@ def prepared(digits: dict[str, Any]) -> PreparedDataset:
         row = session.get(Dataset, uuid.UUID(digits["id"]))
         assert row is not None and row.artifact_key
         key = row.artifact_key
-    return from_bytes(get_store().get(key))
+    return prepared_data.open_prepared(get_store(), key, get_settings()).to_resident()
 
 
 def _fake_run(project_id: uuid.UUID, dataset_id: str, status: str,

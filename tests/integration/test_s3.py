@@ -139,12 +139,15 @@ class S3Stack:
 @pytest.fixture(scope="module")
 def s3_stack(database: str, access: Access, moto: str, bucket: Any) -> Iterator[S3Stack]:
     """An API and a worker process whose artifact store is the bucket, on queues of
-    their own (the suite's shared worker keeps its artifacts in a local folder)."""
+    their own (the suite's shared worker keeps its artifacts in a local folder).
+    Its datasets are stored in shards of 64 rows, and its runs stream them from
+    the bucket (no resident budget), through the run's own cache folder."""
     tag = uuid.uuid4().hex[:8]
     env = {**os.environ, "MIXLAB_ARTIFACT_URL": f"s3://{BUCKET}/artifacts",
            "MIXLAB_S3_ENDPOINT_URL": moto, "MIXLAB_S3_IMPORT_PREFIXES": PREFIXES,
            "MIXLAB_QUEUE": f"gpu-s3-{tag}", "MIXLAB_INGEST_QUEUE": f"ingest-s3-{tag}",
-           "MIXLAB_DATA_DIR": str(TMP / f"data-s3-{tag}")}
+           "MIXLAB_DATA_DIR": str(TMP / f"data-s3-{tag}"), "MIXLAB_SHARD_BYTES": "4096",
+           "MIXLAB_RESIDENT_DATA_BYTES": "0"}
     worker_log, api_log = TMP / "s3-worker.log", TMP / "s3-api.log"
     worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=env,
                               stdout=worker_log.open("wb"), stderr=subprocess.STDOUT)
@@ -187,7 +190,7 @@ def s3_dataset(s3_stack: S3Stack, bucket: Any) -> dict[str, Any]:
 def test_a_dataset_is_imported_from_s3_and_prepared_into_the_bucket(
         s3_stack: S3Stack, bucket: Any, s3_dataset: dict[str, Any]) -> None:
     assert bucket.exists(f"{BUCKET}/artifacts/datasets/{s3_dataset['id']}/"
-                         "prepared.safetensors")
+                         "prepared/index.safetensors")
     # the project's own prefix ({project} = tests) is allowed, another project's is not
     bucket.pipe(f"{BUCKET}/projects/tests/mine.npz", _npz())
     bucket.pipe(f"{BUCKET}/projects/other/theirs.npz", _npz())
@@ -230,6 +233,11 @@ def test_a_run_keeps_its_checkpoint_in_the_bucket_and_serves_it(
     assert response.status_code == 202, response.text
     run_id = response.json()["run_ids"][0]
     _wait_run(s3_stack.http, run_id)
+    # it streamed the shards through a cache folder of its own, gone at its end
+    logs = s3_stack.http.get(f"/v1/runs/{run_id}/logs").json()["lines"]
+    assert any("streamed from" in line["message"] for line in logs), logs
+    caches = list(TMP.glob("data-s3-*/shard-cache/*"))
+    assert caches == [], caches
     with session_scope() as session:
         key = session.get(Run, uuid.UUID(run_id)).checkpoint_key  # type: ignore[union-attr]
     assert key is not None and key.startswith(f"runs/{run_id}/")

@@ -13,6 +13,7 @@ The values stored for a missing sample are zeros and carry no meaning.
 """
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,9 @@ class PreparedDataset:
     provenance: dict[str, Any] = field(default_factory=dict)
     # modality -> (N,) bool, True where the sample has it; absent key: all present
     present: dict[str, torch.Tensor] = field(default_factory=dict)
+    # (N,) each row's position in the source's order, where rows were reordered
+    # (the sharded form groups them by split); None: the source's order
+    source_rows: torch.Tensor | None = None
 
     @classmethod
     def from_arrays(cls, inputs: dict[str, torch.Tensor], labels: np.ndarray,
@@ -67,6 +71,12 @@ class PreparedDataset:
     def split_indices(self, name: str) -> torch.Tensor:
         return torch.nonzero(self.split == SPLITS.index(name), as_tuple=False).squeeze(1)
 
+    def source_index(self, rows: Sequence[int]) -> list[int]:
+        """Where rows ``rows`` stand in the source's order (what previews report)."""
+        if self.source_rows is None:
+            return [int(r) for r in rows]
+        return self.source_rows[torch.as_tensor(list(rows), dtype=torch.long)].tolist()
+
     def presence(self, modality: str) -> torch.Tensor:
         """(N,) bool: which samples have ``modality``."""
         mask = self.present.get(modality)
@@ -81,6 +91,14 @@ class PreparedDataset:
             return self.class_names[int(self.labels[index])]
         chosen = torch.nonzero(self.labels[index], as_tuple=False).flatten().tolist()
         return "+".join(self.class_names[k] for k in chosen) or "(none)"
+
+    def to_resident(self) -> "PreparedDataset":
+        """The dataset as tensors: itself (``ShardedDataset`` reads its shards)."""
+        return self
+
+    def close(self) -> None:
+        """Release what reading it holds: nothing for tensors (``ShardedDataset``
+        unmaps its shards)."""
 
     def value_range(self, modality: str) -> tuple[float, float]:
         t = self.inputs[modality]

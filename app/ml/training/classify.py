@@ -11,6 +11,7 @@ logits is reported and saved with the checkpoint.
 """
 
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import asdict
 
@@ -19,6 +20,7 @@ from torch import nn
 
 from app.ml.calibration import at_bound, fit_temperature
 from app.ml.data.prepared import PreparedDataset
+from app.ml.data.shards import ShardedDataset
 from app.ml.device import autocast_dtype, resolve_device
 from app.ml.mixing import Mixed, MixSpec, mix
 from app.ml.models import ModelSpec, build_model
@@ -41,6 +43,8 @@ from app.ml.training.evaluation import Split, predict, robustness
 from app.ml.training.hooks import TrainHooks, TrainResult
 from app.ml.training.loop import Objective, run
 from app.ml.training.spec import TrainSpec
+
+log = logging.getLogger(__name__)
 
 
 def model_modalities(data: PreparedDataset, model_spec: ModelSpec) -> list[str]:
@@ -71,20 +75,7 @@ class ClassifierObjective(Objective):
         present_all = {m: data.present[m].bool() for m in self.modalities if m in data.present}
         categorical = categorical_columns(data, self.modalities) if self.multimodal else {}
         self.codes = {m: sorted(columns) for m, columns in categorical.items()}
-
-        self.home = data_device([*inputs_all.values(), data.labels, *present_all.values()],
-                                device)
-        self.inputs = {m: x.to(self.home) for m, x in inputs_all.items()}
-        self.labels = data.labels.to(self.home)
-        self.present = {m: p.to(self.home) for m, p in present_all.items()}
-        rows = data.split_indices("train").to(self.home)
-        self.train_inputs = {m: x[rows] for m, x in self.inputs.items()}
-        self.train_labels = self.labels[rows]
-        self.train_present = {m: p[rows] for m, p in self.present.items()}
-        self.normalize = {m: normalization.fit(self.kinds[m], x, device,
-                                               self.train_present.get(m), self.codes.get(m))
-                          for m, x in self.train_inputs.items()}
-        self.n_train = int(self.train_labels.shape[0])
+        self.place(data, inputs_all, present_all)
 
         shapes = {m: tuple(x.shape[1:]) for m, x in inputs_all.items()}
         vocab = vocab_sizes(data, self.modalities)
@@ -119,6 +110,28 @@ class ClassifierObjective(Objective):
         self.val_labels = self.val.labels.to(device)
         self._test_rows = data.split_indices("test")
 
+    def place(self, data: PreparedDataset, inputs: Mapping[str, torch.Tensor],
+              present: Mapping[str, torch.Tensor]) -> None:
+        """Put the data where training reads it and fit the normalisation: here
+        tensor-resident (on the device when it fits), the train rows copied out
+        once; ``app.ml.training.streamed`` reads them from shards instead."""
+        self.home = data_device([*inputs.values(), data.labels, *present.values()],
+                                self.device)
+        self.inputs = {m: x.to(self.home) for m, x in inputs.items()}
+        self.labels = data.labels.to(self.home)
+        self.present = {m: p.to(self.home) for m, p in present.items()}
+        rows = data.split_indices("train").to(self.home)
+        self.train_inputs = {m: x[rows] for m, x in self.inputs.items()}
+        self.train_labels = self.labels[rows]
+        self.train_present = {m: p[rows] for m, p in self.present.items()}
+        self.normalize = {m: normalization.fit(self.kinds[m], x, self.device,
+                                               self.train_present.get(m), self.codes.get(m))
+                          for m, x in self.train_inputs.items()}
+        self.n_train = int(self.train_labels.shape[0])
+
+    def describe_data(self) -> str:
+        return "tensor-resident"
+
     def split(self, idx: torch.Tensor) -> Split:
         rows = idx.to(self.home)
         masks = {m: p[rows] for m, p in self.present.items()}
@@ -134,10 +147,8 @@ class ClassifierObjective(Objective):
 
     def train_loss(self, idx: torch.Tensor, epoch: int,
                    generators: dict[str, torch.Generator]) -> torch.Tensor:
-        batch, masks = gather(self.train_inputs, self.normalize, idx, self.device,
-                              self.train_present)
+        batch, masks, y = self.batch(idx)
         batch = augment_batch(batch, self.kinds, self.spec, generators["augment"])
-        y = rows_to(self.train_labels, idx, self.device)
         active = self.mix_spec.active_at(epoch, self.spec.epochs)
         mixed = mix(batch, y, self.task_mix if active else self.no_mix, generators["mix"],
                     self.num_classes, kinds={m: self.kinds[m] for m in self.modalities},
@@ -146,6 +157,16 @@ class ClassifierObjective(Objective):
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
             logits = self.forward(mixed, masks)
         return self.task.loss(logits, self.task.targets(mixed.targets, self.smoothing))
+
+    def batch(self, idx: torch.Tensor
+              ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
+        """Training rows ``idx`` normalised on the device, their presence masks, labels."""
+        batch, masks = gather(self.train_inputs, self.normalize, idx, self.device,
+                              self.train_present)
+        return batch, masks, rows_to(self.train_labels, idx, self.device)
+
+    def close(self) -> None:
+        """Release what the data path holds (a streamed one's reader thread)."""
 
     def forward(self, mixed: Mixed, masks: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.multimodal:
@@ -176,6 +197,15 @@ class ClassifierObjective(Objective):
         return out, self.task.report(logits, labels, self.class_names)
 
 
+def objective_type(data: PreparedDataset) -> type[ClassifierObjective]:
+    """The resident objective, or the streamed one for a ``ShardedDataset``."""
+    if isinstance(data, ShardedDataset):
+        # imported here: the streamed objective subclasses this module's
+        from app.ml.training.streamed import StreamedClassifierObjective
+        return StreamedClassifierObjective
+    return ClassifierObjective
+
+
 def train(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixSpec,
           spec: TrainSpec, hooks: TrainHooks | None = None, *,
           task: str | Task = CLASSIFICATION, resume: ResumePoint | None = None,
@@ -191,7 +221,8 @@ def train(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixSpec,
     shape match are loaded, and ``TrainResult.init`` says which did not.
     ``resume`` (a point saved by an earlier attempt of the same run) continues
     after its epoch with every state of the loop, so the result is the one the
-    uninterrupted run would have given on the same device.
+    uninterrupted run would have given on the same device. A ``ShardedDataset``
+    (``app.ml.data.shards``) is streamed from its shards (``app.ml.training.streamed``).
     ``ranks``: this process's place in a run of ``spec.world_size`` processes
     (``app.ml.training.distributed.joined``); its device is the rank's own.
     """
@@ -200,17 +231,26 @@ def train(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixSpec,
     if spec.world_size != ranks.world_size:
         raise ValueError(f"training.world_size: {spec.world_size}, but this process trains in "
                          f"a group of {ranks.world_size} (app.ml.training.distributed)")
+    if spec.world_size > 1 and isinstance(data, ShardedDataset):
+        # ranks index one resident copy each; a streamed run reads shard windows
+        raise ValueError(f"training.world_size: {spec.world_size} processes need the dataset "
+                         "held in memory, and this one is streamed from its shards (larger "
+                         "than MIXLAB_RESIDENT_DATA_BYTES); use world_size 1")
     device = ranks.device or resolve_device(spec.device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(spec.seed)
-        objective = ClassifierObjective(data, model_spec, mix_spec, spec, task, device)
+        objective = objective_type(data)(data, model_spec, mix_spec, spec, task, device)
         for field, problem in recipe_problems(spec, task.metric_names,
                                               [objective.kinds[m] for m in objective.modalities]):
             raise ValueError(f"training.{field}: {problem}")
         match = None
         if init_weights is not None:
             match = load_matching(objective.model, init_weights)
-        result = run(objective, spec, hooks or TrainHooks(), device, objective.home, resume,
-                     ranks)
+        log.info("training data: %s", objective.describe_data())
+        try:
+            result = run(objective, spec, hooks or TrainHooks(), device, objective.home, resume,
+                         ranks)
+        finally:
+            objective.close()
     result.init = match.to_json() if match is not None else None
     return result

@@ -43,6 +43,11 @@ class Objective(ABC):
                    generators: dict[str, torch.Generator]) -> torch.Tensor:
         """The loss of one step on training rows ``idx`` (mixing included)."""
 
+    def epoch_order(self, generator: torch.Generator) -> torch.Tensor:
+        """The epoch's order of the training rows: a random permutation (a
+        streamed objective shuffles within windows of shards instead)."""
+        return torch.randperm(self.n_train, generator=generator, device=generator.device)
+
     def after_step(self) -> None:  # noqa: B027 - optional, most tasks need nothing here
         """After the optimizer's step (e.g. clamping a learned temperature)."""
 
@@ -131,7 +136,7 @@ def _run(objective: Objective, model: nn.Module, spec: TrainSpec, hooks: TrainHo
         if done:
             break
         model.train()
-        order = torch.randperm(objective.n_train, generator=order_gen, device=home)
+        order = objective.epoch_order(order_gen)
         loss_sum = torch.zeros((), device=device)
         step_losses = torch.zeros(spe, device=device)
         lrs = []

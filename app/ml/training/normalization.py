@@ -8,18 +8,27 @@ alone turns raw inputs into what the model was trained on.
 """
 
 import json
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
 
+# float64 bytes of one chunk of ``moments`` (a few copies of it are live at once)
+MOMENTS_CHUNK_BYTES = 16 * 1024**2
 
-def moments(train: torch.Tensor, dims: list[int], chunk_rows: int = 8192,
+
+def moments(train: torch.Tensor, dims: list[int], chunk_rows: int | None = None,
             rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and std over ``dims`` (0 among them; kept for broadcasting), summed in
-    float64 over chunks of rows, so no float copy of the whole split is made.
+    float64 over chunks of rows (at most 8,192, ``MOMENTS_CHUNK_BYTES`` of
+    float64), so no float copy of the whole split is made and large rows (a
+    streamed dataset's) stay within a bounded memory.
     ``rows`` (bool (N,)) limits them to those rows: the samples that have the
     modality, so a missing sample's zeros do not pull the statistics."""
+    if chunk_rows is None:
+        per_row = max(1, math.prod(train.shape[1:])) * 8
+        chunk_rows = max(1, min(8192, MOMENTS_CHUNK_BYTES // per_row))
     total: torch.Tensor | None = None
     squares: torch.Tensor | None = None
     count = 0
