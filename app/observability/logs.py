@@ -50,10 +50,6 @@ def run_context(run_id: object, attempt: int, project_id: object) -> Iterator[Ru
         _current.reset(token)
 
 
-def current_run() -> RunContext | None:
-    return _current.get()
-
-
 class RunContextFilter(logging.Filter):
     """Adds ``run_id``, ``attempt``, ``project_id`` (null outside a run) and, for
     the text format, ``run_label`` to every record."""

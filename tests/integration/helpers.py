@@ -19,6 +19,14 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 60, interval: floa
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def ready_digits(base_url: str, name: str, **options: Any) -> dict:
+    """A built-in digits dataset registered and prepared (``options``: the
+    built-in's, e.g. ``seed``); its reply once ready."""
+    with MixlabClient(base_url) as mx:
+        created = mx.create_builtin_dataset("digits", name=name, **options)
+        return mx.wait_for_dataset(created["id"], timeout=120)
+
+
 def experiment(client: MixlabClient, dataset_id: str, **overrides: Any) -> str:
     spec: dict[str, Any] = {"name": "t", "dataset_id": dataset_id,
                             "model": {"width": 8, "depth": 2},

@@ -12,7 +12,7 @@ import pytest
 from app.client import MixlabClient
 from tests.conftest import REDIS_URL, Stack
 from tests.integration.faults import fault_stack
-from tests.integration.helpers import wait_until
+from tests.integration.helpers import ready_digits, wait_until
 from tests.integration.test_faults import connect, epochs_recorded, ready_dataset
 from tests.recipes import SHORT
 
@@ -38,9 +38,7 @@ def log_text(mx: MixlabClient, run_id: str, attempt: int | None = None) -> str:
 
 @pytest.fixture(scope="module")
 def digits(stack: Stack) -> str:
-    with MixlabClient(stack.base_url) as mx:
-        created = mx.create_builtin_dataset("digits", name="digits-ddp")
-        return str(mx.wait_for_dataset(created["id"], timeout=120)["id"])
+    return str(ready_digits(stack.base_url, "digits-ddp")["id"])
 
 
 def test_a_two_process_run_trains_through_the_api(client: MixlabClient, digits: str) -> None:

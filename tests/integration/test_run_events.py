@@ -5,16 +5,14 @@ import uuid
 import pytest
 
 from app.client import MixlabClient, MixlabError
-from tests.integration.helpers import experiment
+from tests.integration.helpers import experiment, ready_digits
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def digits(stack) -> dict:  # type: ignore[no-untyped-def]
-    with MixlabClient(stack.base_url) as mx:
-        created = mx.create_builtin_dataset("digits", name="digits-events", seed=2)
-        return mx.wait_for_dataset(created["id"], timeout=120)
+    return ready_digits(stack.base_url, "digits-events", seed=2)
 
 
 def test_events_follow_a_run_to_its_end(client: MixlabClient, digits: dict) -> None:

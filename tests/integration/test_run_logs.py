@@ -11,16 +11,14 @@ import httpx
 import pytest
 
 from app.client import MixlabClient, MixlabError
-from tests.integration.helpers import experiment
+from tests.integration.helpers import experiment, ready_digits
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def digits(stack) -> dict:  # type: ignore[no-untyped-def]
-    with MixlabClient(stack.base_url) as mx:
-        created = mx.create_builtin_dataset("digits", name="digits-logs", seed=3)
-        return mx.wait_for_dataset(created["id"], timeout=120)
+    return ready_digits(stack.base_url, "digits-logs", seed=3)
 
 
 @pytest.fixture(scope="module")
