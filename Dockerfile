@@ -22,9 +22,10 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 
-# The real Fashion-MNIST files, under /usr/share/datasets/fashion-mnist/.
+# The real Fashion-MNIST files, under /usr/share/datasets/fashion-mnist/; g++ for
+# training.compile (torch.compile's CPU backend builds its kernels with it).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends dataset-fashion-mnist \
+ && apt-get install -y --no-install-recommends dataset-fashion-mnist g++ \
  && rm -rf /var/lib/apt/lists/*
 
 RUN groupadd --system --gid 10001 mixlab \

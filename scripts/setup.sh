@@ -33,39 +33,37 @@ fi
 assert tv() and timm_available(), 'torchvision/timm do not import'"
 # The fashion-mnist built-in reads Debian's dataset-fashion-mnist files (nothing is
 # downloaded at run time). Installed here when we can (root with apt-get); never fatal.
+# System packages some features and their tests use, installed with apt-get as
+# root (or through passwordless sudo); without them a note says what is missing.
+apt_install() {  # PACKAGE WHY-IT-IS-NEEDED
+  local as_root=""
+  [ "$(id -u)" = 0 ] || as_root="sudo -n"
+  if command -v apt-get >/dev/null 2>&1 && $as_root true 2>/dev/null; then
+    echo "installing $1 (apt-get) for $2" >&2
+    if $as_root apt-get install -y -q "$1" >/dev/null 2>&1 \
+        || { $as_root apt-get update -q >/dev/null 2>&1 \
+             && $as_root apt-get install -y -q "$1" >/dev/null 2>&1; }; then
+      return 0
+    fi
+  fi
+  echo "note: could not install $1 ('apt-get install $1' as root): $2 will be unavailable" >&2
+  return 1
+}
 FASHION_MNIST_DIR=${MIXLAB_FASHION_MNIST_DIR:-/usr/share/datasets/fashion-mnist}
 if [ ! -f "$FASHION_MNIST_DIR/train-images-idx3-ubyte.gz" ]; then
-  # as root, or through passwordless sudo
-  if [ "$(id -u)" = 0 ]; then AS_ROOT=""; else AS_ROOT="sudo -n"; fi
-  if [ "$FASHION_MNIST_DIR" = /usr/share/datasets/fashion-mnist ] \
-      && command -v apt-get >/dev/null 2>&1 && $AS_ROOT true 2>/dev/null; then
-    echo "installing dataset-fashion-mnist (apt-get)" >&2
-    if ! { $AS_ROOT apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
-           || { $AS_ROOT apt-get update -q >/dev/null 2>&1 \
-                && $AS_ROOT apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; }; }; then
-      echo "note: could not install dataset-fashion-mnist; the fashion-mnist built-in" \
-           "(and its tests) will be unavailable" >&2
-    fi
+  if [ "$FASHION_MNIST_DIR" = /usr/share/datasets/fashion-mnist ]; then
+    apt_install dataset-fashion-mnist "the fashion-mnist built-in and its tests" || true
   else
-    echo "note: $FASHION_MNIST_DIR has no Fashion-MNIST files; for the fashion-mnist" \
-         "built-in run 'apt-get install dataset-fashion-mnist' as root (Debian/Ubuntu)" \
-         "or set MIXLAB_FASHION_MNIST_DIR" >&2
+    echo "note: $FASHION_MNIST_DIR has no Fashion-MNIST files; set MIXLAB_FASHION_MNIST_DIR" \
+         "to a folder that has them" >&2
   fi
 fi
 # The dashboard's browser tests (tests/browser) drive Debian's Chromium through
-# Playwright (Playwright's own browser download is not used). Installed here as root.
+# Playwright (Playwright's own browser download is not used).
 if [ ! -x "${MIXLAB_CHROMIUM:-/usr/bin/chromium}" ]; then
-  if [ "$(id -u)" = 0 ]; then AS_ROOT=""; else AS_ROOT="sudo -n"; fi
-  if command -v apt-get >/dev/null 2>&1 && $AS_ROOT true 2>/dev/null; then
-    echo "installing chromium (apt-get) for the dashboard's browser tests" >&2
-    if ! { $AS_ROOT apt-get install -y -q chromium >/dev/null 2>&1 \
-           || { $AS_ROOT apt-get update -q >/dev/null 2>&1 \
-                && $AS_ROOT apt-get install -y -q chromium >/dev/null 2>&1; }; }; then
-      echo "note: could not install chromium; tests/browser will fail until it is" \
-           "installed (or MIXLAB_CHROMIUM names a Chromium binary)" >&2
-    fi
-  else
-    echo "note: no Chromium at /usr/bin/chromium: tests/browser need it ('apt-get install" \
-         "chromium' as root, or set MIXLAB_CHROMIUM)" >&2
-  fi
+  apt_install chromium "the dashboard's browser tests (or set MIXLAB_CHROMIUM)" || true
+fi
+# training.compile: torch.compile's CPU backend builds its kernels with a C++ compiler
+if ! command -v g++ >/dev/null 2>&1; then
+  apt_install g++ "training.compile on CPU workers and its test" || true
 fi
