@@ -53,6 +53,8 @@ from app.ml.resume import ResumePoint
 
 # a rank > 0 sets it once its data is loaded, before it joins the group
 READY_KEY = "mixlab/ready/{rank}"
+# a rank > 0 sets it once it has left the group; rank 0 keeps its store up until then
+LEFT_KEY = "mixlab/left/{rank}"
 
 
 def backend_for(device: torch.device) -> str:
@@ -254,5 +256,13 @@ def joined(rendezvous: Rendezvous, rank: int, device: torch.device,
         # NCCL moves CUDA tensors only; flags and figures go through gloo
         control = dist.new_group(backend="gloo") if backend == "nccl" else None
         yield Ranks(rank, rendezvous.world_size, device, backend, control)
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    dist.destroy_process_group()
+    # Rank 0's store dies with its process; a rank still leaving the group then
+    # aborts (gloo's threads lose the store), so rank 0 waits for every rank's word.
+    if rank > 0:
+        store.set(LEFT_KEY.format(rank=rank), "1")
+    else:
+        store.wait([LEFT_KEY.format(rank=r) for r in range(1, rendezvous.world_size)])
