@@ -256,12 +256,11 @@ def joined(rendezvous: Rendezvous, rank: int, device: torch.device,
         # NCCL moves CUDA tensors only; flags and figures go through gloo
         control = dist.new_group(backend="gloo") if backend == "nccl" else None
         yield Ranks(rank, rendezvous.world_size, device, backend, control)
-    except BaseException:
+    finally:
         dist.destroy_process_group()
-        raise
-    dist.destroy_process_group()
-    # Rank 0's store dies with its process; a rank still leaving the group then
-    # aborts (gloo's threads lose the store), so rank 0 waits for every rank's word.
+    # Reached on a normal exit only. Rank 0's store dies with its process; a rank
+    # still leaving the group then aborts (gloo loses the store), so rank 0 waits
+    # for every rank's word.
     if rank > 0:
         store.set(LEFT_KEY.format(rank=rank), "1")
     else:
