@@ -375,6 +375,8 @@ class ModalityPreview(BaseModel):
         None, description="Text: the attention mask of the mix (for embedding_mixup the union "
                           "of A's and B's).")
     values: TabularValues | None = Field(None, description="Tabular: A, B and mixed values.")
+    frames: int | None = Field(None, description="Video: frames per clip; a cutmix region "
+                                                 "is the same box on every frame.")
     image_url: str = Field(description="PNG of this modality for this sample.")
 
 
