@@ -1,13 +1,19 @@
 """Video ingestion (npz arrays, zips of frame folders) and the moving-digits built-in."""
 
+import io
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from app.ml.data import DataValidationError, NpzLimits, load_builtin, prepare_npz
+from app.ml.data.archive import prepare_archive, probe_archive
 from app.ml.data.avmnist import load_spoken_digits, pair_utterances
+from app.ml.data.frames import frame_order
+from app.ml.data.ingest_spec import IngestLimits
 from app.ml.data.moving_digits import bounce, load_moving_digits
 from app.ml.data.npz_header import probe_npz
 from app.ml.data.splits import stratified_split
@@ -157,3 +163,118 @@ def test_moving_digits_schema() -> None:
                                      "options": {"frames": 4}}})
     assert body.source.options.frames == 4  # type: ignore[union-attr]
     assert body.source.options.side == 16  # type: ignore[union-attr]
+
+
+# ---- zips of frame folders -----------------------------------------------------------
+
+
+def _png(value: int, size: tuple[int, int] = (6, 5), mode: str = "L") -> bytes:
+    out = io.BytesIO()
+    Image.new(mode, size, value if mode == "L" else (value, 0, 0)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _clip_zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+def _clips_members(classes: tuple[str, ...] = ("cat", "dog"), per_class: int = 10,
+                   frames: int = 3, prefix: str = "") -> dict[str, bytes]:
+    members = {}
+    for k, cls in enumerate(classes):
+        for c in range(per_class):
+            for t in range(frames):
+                # every frame differs: its value encodes class, clip and frame
+                members[f"{prefix}{cls}/clip{c}/frame{t}.png"] = _png(100 * k + 10 * t + c)
+    return members
+
+
+def test_frame_folder_zip_is_a_video_dataset_with_frames_in_order(tmp_path: Path) -> None:
+    members = _clips_members(frames=3)
+    # frames named so that plain string order would be wrong (f10 < f2): a fourth clip
+    # length would break the layout, so rename one class's frames 2, 10, 100
+    for c in range(10):
+        for t, name in enumerate(("f2", "f10", "f100")):
+            members[f"dog/clip{c}/{name}.png"] = members.pop(f"dog/clip{c}/frame{t}.png")
+    path = _clip_zip(tmp_path / "clips.zip", dict(reversed(list(members.items()))))
+    assert probe_archive(path) is None
+    ds = prepare_archive(path, original_name="clips.zip")
+    assert ds.modality_kinds == {"video": "video"} and ds.class_names == ["cat", "dog"]
+    video = ds.inputs["video"]
+    assert video.shape == (20, 3, 1, 5, 6) and video.dtype == torch.uint8
+    assert ds.summary()["modalities"][0]["shape"] == [3, 1, 5, 6]
+    for row in range(20):
+        k = int(ds.labels[row])
+        values = [int(video[row, t, 0, 0, 0]) for t in range(3)]
+        # one clip's frames in order: 10 apart, starting at its class's hundred
+        assert values[1] - values[0] == values[2] - values[1] == 10, values
+        assert values[0] // 100 == k
+    assert sorted(int(video[r, 0, 0, 0, 0]) % 10 for r in range(20)) == sorted(
+        list(range(10)) * 2)  # every clip once
+    assert ds.provenance["layout"] == "clip folders"
+    assert sum(ds.summary()["split_sizes"].values()) == 20
+
+
+def test_frame_folder_zip_with_split_folders_and_colour(tmp_path: Path) -> None:
+    members = {}
+    for split, n in (("train", 4), ("val", 2), ("test", 2)):
+        for cls in ("a", "b"):
+            for c in range(n):
+                for t in range(2):
+                    members[f"top/{split}/{cls}/{c}/{t}.png"] = _png(50 * t, mode="RGB")
+    ds = prepare_archive(_clip_zip(tmp_path / "s.zip", members))
+    assert ds.inputs["video"].shape == (16, 2, 3, 5, 6)
+    assert ds.summary()["split_sizes"] == {"train": 8, "val": 4, "test": 4}
+
+
+def test_frame_sizes_that_differ_name_the_file(tmp_path: Path) -> None:
+    members = _clips_members()
+    members["dog/clip4/frame1.png"] = _png(7, size=(8, 8))
+    with pytest.raises(DataValidationError) as info:
+        prepare_archive(_clip_zip(tmp_path / "sizes.zip", members))
+    assert info.value.field == "video"
+    assert "frames must all be 6x5 pixels" in str(info.value)
+    assert "dog/clip4/frame1.png is 8x8" in str(info.value)
+
+
+def test_clips_with_other_frame_counts_unreadable_frames_are_listed(tmp_path: Path) -> None:
+    members = _clips_members()
+    del members["cat/clip3/frame2.png"]
+    members["dog/clip7/frame0.png"] = b"not a png"
+    with pytest.raises(DataValidationError) as info:
+        prepare_archive(_clip_zip(tmp_path / "bad.zip", members))
+    text = str(info.value)
+    assert info.value.field == "video"
+    assert "clips must all have 3 frames" in text and "cat/clip3 has 2" in text
+    assert "unreadable frame at clip dog/clip7" in text and "dog/clip7/frame0.png" in text
+
+
+def test_clip_limits(tmp_path: Path) -> None:
+    path = _clip_zip(tmp_path / "c.zip", _clips_members(frames=3))
+    with pytest.raises(DataValidationError, match="has 3 frames, over the limit of 2"):
+        prepare_archive(path, limits=IngestLimits(max_frames=2))
+    with pytest.raises(DataValidationError, match="each side of a frame must be at most 4"):
+        prepare_archive(path, limits=IngestLimits(max_side=4))
+    with pytest.raises(DataValidationError, match="frame over the pixel limit"):
+        prepare_archive(path, limits=IngestLimits(max_image_pixels=20))
+    members = _clips_members()
+    members["dog/clip1/notes.txt"] = b"x"
+    with pytest.raises(DataValidationError, match=r"'dog/clip1/notes\.txt' is not an image"):
+        prepare_archive(_clip_zip(tmp_path / "t.zip", members))
+
+
+def test_frame_order_compares_numbers_as_numbers() -> None:
+    names = ["c/f10.png", "c/f2.png", "c/f1.png", "c/f100.png"]
+    assert sorted(names, key=frame_order) == ["c/f1.png", "c/f2.png", "c/f10.png",
+                                              "c/f100.png"]
+
+
+def test_image_folders_are_still_images(tmp_path: Path) -> None:
+    members = {f"train/{c}/{i}.png": _png(i) for c in "ab" for i in range(4)}
+    members.update({f"{s}/{c}/{i}.png": _png(i) for s in ("val", "test") for c in "ab"
+                    for i in range(2)})
+    ds = prepare_archive(_clip_zip(tmp_path / "img.zip", members))
+    assert ds.modality_kinds == {"image": "image"}
