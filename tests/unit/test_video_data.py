@@ -278,3 +278,38 @@ def test_image_folders_are_still_images(tmp_path: Path) -> None:
                     for i in range(2)})
     ds = prepare_archive(_clip_zip(tmp_path / "img.zip", members))
     assert ds.modality_kinds == {"image": "image"}
+
+
+def test_manifest_names_clip_folders_labels_and_splits(tmp_path: Path) -> None:
+    members = {}
+    lines = ["video,label,split"]
+    for c in range(12):
+        split = ("train", "train", "val", "test")[c % 4]
+        for t, name in enumerate(("f1", "f2", "f10")):  # numeric order, not string order
+            members[f"data/raw/{c}/{name}.png"] = _png(20 * t + c)
+        lines.append(f"raw/{c},{'odd' if c % 2 else 'even'},{split}")
+    members["data/manifest.csv"] = "\n".join(lines).encode()
+    path = _clip_zip(tmp_path / "m.zip", members)
+    assert probe_archive(path) is None
+    ds = prepare_archive(path)
+    video = ds.inputs["video"]
+    assert video.shape == (12, 3, 1, 5, 6)
+    assert ds.class_names == ["even", "odd"]
+    for row in range(12):  # manifest order; frames f1, f2, f10
+        assert [int(video[row, t, 0, 0, 0]) for t in range(3)] == [row, 20 + row, 40 + row]
+        assert int(ds.labels[row]) == row % 2
+    assert ds.split.tolist() == [0, 0, 1, 2] * 3
+    assert ds.provenance["layout"] == "manifest"
+
+
+@pytest.mark.parametrize(("row", "reason"), [
+    ("raw/99,even", "manifest row 1: no frames in 'raw/99'"),
+    ("../x,even", "manifest row 1: '../x' is not a clip folder inside the archive"),
+])
+def test_manifest_clip_errors_name_the_row(tmp_path: Path, row: str, reason: str) -> None:
+    members = {"raw/0/0.png": _png(1), "manifest.csv": f"video,label\n{row}\n".encode()}
+    path = _clip_zip(tmp_path / "m.zip", members)
+    for check in (probe_archive, prepare_archive):
+        with pytest.raises(DataValidationError) as info:
+            check(path)
+        assert info.value.field == "video" and reason in str(info.value)

@@ -3,7 +3,9 @@
 Layouts (optionally under one top-level folder), recognised by depth:
 ``<class>/<clip>/<frame>`` or ``<split>/<class>/<clip>/<frame>`` with split
 folders train/val/test, the label being the class folder, as image folders'
-labels are their parent folder. A clip's frames are ordered by file name,
+labels are their parent folder; or a manifest (``manifest.csv`` /
+``manifest.jsonl``) with a ``video`` column naming each clip's folder, beside
+``label`` and optionally ``split``. A clip's frames are ordered by file name,
 numbers compared as numbers (``f2.png`` before ``f10.png``).
 
 Frames are decoded at their own size, never resized: every frame of every clip
@@ -16,6 +18,7 @@ per clip, ``max_side`` per frame side, ``max_image_pixels`` per source frame
 ``max_total_bytes``.
 """
 
+import posixpath
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -74,6 +77,43 @@ def clip_layout(files: list[str], root: str) -> list[Clip] | None:
         parts = folder.split("/")
         clips.append(Clip(folder=root + folder, label=parts[-2],
                           split=SPLIT_ALIASES[parts[0].lower()] if with_split else None,
+                          frames=tuple(sorted(frames, key=frame_order))))
+    return clips
+
+
+def manifest_clips(rows: list[dict[str, object]], base: str, files: list[str],
+                   label: str, split: str | None) -> list[Clip]:
+    """The clips a manifest names: its ``video`` column holds each clip's folder
+    (relative to the manifest), ``label`` its class, ``split`` (if given) its
+    split; rows are numbered from 1 in errors."""
+    by_folder: dict[str, list[str]] = {}
+    for f in files:
+        if "/" in f:
+            by_folder.setdefault(f.rsplit("/", 1)[0], []).append(f)
+    clips = []
+    for i, row in enumerate(rows, 1):
+        rel = str(row.get(FIELD) or "").strip().rstrip("/")
+        folder = posixpath.normpath(posixpath.join(base, rel)) if rel else ""
+        if not rel or rel.startswith("/") or folder == ".." or folder.startswith("../"):
+            raise DataValidationError(FIELD, f"manifest row {i}: {rel!r} is not a clip "
+                                      "folder inside the archive")
+        frames = by_folder.get(folder)
+        if not frames:
+            raise DataValidationError(FIELD, f"manifest row {i}: no frames in {rel!r}")
+        bad = next((f for f in frames if not f.lower().endswith(IMAGE_EXTENSIONS)), None)
+        if bad is not None:
+            raise DataValidationError(FIELD, f"manifest row {i}: {bad!r} is not an image file")
+        value = row.get(label)
+        if value in (None, ""):
+            raise DataValidationError(label, f"missing at manifest row {i}")
+        code = None
+        if split is not None:
+            key = str(row.get(split, "")).strip().lower()
+            if key not in SPLIT_ALIASES:
+                raise DataValidationError(split, f"manifest row {i}: unknown split {key!r} "
+                                          "(use train/val/test)")
+            code = SPLIT_ALIASES[key]
+        clips.append(Clip(folder=folder, label=str(value), split=code,
                           frames=tuple(sorted(frames, key=frame_order))))
     return clips
 
@@ -169,4 +209,4 @@ def prepare_clips(clips: list[Clip], read: Callable[[str], bytes], limits: Inges
     assert reader.array is not None  # every clip read, so the first allocated it
     split = _split(clips, labels)
     return PreparedDataset.from_arrays({FIELD: torch.from_numpy(reader.array)}, labels, split,
-                                       class_names, {**provenance, "layout": "clip folders"})
+                                       class_names, provenance)
