@@ -501,7 +501,7 @@ def _options(pairs: list[str]) -> dict[str, Any]:
 @datasets_app.command("create")
 def datasets_create(
         builtin: Annotated[str | None, typer.Option(
-            help="A built-in: digits, fashion-mnist, avmnist, synthetic.")] = None,
+            help="A built-in: digits, fashion-mnist, avmnist, moving-digits, synthetic.")] = None,
         file: Annotated[Path | None, typer.Option(
             exists=True, dir_okay=False, readable=True,
             help="Upload a file: .npz, .parquet, .zip, .tar.gz / .tgz.")] = None,
@@ -544,7 +544,8 @@ def datasets_create(
 def datasets_add_builtin(
         builtin: Annotated[str, typer.Argument(
             metavar="BUILTIN",
-            help="Built-in dataset: digits, fashion-mnist, avmnist, synthetic.")] = "digits",
+            help="Built-in dataset: digits, fashion-mnist, avmnist, moving-digits, "
+                 "synthetic.")] = "digits",
         label_noise: Annotated[float | None, typer.Option(
             show_default=False,
             help="Share of training labels flipped (digits, fashion-mnist, avmnist; "

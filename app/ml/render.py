@@ -3,6 +3,8 @@ imported on use, so ``app.ml`` imports with torch alone.
 
 - images: a grid, one row per sample: source A | source B | mixed, with the
   cutmix box outlined;
+- video: per sample, a strip of frames for A, for B and for the mix, the
+  cutmix box outlined on every frame of the mix;
 - audio: spectrograms A | B | mixed (low frequencies at the bottom; a waveform
   is shown as its log-magnitude STFT), with specmix bands or the spec_cutmix
   box outlined;
@@ -95,6 +97,69 @@ def render_mix_grid(images_a: torch.Tensor, images_b: torch.Tensor, mixed: torch
                                 left + x1 * scale - 1, top + y1 * scale - 1],
                                outline=_BOX_COLOUR, width=max(1, scale // 8))
         draw.multiline_text((4 * _GAP + 3 * cell_w, top + 4), captions[row], fill="black")
+    return _png(canvas)
+
+
+# -------------------------------------------------------------------------- video
+
+VIDEO_MAX_FRAMES = 16  # frames drawn per strip; longer clips show evenly spaced ones
+_MIN_FRAME = 48
+_STRIP_LABEL_W = 56
+_FRAME_GAP = 2
+
+
+def video_frames_shown(frames: int) -> list[int]:
+    """Which frames a strip draws: all, or ``VIDEO_MAX_FRAMES`` evenly spaced."""
+    if frames <= VIDEO_MAX_FRAMES:
+        return list(range(frames))
+    return torch.linspace(0, frames - 1, VIDEO_MAX_FRAMES).round().long().tolist()
+
+
+def video_strip_size(n: int, frames: int, height: int, width: int) -> tuple[int, int]:
+    """(width, height) of ``render_video_strips``'s PNG for ``n`` samples."""
+    scale = max(1, math.ceil(_MIN_FRAME / max(height, width)))
+    shown = len(video_frames_shown(frames))
+    strip_w = shown * (width * scale + _FRAME_GAP) - _FRAME_GAP
+    block_h = 3 * (height * scale + _GAP) + _GAP
+    return (_STRIP_LABEL_W + strip_w + 2 * _GAP + _CAPTION_W, _HEADER + n * block_h)
+
+
+def render_video_strips(clips_a: torch.Tensor, clips_b: torch.Tensor, mixed: torch.Tensor,
+                        captions: list[str],
+                        boxes: Sequence[Sequence[int] | None] | None = None) -> bytes:
+    """Per sample, three strips of frames: source A, source B and the mix, with
+    the cutmix box (y0, x0, y1, x1; one box for the whole clip) outlined on every
+    frame of the mix; clips are (n, T, C, H, W) floats in [0, 1]."""
+    from PIL import Image, ImageDraw
+
+    n, frames, _, height, width = mixed.shape
+    scale = max(1, math.ceil(_MIN_FRAME / max(height, width)))
+    cell_w, cell_h = width * scale, height * scale
+    shown = video_frames_shown(frames)
+    size = video_strip_size(n, frames, height, width)
+    canvas = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(canvas)
+    left = _STRIP_LABEL_W
+    draw.text((left, 4), f"frames {', '.join(str(t) for t in shown)}"
+              if len(shown) < frames else f"frames 0-{frames - 1}", fill="black")
+    block_h = 3 * (cell_h + _GAP) + _GAP
+    for row in range(n):
+        top = _HEADER + row * block_h
+        box = boxes[row] if boxes is not None else None
+        for strip, (title, clip) in enumerate((("A", clips_a[row]), ("B", clips_b[row]),
+                                                ("mixed", mixed[row]))):
+            y = top + strip * (cell_h + _GAP)
+            draw.text((_GAP, y + 4), title, fill="black")
+            for col, t in enumerate(shown):
+                x = left + col * (cell_w + _FRAME_GAP)
+                canvas.paste(_to_pil(clip[t], scale), (x, y))
+                if strip == 2 and box is not None and box[2] > box[0] and box[3] > box[1]:
+                    y0, x0, y1, x1 = box
+                    draw.rectangle([x + x0 * scale, y + y0 * scale,
+                                    x + x1 * scale - 1, y + y1 * scale - 1],
+                                   outline=_BOX_COLOUR, width=max(1, scale // 8))
+        strip_w = len(shown) * (cell_w + _FRAME_GAP) - _FRAME_GAP
+        draw.multiline_text((left + strip_w + 2 * _GAP, top + 4), captions[row], fill="black")
     return _png(canvas)
 
 

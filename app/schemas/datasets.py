@@ -138,6 +138,19 @@ class AvmnistOptions(StrictModel):
                                            "0..255 range.")
 
 
+class MovingDigitsOptions(StrictModel):
+    label_noise: float = Field(0.0, ge=0, le=0.9,
+                               description="Share of training labels flipped to another class.")
+    seed: int = Field(0, ge=0, le=2**31 - 1,
+                      description="Seed of the trajectories, the clip/utterance pairing, the "
+                                  "added noise and the label noise.")
+    audio_noise: float = Field(0.5, ge=0, le=5,
+                               description="Std of Gaussian noise added to the log-mel "
+                                           "features, in units of their std.")
+    frames: int = Field(8, ge=2, le=32, description="Frames per clip (T).")
+    side: int = Field(16, ge=8, le=64, description="Frame side in pixels (the digit is 8x8).")
+
+
 class DigitsSource(StrictModel):
     kind: Literal["builtin"]
     name: Literal["digits"] = Field(description="scikit-learn's 1,797 8x8 handwritten digits.")
@@ -170,8 +183,17 @@ class AvmnistSource(StrictModel):
     options: AvmnistOptions = AvmnistOptions()
 
 
-BuiltinSource = Annotated[DigitsSource | SyntheticSource | FashionMnistSource | AvmnistSource,
-                          Field(discriminator="name")]
+class MovingDigitsSource(StrictModel):
+    kind: Literal["builtin"]
+    name: Literal["moving-digits"] = Field(
+        description="Video + audio digits: each of scikit-learn's 1,797 8x8 digits moving "
+                    "along a seeded bouncing line over T frames (video T x 1 x side x side), "
+                    "paired with a spoken digit of its class (40x32 log-mel, as avmnist).")
+    options: MovingDigitsOptions = MovingDigitsOptions()
+
+
+BuiltinSource = Annotated[DigitsSource | SyntheticSource | FashionMnistSource | AvmnistSource
+                          | MovingDigitsSource, Field(discriminator="name")]
 _BUILTIN_NAMES = {get_args(source.model_fields["name"].annotation)[0]
                   for source in get_args(get_args(BuiltinSource)[0])}
 
@@ -353,6 +375,8 @@ class ModalityPreview(BaseModel):
         None, description="Text: the attention mask of the mix (for embedding_mixup the union "
                           "of A's and B's).")
     values: TabularValues | None = Field(None, description="Tabular: A, B and mixed values.")
+    frames: int | None = Field(None, description="Video: frames per clip; a cutmix region "
+                                                 "is the same box on every frame.")
     image_url: str = Field(description="PNG of this modality for this sample.")
 
 

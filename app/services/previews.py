@@ -14,6 +14,7 @@ from app.ml.render import (
     render_spectrograms,
     render_table,
     render_tokens,
+    render_video_strips,
 )
 from app.schemas.datasets import (
     ModalityPreview,
@@ -34,9 +35,10 @@ _SPEC_LAYOUT = {"specmix": "bands", "spec_cutmix": "box"}
 
 
 def default_modality(data: PreparedDataset) -> str:
-    """The modality a preview shows when none is named: the first image, else the first."""
+    """The modality a preview shows when none is named: the first image (or
+    video), else the first."""
     for name, kind in data.modality_kinds.items():
-        if name in data.inputs and kind == "image":
+        if name in data.inputs and kind in IMAGE_KINDS:
             return name
     return next(iter(data.inputs))
 
@@ -138,6 +140,8 @@ def _modality_json(data: PreparedDataset, mm: ModalityMix, i: int, url: str) -> 
                           for p, t, s in mm.token_sources(i) if p < MAX_JSON_TOKENS]
         if mm.mask is not None:
             out.mask = mm.mask[i, :MAX_JSON_TOKENS].tolist()
+    elif mm.kind == "video":
+        out.frames = int(mm.a.shape[1])
     elif mm.kind == "tabular":
         a, b, mixed = (x[i].reshape(-1).float() for x in (mm.a, mm.b, mm.mixed))
         dims = a.shape[0]
@@ -202,6 +206,8 @@ def render(data: PreparedDataset, batch: PreviewBatch, sample: int | None = None
     rows = list(range(len(batch.indices_a))) if sample is None else [sample]
     captions = [_caption(data, batch, i, mm) for i in rows]
     regions = [mm.region_at(i) for i in rows] if mm.region is not None else None
+    if mm.kind == "video":
+        return render_video_strips(mm.a[rows], mm.b[rows], mm.mixed[rows], captions, regions)
     if mm.kind in IMAGE_KINDS:
         return render_mix_grid(mm.a[rows], mm.b[rows], mm.mixed[rows], captions, regions)
     if mm.kind == "audio":

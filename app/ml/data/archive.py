@@ -7,7 +7,9 @@ Two layouts, optionally under one top-level folder:
   to the manifest, other columns are ``text``, ``label``, ``split`` or
   numeric/categorical features. Manifest rows are numbered from 1.
 - an image folder: ``<class>/<file>``, or ``<split>/<class>/<file>`` with split
-  folders train/val/test.
+  folders train/val/test;
+- a video: folders of frames, ``<class>/<clip>/<frame>`` or
+  ``<split>/<class>/<clip>/<frame>`` (``app.ml.data.frames``).
 
 Multi-label manifests: a JSON list in ``manifest.jsonl`` (``"labels": ["cat",
 "dog"]``) makes the dataset multi-label by itself; in ``manifest.csv`` set
@@ -43,6 +45,8 @@ from typing import Any
 
 from app.ml.data.columns import is_list
 from app.ml.data.errors import DataValidationError
+from app.ml.data.frames import SPLIT_DIRS as _SPLIT_DIRS
+from app.ml.data.frames import Clip, clip_layout, manifest_clips, prepare_clips
 from app.ml.data.ingest_spec import IngestLimits, IngestSpec, ModalitySpec, ProgressFn
 from app.ml.data.issues import Issues
 from app.ml.data.media import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS
@@ -58,7 +62,6 @@ from app.ml.data.table import (
 )
 
 MANIFESTS = ("manifest.csv", "manifest.jsonl")
-_SPLIT_DIRS = {"train", "training", "val", "valid", "validation", "test", "testing"}
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
@@ -373,6 +376,35 @@ def _build(plan: _Plan, files: set[str], read: Callable[[str], bytes], limits: I
     return builder
 
 
+def _names_video(name: str, data: bytes) -> bool:
+    """Whether a manifest has a ``video`` column, from its first line only."""
+    first = data.split(b"\n", 1)[0].decode("utf-8-sig", errors="replace")
+    if name.endswith(".csv"):
+        return "video" in (c.strip() for c in first.split(","))
+    try:
+        row = json.loads(first)
+    except json.JSONDecodeError:
+        return False  # _plan reports it
+    return isinstance(row, dict) and "video" in row
+
+
+def _clips(files: list[str], read: Callable[[str], bytes], spec: IngestSpec,
+           limits: IngestLimits) -> list[Clip] | None:
+    """The clips of a video archive: clip folders (no manifest, frames in
+    ``<class>/<clip>/``), or a manifest with a ``video`` column; else None."""
+    manifests = [f for f in files if posixpath.basename(f) in MANIFESTS and f.count("/") <= 1]
+    if not manifests:
+        return clip_layout(files, _root(files))
+    if len(manifests) > 1:
+        return None  # _plan refuses it
+    name, data = posixpath.basename(manifests[0]), read(manifests[0])
+    if not _names_video(name, data):
+        return None
+    columns, rows = _read_manifest(name, data, limits)
+    split = spec.split or ("split" if "split" in columns else None)
+    return manifest_clips(rows, posixpath.dirname(manifests[0]), files, spec.label, split)
+
+
 def probe_archive(path: Path, spec: IngestSpec | None = None,
                   limits: IngestLimits | None = None) -> IngestSpec | None:
     """Refuse what a zip's directory and manifest show is wrong (unsafe members,
@@ -388,6 +420,8 @@ def probe_archive(path: Path, spec: IngestSpec | None = None,
         files = [f for f in all_files if not _hidden(f)]
         if not files:
             raise _fail("archive has no files")
+        if _clips(files, read, spec, limits) is not None:
+            return None  # clip folders: no spec applies; frames are checked when read
         plan = _plan(files, read, spec, limits)
         plan.check_files(set(files), limits)
         return plan.spec
@@ -403,6 +437,13 @@ def prepare_archive(path: Path, spec: IngestSpec | None = None,
         files = [f for f in all_files if not _hidden(f)]
         if not files:
             raise _fail("archive has no files")
+        clips = _clips(files, read, spec, limits)
+        if clips is not None:
+            layout = "manifest" if any(posixpath.basename(f) in MANIFESTS
+                                       and f.count("/") <= 1 for f in files) else "clip folders"
+            return prepare_clips(clips, read, limits, {"upload": original_name or path.name,
+                                                      "format": fmt, "layout": layout},
+                                 progress)
         plan = _plan(files, read, spec, limits)
         builder = _build(plan, set(files), read, limits, progress)
         provenance: dict[str, Any] = {

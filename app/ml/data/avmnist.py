@@ -71,6 +71,15 @@ def _number(name: str, value: Any, lo: float, hi: float) -> float:
     return float(value)
 
 
+check_number = _number  # the option rule, shared with the other spoken-digit built-ins
+
+
+def check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**31 - 1:
+        raise DataValidationError("source.options.seed", "must be an integer from 0 to 2^31-1")
+    return seed
+
+
 def load_avmnist(label_noise: float = 0.0, seed: int = 0, audio_noise: float = 0.5,
                  image_noise: float = 0.0) -> PreparedDataset:
     """Paired digit images ``image`` (N, 1, 8, 8) uint8 and spoken digits ``audio``
@@ -83,8 +92,7 @@ def load_avmnist(label_noise: float = 0.0, seed: int = 0, audio_noise: float = 0
     label_noise = _number("label_noise", label_noise, 0.0, 0.9)
     audio_noise = _number("audio_noise", audio_noise, *NOISE_BOUNDS["audio_noise"])
     image_noise = _number("image_noise", image_noise, *NOISE_BOUNDS["image_noise"])
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**31 - 1:
-        raise DataValidationError("source.options.seed", "must be an integer from 0 to 2^31-1")
+    seed = check_seed(seed)
 
     pixels, labels = digit_images()
     spoken = load_spoken_digits()

@@ -11,6 +11,7 @@ import torch
 from app.ml.data.avmnist import load_avmnist
 from app.ml.data.errors import DataValidationError
 from app.ml.data.fashion_mnist import load_fashion_mnist
+from app.ml.data.moving_digits import load_moving_digits
 from app.ml.data.prepared import PreparedDataset
 from app.ml.data.splits import flip_train_labels, stratified_split
 from app.ml.data.synthetic import load_synthetic
@@ -55,6 +56,7 @@ BUILTINS: dict[str, Callable[..., PreparedDataset]] = {
     "synthetic": load_synthetic,
     "fashion-mnist": fashion_mnist,
     "avmnist": load_avmnist,
+    "moving-digits": load_moving_digits,
 }
 
 

@@ -82,6 +82,7 @@ class IngestLimits:
     max_vocab: int = 1_000_000
     max_audio_length: int = 10_000_000  # output samples per clip
     max_features: int = 100_000
+    max_frames: int = 256  # video frames per clip
     max_columns: int = 100_000  # Parquet leaf columns, checked from the footer
     max_categories: int = 10_000  # per categorical column
     max_errors: int = 20  # rows listed per problem; stop reading after this many problems

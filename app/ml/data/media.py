@@ -65,7 +65,10 @@ def _open_image(data: bytes, max_pixels: int) -> Image.Image:
 
 def image_channels(data: bytes, max_pixels: int) -> int:
     """1 for grayscale sources, else 3."""
-    img = _open_image(data, max_pixels)
+    return _channels(_open_image(data, max_pixels))
+
+
+def _channels(img: Image.Image) -> int:
     return 1 if img.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
 
 
@@ -79,6 +82,18 @@ def decode_image(data: bytes, size: tuple[int, int], channels: int,
         if img.size != (w, h):
             img = img.resize((w, h), Image.Resampling.BILINEAR)
         arr = np.asarray(img, dtype=np.uint8)
+    except Exception as exc:
+        raise MediaError(_reason(exc, "image data", NOT_AN_IMAGE)) from exc
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def decode_frame(data: bytes, channels: int | None, max_pixels: int) -> np.ndarray:
+    """(C, H, W) uint8 at the image's own size (a video frame is never resized:
+    its clip's frames must agree); ``channels`` None: 1 for grey sources, else 3."""
+    img = _open_image(data, max_pixels)
+    channels = channels or _channels(img)
+    try:
+        arr = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
     except Exception as exc:
         raise MediaError(_reason(exc, "image data", NOT_AN_IMAGE)) from exc
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)

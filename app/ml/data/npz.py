@@ -6,7 +6,9 @@ Modality arrays, at least one of them, all with the same N:
 - ``text`` (N, T) integer token ids, 0 = padding, right-padded (no token after
   a pad); optional ``vocab`` (V,) strings, index → token, so previews show words;
 - ``audio`` (N, L) waveform, or (N, F, T) / (N, C, F, T) spectrogram, numeric;
-- ``tabular`` (N, D) numeric features.
+- ``tabular`` (N, D) numeric features;
+- ``video`` (N, T, H, W) or (N, T, C, H, W) clips of T frames, numeric (uint8
+  0..255 kept as is, floats as float32, like ``image``).
 
 Then ``label`` (N,) integers or strings; optional ``split`` (N,) of 0/1/2 or
 train/val/test; optional ``class_names`` (K,) strings, in which case ``label``
@@ -36,7 +38,7 @@ from app.ml.data.prepared import SPLITS, PreparedDataset
 from app.ml.data.samples import Label, Samples
 from app.ml.data.splits import stratified_split
 
-MODALITY_ARRAYS = ("image", "text", "audio", "tabular")
+MODALITY_ARRAYS = ("image", "text", "audio", "tabular", "video")
 ALLOWED_ARRAYS = (*MODALITY_ARRAYS, "label", "split", "class_names", "vocab")
 
 
@@ -52,6 +54,7 @@ class NpzLimits:
     max_audio_length: int = 10_000_000  # waveform samples per clip
     max_audio_side: int = 4096  # spectrogram bins or frames
     max_features: int = 100_000
+    max_frames: int = 256  # video frames per clip
     max_errors: int = 20  # samples listed per problem (all are counted)
 
 
@@ -84,7 +87,7 @@ def _open(path: Path, limits: NpzLimits, labelled: bool = True) -> dict[str, np.
                 raise DataValidationError(name, "not a .npy array")
     if not any(name in arrays for name in MODALITY_ARRAYS):
         raise DataValidationError("image", "missing array: an .npz needs at least one "
-                                  "modality array (image, text, audio or tabular)")
+                                  "modality array (image, text, audio, tabular or video)")
     if labelled and "label" not in arrays:
         raise DataValidationError("label", "missing array")
     return arrays
@@ -211,16 +214,44 @@ def _image(arr: np.ndarray, limits: NpzLimits, issues: Issues) -> torch.Tensor:
     if h > limits.max_side or w > limits.max_side or h < 1 or w < 1:
         raise DataValidationError("image", f"{h}x{w} pixels; each side must be 1 to "
                                   f"{limits.max_side}")
+    return _pixels("image", arr, issues)
+
+
+def _pixels(name: str, arr: np.ndarray, issues: Issues) -> torch.Tensor:
+    """Image or video pixels: bool as 0/255, floats as float32, integers in 0..255
+    as uint8 (others as float32)."""
     if arr.dtype == np.bool_:
         return torch.from_numpy(arr.astype(np.uint8) * 255)
     if arr.dtype.kind == "f":
-        _finite("image", arr, issues)
+        _finite(name, arr, issues)
         return torch.from_numpy(arr.astype(np.float32))
     if arr.dtype != np.uint8:
         lo, hi = arr.min(), arr.max()
         if lo < 0 or hi > 255:
             return torch.from_numpy(arr.astype(np.float32))
     return torch.from_numpy(arr.astype(np.uint8))
+
+
+def _video(arr: np.ndarray, limits: NpzLimits, issues: Issues) -> torch.Tensor:
+    if arr.dtype.kind not in "uif" and arr.dtype != np.bool_:
+        raise DataValidationError("video", f"dtype {arr.dtype} is not numeric")
+    if arr.ndim == 4:
+        arr = arr[:, :, None]
+    if arr.ndim != 5:
+        raise DataValidationError("video", f"expected shape (N, T, H, W) or (N, T, C, H, W), "
+                                  f"got {arr.shape}")
+    _samples("video", arr, limits)
+    _, t, c, h, w = arr.shape
+    if not 1 <= t <= limits.max_frames:
+        raise DataValidationError("video", f"{t} frames per clip; expected 1 to "
+                                  f"{limits.max_frames} in axis 1 (N, T, C, H, W)")
+    if not 1 <= c <= limits.max_channels:
+        raise DataValidationError("video", f"{c} channels; expected 1 to {limits.max_channels} "
+                                  "in axis 2 (N, T, C, H, W)")
+    if not (1 <= h <= limits.max_side and 1 <= w <= limits.max_side):
+        raise DataValidationError("video", f"{h}x{w} pixels per frame; each side must be 1 to "
+                                  f"{limits.max_side}")
+    return _pixels("video", arr, issues)
 
 
 def _multilabel(arrays: dict[str, np.ndarray],
@@ -358,6 +389,8 @@ def _inputs(arrays: dict[str, np.ndarray], limits: NpzLimits) -> dict[str, torch
             inputs[name] = _text(arr, limits, issues)
         elif name == "audio":
             inputs[name] = _audio(arr, limits, issues)
+        elif name == "video":
+            inputs[name] = _video(arr, limits, issues)
         else:
             inputs[name] = _tabular(arr, limits, issues)
     issues.raise_if_any()

@@ -104,6 +104,22 @@ def _check_modality(name: str, h: ArrayHeader, limits: NpzLimits) -> None:
                                       f"side must be 1 to {limits.max_audio_side}")
         if kind not in "uifb":
             raise DataValidationError("audio", f"dtype {h.dtype} is not numeric")
+    elif name == "video":
+        if kind not in "uifb":
+            raise DataValidationError("video", f"dtype {h.dtype} is not numeric")
+        if len(shape) not in (4, 5):
+            raise DataValidationError("video", f"expected shape (N, T, H, W) or "
+                                      f"(N, T, C, H, W), got {shape}")
+        t, c, hh, w = (shape[1], 1, *shape[2:]) if len(shape) == 4 else shape[1:]
+        if not 1 <= t <= limits.max_frames:
+            raise DataValidationError("video", f"{t} frames per clip; expected 1 to "
+                                      f"{limits.max_frames} in axis 1 (N, T, C, H, W)")
+        if not 1 <= c <= limits.max_channels:
+            raise DataValidationError("video", f"{c} channels; expected 1 to "
+                                      f"{limits.max_channels} in axis 2 (N, T, C, H, W)")
+        if not (1 <= hh <= limits.max_side and 1 <= w <= limits.max_side):
+            raise DataValidationError("video", f"{hh}x{w} pixels per frame; each side must "
+                                      f"be 1 to {limits.max_side}")
     elif name == "tabular":
         if len(shape) != 2:
             raise DataValidationError("tabular", f"expected shape (N, D), got {shape}")
@@ -152,7 +168,7 @@ def probe_npz(path: Path, limits: NpzLimits | None = None, labelled: bool = True
     modalities = [m for m in MODALITY_ARRAYS if m in headers]
     if not modalities:
         raise DataValidationError("image", "missing array: an .npz needs at least one "
-                                  "modality array (image, text, audio or tabular)")
+                                  "modality array (image, text, audio, tabular or video)")
     if labelled and "label" not in headers:
         raise DataValidationError("label", "missing array")
     first, n = modalities[0], headers[modalities[0]].shape[:1]
