@@ -1,0 +1,177 @@
+"""Quality on a hard avmnist: can fusions and mixing methods be told apart?
+
+On the default avmnist every fusion sits at 0.98–1.00 test accuracy (the 8×8
+image alone gives 0.94–0.99), so nothing ranks. Here the built-in's options
+take part of each modality away, seeded per sample (``HARD``): a square block
+hides about half of each image after pixel noise, and a span of half of each
+utterance's frames is masked after strong log-mel noise. Neither modality
+alone then suffices, which the grid measures first:
+
+* **unimodal**: the ``multimodal`` model (early fusion, no mixing) trained and
+  tested on one modality only (the other removed from the dataset, not zeroed):
+  what each modality alone is worth;
+* **fused**: each fusion × ``none`` / ``cross_modal`` (mixup with one partner
+  and λ for both modalities) / ``manifold_mixup`` (layers 0, 1, 2: inputs,
+  encoder features, the fused representation), with the run's own
+  "test accuracy with the image / audio missing" alongside.
+
+Everything goes through ``benchmarks/quality.py``'s path: specs validated by
+the API's schemas (``DatasetCreate``, ``ExperimentCreate``), data from
+``load_builtin``, training by the worker's call ``train(...)`` (its
+``run_one``, which also checks its evaluator against the run's own figures).
+Mean ± sample std over seeds; the seed is the dataset's (pairing, noise,
+occlusion positions) and the training seed. Each cell is also compared with
+the best fused cell: "apart" when the gap exceeds the sum of the two stds.
+
+Usage (from the repository root)::
+
+    .venv/bin/python benchmarks/quality_hard.py                  # 51 runs, 1 thread
+    .venv/bin/python benchmarks/quality_hard.py --quick          # a smoke run
+    .venv/bin/python benchmarks/quality_hard.py --options occlusion=0.6,audio_noise=2
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from app.ml.data import PreparedDataset
+from benchmarks.quality import (
+    FUSIONS,
+    RunRecord,
+    _cell,
+    _stats,
+    _Threads,
+    dataset_spec,
+    experiment_spec,
+    load_dataset,
+    run_one,
+)
+
+# the hard variant's dataset options (docs/datasets.md "avmnist"); chosen so that
+# each modality alone is well below the fused accuracy (benchmarks/RESULTS.md)
+HARD: dict[str, Any] = {"occlusion": 0.5, "image_noise": 0.25, "audio_noise": 2.0,
+                        "audio_mask": 0.5}
+METHODS = ("none", "cross_modal", "manifold_mixup")
+MODALITIES = ("image", "audio")
+WIDTH, EPOCHS = 8, 20
+
+
+def only(data: PreparedDataset, modality: str) -> PreparedDataset:
+    """``data`` with one modality: a unimodal model sees nothing of the other."""
+    return dataclasses.replace(
+        data, inputs={modality: data.inputs[modality]},
+        modality_kinds={modality: data.modality_kinds[modality]},
+        present={m: p for m, p in data.present.items() if m == modality},
+        provenance={**data.provenance, "only": modality})
+
+
+def _spec(fusion: str, method: str, seed: int, epochs: int) -> Any:
+    augmentation = {"method": method} if method == "none" else {"method": method, "alpha": 1.0}
+    return experiment_spec({"kind": "multimodal", "width": WIDTH, "fusion": fusion},
+                           augmentation, {"seed": seed, "epochs": epochs})
+
+
+def runs(options: dict[str, Any], seeds: Sequence[int], fusions: Sequence[str],
+         methods: Sequence[str], epochs: int) -> Iterable[RunRecord]:
+    for seed in seeds:
+        data = load_dataset(dataset_spec("avmnist", {**options, "seed": seed}))
+        for modality in MODALITIES:
+            yield run_one(only(data, modality), _spec("early", "none", seed, epochs),
+                          dataset="avmnist-hard", variant=f"{modality} only", seed=seed,
+                          per_epoch_test=False)
+        for fusion in fusions:
+            for method in methods:
+                yield run_one(data, _spec(fusion, method, seed, epochs),
+                              dataset="avmnist-hard", variant=fusion, seed=seed,
+                              per_epoch_test=False)
+
+
+def _groups(records: Sequence[RunRecord]) -> dict[tuple[str, str], list[RunRecord]]:
+    groups: dict[tuple[str, str], list[RunRecord]] = {}
+    for r in records:
+        groups.setdefault((r.variant, r.method), []).append(r)
+    return groups
+
+
+def table(records: Sequence[RunRecord]) -> str:
+    """Per cell: test accuracy (mean ± std), the gap to the best fused cell and
+    whether it exceeds the two stds together, ECE, and accuracy with a modality
+    missing (fused models only)."""
+    groups = _groups(records)
+    fused = {k: v for k, v in groups.items() if not k[0].endswith(" only")}
+    best_key = max(fused, key=lambda k: _stats([r.final["test_acc"] for r in fused[k]])[0])
+    best_mean, best_std = _stats([r.final["test_acc"] for r in fused[best_key]])
+    rows = ["| model | method | test acc | Δ to best (points) | apart from best? | ECE "
+            "| acc without image | acc without audio | val-selected acc |",
+            "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
+    for (variant, method), group in groups.items():
+        mean, std = _stats([r.final["test_acc"] for r in group])
+        gap = 100 * (mean - best_mean)
+        spread = (std or 0.0) + (best_std or 0.0)
+        apart = "best" if (variant, method) == best_key else (
+            "yes" if best_mean - mean > spread else "no")
+        rows.append("| " + " | ".join([
+            variant, method, _cell([r.final["test_acc"] for r in group]), f"{gap:+.1f}",
+            apart, _cell([r.final["test_ece"] for r in group]),
+            _cell([r.final.get("test_acc_without_image") for r in group]),
+            _cell([r.final.get("test_acc_without_audio") for r in group]),
+            _cell([r.val_selected["test_acc"] for r in group])]) + " |")
+    return "\n".join(rows)
+
+
+def _options(text: str | None) -> dict[str, Any]:
+    options = dict(HARD)
+    for pair in (text or "").split(","):
+        if pair.strip():
+            name, _, value = pair.partition("=")
+            options[name.strip()] = float(value)
+    return options
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    p.add_argument("--epochs", type=int, default=EPOCHS, help=f"default {EPOCHS}")
+    p.add_argument("--fusions", default=",".join(FUSIONS))
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--options", help="dataset options over HARD, e.g. occlusion=0.6")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--quick", action="store_true", help="1 seed, 3 epochs, early fusion")
+    p.add_argument("--json", type=Path, help="write every run here")
+    args = p.parse_args(argv)
+    seeds = range(1 if args.quick else args.seeds)
+    epochs = 3 if args.quick else args.epochs
+    fusions = ["early"] if args.quick else args.fusions.split(",")
+    options = _options(args.options)
+    dataset_spec("avmnist", options)  # bad options fail here, before any training
+    print(f"avmnist options {options}, {len(seeds)} seeds, {epochs} epochs, width {WIDTH}, "
+          f"{args.threads} thread(s)", flush=True)
+    started, records = time.perf_counter(), []
+    with _Threads(args.threads):
+        for record in runs(options, seeds, fusions, args.methods.split(","), epochs):
+            records.append(record)
+            print(f"  {record.variant:>11} {record.method:<15} seed {record.seed}: test acc "
+                  f"{record.final['test_acc']:.3f} ({record.wall_s:.0f}s)", flush=True)
+    print(table(records))
+    print(f"wall {statistics.fsum(r.wall_s for r in records) / 60:.1f} min of training, "
+          f"{(time.perf_counter() - started) / 60:.1f} min in all")
+    if args.json:
+        args.json.write_text(json.dumps({"options": options, "epochs": epochs,
+                                         "runs": [dataclasses.asdict(r) for r in records]},
+                                        indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
