@@ -12,9 +12,9 @@ utterances into train / val / test (per digit, in the same proportions): a
 val or test image is paired only with an utterance no training image hears.
 ``seed`` draws the pairing, the added noise and the label noise.
 
-Harder variants (``occlusion``, ``audio_mask``, with stronger ``image_noise`` /
-``audio_noise``) take away part of each modality, seeded per sample, so that
-neither alone suffices and fusions can be told apart (docs/datasets.md).
+Harder variants (``occlusion``, ``audio_mask``, with the noise options) take
+away part of each modality, seeded per sample, so that neither alone suffices
+and fusions can be told apart (``benchmarks/quality_hard.py``).
 """
 
 from functools import lru_cache
