@@ -105,31 +105,38 @@ def _groups(records: Sequence[RunRecord]) -> dict[tuple[str, str], list[RunRecor
     return groups
 
 
+def _versus(group: Sequence[RunRecord], other: Sequence[RunRecord]) -> tuple[str, str]:
+    """The gap in mean test accuracy from ``other`` to ``group`` in points, and
+    whether it exceeds the two cells' stds together (one seed: no verdict)."""
+    mean, std = _stats([r.final["test_acc"] for r in group])
+    base, base_std = _stats([r.final["test_acc"] for r in other])
+    if std is None or base_std is None:
+        return f"{100 * (mean - base):+.1f}", "– (1 seed)"
+    return f"{100 * (mean - base):+.1f}", "yes" if abs(mean - base) > std + base_std else "no"
+
+
 def table(records: Sequence[RunRecord]) -> str:
-    """Per cell: test accuracy (mean ± std), the gap to the best fused cell and
-    whether it exceeds the two stds together, ECE, and accuracy with a modality
-    missing (fused models only)."""
+    """Per cell: test accuracy (mean ± std); its gap to the best fused cell and
+    to the same model without mixing, each with whether it exceeds the two
+    cells' stds together ("apart"); ECE; accuracy with a modality missing
+    (fused models only)."""
     groups = _groups(records)
     fused = {k: v for k, v in groups.items() if not k[0].endswith(" only")}
-    best_key = max(fused, key=lambda k: _stats([r.final["test_acc"] for r in fused[k]])[0])
-    best_mean, best_std = _stats([r.final["test_acc"] for r in fused[best_key]])
-    rows = ["| model | method | test acc | Δ to best (points) | apart from best? | ECE "
-            "| acc without image | acc without audio | val-selected acc |",
-            "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
+    best = max(fused, key=lambda k: _stats([r.final["test_acc"] for r in fused[k]])[0])
+    rows = ["| model | method | test acc | Δ to best (points) | apart? | Δ to its none "
+            "(points) | apart? | ECE | acc without image | acc without audio "
+            "| val-selected acc |",
+            "| --- | --- | ---: | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: |"]
     for (variant, method), group in groups.items():
-        mean, std = _stats([r.final["test_acc"] for r in group])
-        gap = 100 * (mean - best_mean)
-        if (variant, method) == best_key:
-            apart = "best"
-        elif std is None or best_std is None:
-            apart = "– (1 seed)"
-        else:
-            apart = "yes" if best_mean - mean > std + best_std else "no"
+        to_best = ("+0.0", "best") if (variant, method) == best \
+            else _versus(group, fused[best])
+        plain = groups.get((variant, "none"))
+        to_none = ("–", "–") if method == "none" or plain is None else _versus(group, plain)
         # a unimodal model "without" its one modality is at chance: not shown
         unimodal = variant.endswith(" only")
         rows.append("| " + " | ".join([
-            variant, method, _cell([r.final["test_acc"] for r in group]), f"{gap:+.1f}",
-            apart, _cell([r.final["test_ece"] for r in group]),
+            variant, method, _cell([r.final["test_acc"] for r in group]), *to_best, *to_none,
+            _cell([r.final["test_ece"] for r in group]),
             _cell([None if unimodal else r.final.get("test_acc_without_image") for r in group]),
             _cell([None if unimodal else r.final.get("test_acc_without_audio") for r in group]),
             _cell([r.val_selected["test_acc"] for r in group])]) + " |")
@@ -155,7 +162,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--quick", action="store_true", help="1 seed, 3 epochs, early fusion")
     p.add_argument("--json", type=Path, help="write every run here")
+    p.add_argument("--table", type=Path, help="print the table of a --json file; no training")
     args = p.parse_args(argv)
+    if args.table:
+        print(table([RunRecord(**r) for r in json.loads(args.table.read_text())["runs"]]))
+        return 0
     seeds = range(1 if args.quick else args.seeds)
     epochs = 3 if args.quick else args.epochs
     fusions = ["early"] if args.quick else args.fusions.split(",")

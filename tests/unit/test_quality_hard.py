@@ -17,7 +17,7 @@ def _record(variant: str, method: str, acc: float, seed: int) -> RunRecord:
                      val_selected={"test_acc": acc}, best_test=None, calibration={})
 
 
-def test_a_tiny_grid_trains_unimodal_and_fused_models(tmp_path: Path) -> None:
+def test_a_tiny_grid_trains_unimodal_and_fused_models(tmp_path: Path, capsys) -> None:
     out = tmp_path / "runs.json"
     quality_hard.main(["--seeds", "1", "--epochs", "1", "--fusions", "late",
                        "--methods", "none,manifold_mixup", "--json", str(out)])
@@ -32,21 +32,29 @@ def test_a_tiny_grid_trains_unimodal_and_fused_models(tmp_path: Path) -> None:
             for r in runs] == [["test_acc_without_image"], ["test_acc_without_audio"],
                                *[["test_acc_without_audio", "test_acc_without_image"]] * 2]
     assert runs[3]["spec"]["augmentation"]["method"] == "manifold_mixup"
+    capsys.readouterr()
+    quality_hard.main(["--table", str(out)])  # the table again from the file, no training
+    shown = capsys.readouterr().out
+    assert shown.count("\n| ") == 5 and f"| late | none | {runs[2]['final']['test_acc']:.3f}" \
+        in shown
 
 
 def test_cells_are_apart_from_the_best_only_beyond_both_spreads() -> None:
     records = [_record(v, m, acc, seed) for v, m, accs in [
         ("image only", "none", (0.60, 0.62, 0.64)),
         ("late", "none", (0.89, 0.90, 0.91)),        # best: 0.900 ± 0.010
-        ("late", "cross_modal", (0.87, 0.88, 0.89)),  # 2 points below, within 0.02
-        ("gated", "none", (0.85, 0.86, 0.87)),        # 4 points below: apart
+        ("late", "cross_modal", (0.875, 0.885, 0.895)),  # 1.5 below, within 0.02
+        ("late", "manifold_mixup", (0.84, 0.85, 0.86)),  # 5 below: apart
+        ("gated", "none", (0.85, 0.86, 0.87)),           # 4 below: apart
     ] for seed, acc in enumerate(accs)]
     rows = {tuple(c.strip() for c in line.split("|")[1:3]): line
             for line in quality_hard.table(records).splitlines()[2:]}
-    assert "| best |" in rows[("late", "none")]
-    assert "| -2.0 | no |" in rows[("late", "cross_modal")]
-    assert "| -4.0 | yes |" in rows[("gated", "none")]
-    assert "| -28.0 | yes |" in rows[("image only", "none")]
+    # gap to the best fused cell, then to the same fusion without mixing
+    assert "| +0.0 | best | – | – |" in rows[("late", "none")]
+    assert "| -1.5 | no | -1.5 | no |" in rows[("late", "cross_modal")]
+    assert "| -5.0 | yes | -5.0 | yes |" in rows[("late", "manifold_mixup")]
+    assert "| -4.0 | yes | – | – |" in rows[("gated", "none")]
+    assert "| -28.0 | yes | – | – |" in rows[("image only", "none")]
     # the unimodal row shows no "without" figures; fused rows do
     assert "| – | – |" in rows[("image only", "none")]
     assert "0.300" in rows[("gated", "none")]
