@@ -21,14 +21,17 @@ the API's schemas (``DatasetCreate``, ``ExperimentCreate``), data from
 ``load_builtin``, training by the worker's call ``train(...)`` (its
 ``run_one``, which also checks its evaluator against the run's own figures).
 Mean ± sample std over seeds; the seed is the dataset's (pairing, noise,
-occlusion positions) and the training seed. Each cell is also compared with
-the best fused cell: "apart" when the gap exceeds the sum of the two stds.
+occlusion positions) and the training seed. Each cell is compared with the
+best fused cell and with its own fusion without mixing: "apart" when the gap
+exceeds the sum of the two cells' stds (a loose criterion, not a test).
 
 Usage (from the repository root)::
 
-    .venv/bin/python benchmarks/quality_hard.py                  # 51 runs, 1 thread
+    .venv/bin/python benchmarks/quality_hard.py                  # 51 runs, ~9 min on 2 cores
+    .venv/bin/python benchmarks/quality_hard.py --epochs 40      # ~25 min
     .venv/bin/python benchmarks/quality_hard.py --quick          # a smoke run
-    .venv/bin/python benchmarks/quality_hard.py --options occlusion=0.6,audio_noise=2
+    .venv/bin/python benchmarks/quality_hard.py --options occlusion=0.5,audio_noise=1
+    .venv/bin/python benchmarks/quality_hard.py --table runs.json  # a saved grid's table
 """
 
 from __future__ import annotations
