@@ -142,3 +142,25 @@ def test_bad_freeze_fields_are_refused_at_freeze(model: dict, words: str) -> Non
         ModelSpecIn(kind="multimodal", **model)
     (error,) = info.value.errors()
     assert error["loc"] == ("freeze",) and words in error["msg"]
+
+
+@pytest.mark.parametrize(("task", "kind", "freeze", "words"), [
+    ("retrieval", "multimodal", ["image_encoder"], "not supported for task retrieval"),
+    ("classification", "cnn", ["image_encoder"], "its parts are backbone"),
+    ("classification", "multimodal", ["text_encoder"], "its parts are image_encoder, "
+                                                       "audio_encoder, fusion"),
+])
+def test_the_service_checks_freeze_against_the_dataset(task: str, kind: str,
+                                                       freeze: list[str], words: str) -> None:
+    from app.schemas.experiments import ExperimentCreate
+    from app.services.errors import FieldError
+    from app.services.experiments import _check_freeze
+
+    request = ExperimentCreate.model_validate({
+        "dataset_id": str(uuid.uuid4()), "task": task,
+        **({"retrieval": {"query": "image", "target": "audio"}} if task == "retrieval" else {}),
+        "model": {"kind": kind, "init_from_run": str(uuid.uuid4()), "freeze": freeze}})
+    with pytest.raises(FieldError) as info:
+        _check_freeze(request, {"modalities": [{"name": "image"}, {"name": "audio"}]})
+    ((loc, message),) = info.value.problems
+    assert loc == ("body", "model", "freeze") and words in message
