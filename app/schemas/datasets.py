@@ -136,6 +136,15 @@ class AvmnistOptions(StrictModel):
     image_noise: float = Field(0.0, ge=0, le=1,
                                description="Std of Gaussian pixel noise, as a share of the "
                                            "0..255 range.")
+    occlusion: float = Field(0.0, ge=0, le=0.9,
+                             description="Share of each image hidden (set to 0, after the "
+                                         "noise) by a square block at a seeded random "
+                                         "position; the side is rounded to whole pixels "
+                                         "(0.5 on 8x8: a 6x6 block, 56 %).")
+    audio_mask: float = Field(0.0, ge=0, le=0.9,
+                              description="Share of each utterance's 32 frames set to 0 "
+                                          "(the features' mean, after the noise) in one "
+                                          "seeded span.")
 
 
 class MovingDigitsOptions(StrictModel):

@@ -79,6 +79,29 @@ class ModelSpecIn(StrictModel):
             raise ValueError("give weights or init_from_run, not both")
         return value
 
+    freeze: list[str] = Field(
+        default_factory=list, max_length=16,
+        description="Parts of the model whose weights stay as they start (transfer): "
+                    "multimodal: `<modality>_encoder` (e.g. image_encoder) for each modality "
+                    "of the dataset and `fusion`; image kinds: `backbone` (all but the "
+                    "classifier). Frozen parts are left out of the optimizer and kept in "
+                    "eval mode (BatchNorm statistics fixed, no dropout). Needs weights or "
+                    "init_from_run; the run's `init.frozen` lists the frozen tensors.")
+
+    @field_validator("freeze")
+    @classmethod
+    def _freeze_a_start(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        # declared after weights and init_from_run, so info.data holds them; the parts
+        # themselves are checked against the dataset (app.services.experiments)
+        twice = sorted({p for p in value if value.count(p) > 1})
+        if twice:
+            raise ValueError(f"lists {twice[0]!r} twice")
+        if value and info.data.get("weights") is None \
+                and info.data.get("init_from_run") is None:
+            raise ValueError("needs model.weights or model.init_from_run: frozen random "
+                             "weights would stay random")
+        return value
+
     @model_validator(mode="after")
     def _kind_defaults(self) -> "ModelSpecIn":
         # filled here so a stored spec always holds numbers (app.ml gives the values)
@@ -126,8 +149,9 @@ class ModelSpecIn(StrictModel):
         data = handler(self)
         if not isinstance(data, dict):
             return data
-        # where the weights start (weights, init_from_run) is kept for every kind when set
-        start = {k: data[k] for k in _START_FIELDS if data.get(k) is not None}
+        # where the weights start (weights, init_from_run) and freeze: kept for every kind
+        # when set
+        start = {k: data[k] for k in _TRANSFER_FIELDS if data.get(k)}
         own = {"cnn": _CNN_FIELDS, "preact_resnet18": ("kind", "width", "dropout"),
                "wide_resnet": ("kind", "depth", "widen", "dropout"),
                "torchvision": ("kind", "name"), "timm": ("kind", "name", "dropout")}
@@ -137,19 +161,20 @@ class ModelSpecIn(StrictModel):
             data.pop("name", None)
         if self.image_encoder != "wide_resnet":
             data.pop("widen", None)
-        return {**{k: v for k, v in data.items() if k not in _START_FIELDS}, **start}
+        return {**{k: v for k, v in data.items() if k not in _TRANSFER_FIELDS}, **start}
 
     def to_ml(self) -> ModelSpec:
         # the architecture only: where its weights start is the service's and worker's
         # business (app.services.initial_weights), not app.ml's
         data = self.model_dump()
-        for name in _START_FIELDS:
+        for name in _TRANSFER_FIELDS:
             data.pop(name, None)
         return ModelSpec(**data)
 
 
 _CNN_FIELDS = ("kind", "width", "depth", "dropout")
-_START_FIELDS = ("weights", "init_from_run")
+# where the weights start and what of them stays: not architecture, stored only when set
+_TRANSFER_FIELDS = ("weights", "init_from_run", "freeze")
 
 
 def _default(name: str) -> Any:

@@ -44,6 +44,9 @@ class InitReport(BaseModel):
                     "initialised.")
     missing: list[str] = Field(description="Model tensors the file lacks: left as initialised.")
     unexpected: list[str] = Field(description="File tensors the model lacks: ignored.")
+    frozen: list[str] = Field(
+        [], description="Model tensors of the parts model.freeze names: kept as they started "
+                        "(out of the optimizer, in eval mode), sorted.")
 
 
 class CheckpointOut(BaseModel):

@@ -8,6 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from app.db.models import Dataset, Experiment
+from app.ml.models.freeze import freeze_problem, part_names
 from app.ml.models.image_models import image_mixing_layers
 from app.ml.models.multimodal import MIXING_LAYERS as MULTIMODAL_MIXING_LAYERS
 from app.ml.models.spec import ModelSpecError
@@ -84,6 +85,17 @@ def _check_image_model(request: ExperimentCreate, summary: dict[str, Any],
         raise FieldError(("body", "model", field), str(exc)) from exc
 
 
+def _check_freeze(request: ExperimentCreate, summary: dict[str, Any]) -> None:
+    """``model.freeze`` against the parts the model will have on this dataset."""
+    loc = ("body", "model", "freeze")
+    if request.task == "retrieval":
+        raise FieldError(loc, "freezing is not supported for task retrieval")
+    modalities = [m["name"] for m in summary["modalities"]]
+    problem = freeze_problem(request.model.freeze, part_names(request.model.kind, modalities))
+    if problem:
+        raise FieldError(loc, problem)
+
+
 def _validate_against_dataset(request: ExperimentCreate, dataset: Dataset,
                               found: FieldErrorCollector) -> None:
     """Every check of the request against its dataset that does not build the
@@ -101,6 +113,9 @@ def _validate_against_dataset(request: ExperimentCreate, dataset: Dataset,
         found.add(("body", "training", "batch_size"),
                   f"batch_size {request.training.batch_size} is larger than the dataset's "
                   f"training split ({train_size} samples)")
+    if request.model.freeze:
+        with found.check():
+            _check_freeze(request, summary)
     if request.task == "retrieval":  # two towers, mixing at the embedding level
         if request.retrieval is not None:
             with found.check():

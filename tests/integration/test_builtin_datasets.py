@@ -32,7 +32,8 @@ def avmnist(api_client: TestClient) -> dict:
 def test_register_avmnist(avmnist: dict) -> None:
     assert avmnist["num_samples"] == 1797
     assert avmnist["source"]["options"] == {"label_noise": 0.2, "seed": 3,
-                                            "audio_noise": 0.5, "image_noise": 0.0}
+                                            "audio_noise": 0.5, "image_noise": 0.0,
+                                            "occlusion": 0.0, "audio_mask": 0.0}
     modalities = {m["name"]: m for m in avmnist["modalities"]}
     assert modalities["image"] == {"name": "image", "kind": "image", "shape": [1, 8, 8],
                                    "dtype": "uint8"}
@@ -63,13 +64,15 @@ def test_avmnist_cross_modal_preview(api_client: TestClient, avmnist: dict) -> N
     Image.open(io.BytesIO(png.content)).load()
 
 
-def test_avmnist_option_rejection(api_client: TestClient) -> None:
+@pytest.mark.parametrize(("option", "value"), [("audio_noise", 50), ("occlusion", 0.95),
+                                               ("audio_mask", -0.1), ("occlusion", "half")])
+def test_avmnist_option_rejection(api_client: TestClient, option: str, value: object) -> None:
     response = api_client.post("/v1/datasets", json={
         "name": "bad", "source": {"kind": "builtin", "name": "avmnist",
-                                  "options": {"audio_noise": 50}}})
+                                  "options": {option: value}}})
     assert response.status_code == 422, response.text
     locs = [tuple(e["loc"]) for e in response.json()["detail"]]
-    assert ("body", "source", "options", "audio_noise") in locs
+    assert ("body", "source", "options", option) in locs
 
 
 @pytest.mark.skipif(not all((_fashion_dir() / n).is_file() for n in FILES.values()),

@@ -74,7 +74,8 @@ def test_a_run_starts_from_a_finished_run(client: MixlabClient, digits: dict,
 
     tensors = st_load(client.download_checkpoint(run_a))
     assert warm_run["init"] == {"source": f"run:{run_a}", "loaded": len(tensors),
-                                "mismatched": {}, "missing": [], "unexpected": []}
+                                "mismatched": {}, "missing": [], "unexpected": [],
+                                "frozen": []}
     assert cold_run["init"] is None
     spec = client.get_experiment(warm_run["experiment_id"])["spec"]["model"]
     assert spec == {"kind": "cnn", **MODEL, "dropout": 0.0, "init_from_run": run_a}
@@ -96,6 +97,7 @@ def test_a_run_starts_from_a_weights_file_and_reports_what_did_not_fit(
     assert run["status"] == "succeeded", run["error"]
     assert run["init"] == {
         "source": path.as_uri(), "loaded": len(made) - 2, "missing": [], "unexpected": [],
+        "frozen": [],
         "mismatched": {"head.1.bias": {"expected": [10], "got": [3]},
                        "head.1.weight": {"expected": [10, 16], "got": [3, 16]}}}
 
@@ -187,3 +189,76 @@ def test_the_worker_resolves_the_start_again(digits: dict, run_a: str,
         load_start(access.project_id, spec({"weights": gone.as_uri()}).model, store)
     with pytest.raises(ValueError, match=r"^model.init_from_run: run .* not found"):
         load_start(access.project_id, spec({"init_from_run": str(uuid.uuid4())}).model, store)
+
+
+# --- model.freeze: transfer with parts kept as the source run left them -------------------
+
+MULTIMODAL = {"kind": "multimodal", "width": 4, "depth": 2, "dim": 16}
+
+
+@pytest.fixture(scope="module")
+def avmnist(stack: Stack) -> dict:
+    with MixlabClient(stack.base_url) as mx:
+        created = mx.create_builtin_dataset("avmnist", name="avmnist-freeze")
+        return mx.wait_for_dataset(created["id"], timeout=120)
+
+
+@pytest.fixture(scope="module")
+def multimodal_run(stack: Stack, avmnist: dict) -> str:
+    with MixlabClient(stack.base_url) as mx:
+        run_id = experiment(mx, avmnist["id"], model=MULTIMODAL,
+                            training={**RECIPE, "epochs": 1})
+        run = mx.wait_for_run(run_id, timeout=300)
+    assert run["status"] == "succeeded", run["error"]
+    return run_id
+
+
+def test_a_run_keeps_the_frozen_encoder_of_the_run_it_starts_from(
+        client: MixlabClient, avmnist: dict, multimodal_run: str) -> None:
+    run_id = experiment(client, avmnist["id"],
+                        model={**MULTIMODAL, "init_from_run": multimodal_run,
+                               "freeze": ["image_encoder"]}, training=RECIPE)
+    run = client.wait_for_run(run_id, timeout=300)
+    assert run["status"] == "succeeded", run["error"]
+
+    source = st_load(client.download_checkpoint(multimodal_run))
+    mine = st_load(client.download_checkpoint(run_id))
+    image = sorted(k for k in source if k.startswith("encoders.image."))
+    assert any("running_mean" in k for k in image)  # BatchNorm statistics too
+    assert run["init"] == {"source": f"run:{multimodal_run}", "loaded": len(source),
+                           "mismatched": {}, "missing": [], "unexpected": [],
+                           "frozen": image}
+    assert all(torch.equal(mine[k], source[k]) for k in image)
+    trained = [k for k in source if k.startswith(("encoders.audio.", "fusion."))
+               and k.endswith("weight")]
+    assert trained and all(not torch.equal(mine[k], source[k]) for k in trained)
+    spec = client.get_experiment(run["experiment_id"])["spec"]["model"]
+    assert spec["freeze"] == ["image_encoder"]
+
+
+def test_bad_freezes_are_refused_at_model_freeze_and_nothing_is_stored(
+        client: MixlabClient, stack: Stack, avmnist: dict, digits: dict,
+        multimodal_run: str, run_a: str) -> None:
+    before = client.list_experiments()["total"]
+
+    def refused(dataset: dict, model: dict[str, Any], *words: str) -> None:
+        response = httpx.post(f"{stack.base_url}/v1/experiments", headers=auth_headers(),
+                              json={"dataset_id": dataset["id"], "model": model,
+                                    "training": RECIPE})
+        assert response.status_code == 422, response.text
+        (error,) = response.json()["detail"]
+        assert error["loc"] == ["body", "model", "freeze"], error
+        assert all(w in error["msg"] for w in words), error["msg"]
+
+    start = {**MULTIMODAL, "init_from_run": multimodal_run}
+    refused(avmnist, {**start, "freeze": ["text_encoder"]}, "no part 'text_encoder'",
+            "image_encoder, audio_encoder, fusion")
+    refused(avmnist, {**start, "freeze": ["fusion", "image_encoder", "fusion"]},
+            "'fusion' twice")
+    refused(avmnist, {**start, "freeze": ["image_encoder", "audio_encoder", "fusion"]},
+            "every part")
+    refused(avmnist, {**MULTIMODAL, "freeze": ["image_encoder"]},
+            "needs model.weights or model.init_from_run")
+    refused(digits, {**MODEL, "init_from_run": run_a, "freeze": ["image_encoder"]},
+            "its parts are backbone")
+    assert client.list_experiments()["total"] == before

@@ -276,4 +276,5 @@ def test_schema_defaults() -> None:
                                                    "subset": None}
     av = DatasetCreate(name="a", source={"kind": "builtin", "name": "avmnist"})
     assert av.source.options.model_dump() == {"label_noise": 0.0, "seed": 0,
-                                              "audio_noise": 0.5, "image_noise": 0.0}
+                                              "audio_noise": 0.5, "image_noise": 0.0,
+                                              "occlusion": 0.0, "audio_mask": 0.0}

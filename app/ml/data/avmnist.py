@@ -11,6 +11,10 @@ The split is fixed (stratified, seed 0) and so is the partition of the
 utterances into train / val / test (per digit, in the same proportions): a
 val or test image is paired only with an utterance no training image hears.
 ``seed`` draws the pairing, the added noise and the label noise.
+
+Harder variants (``occlusion``, ``audio_mask``, with the noise options) take
+away part of each modality, seeded per sample, so that neither alone suffices
+and fusions can be told apart (``benchmarks/quality_hard.py``).
 """
 
 from functools import lru_cache
@@ -26,6 +30,8 @@ from app.ml.data.splits import flip_train_labels, stratified_split
 
 ASSET = Path(__file__).resolve().parent / "assets" / "spoken_digits.npz"
 NOISE_BOUNDS = {"audio_noise": (0.0, 5.0), "image_noise": (0.0, 1.0)}
+# share of each image hidden by a square block, share of each utterance's frames masked
+MASK_BOUNDS = {"occlusion": (0.0, 0.9), "audio_mask": (0.0, 0.9)}
 
 
 @lru_cache(maxsize=1)
@@ -65,6 +71,29 @@ def pair_utterances(labels: np.ndarray, split: np.ndarray, utterance_labels: np.
     return pairs
 
 
+def occlusion_side(occlusion: float, size: int) -> int:
+    """Side of the square block that hides ``occlusion`` of a size x size image
+    (rounded to whole pixels: the share actually hidden is side² / size²)."""
+    return round(size * occlusion ** 0.5)
+
+
+def block_mask(n: int, height: int, width: int, side: int, rng: np.random.Generator
+               ) -> np.ndarray:
+    """(n, height, width) bool: per sample, a side x side square at a uniformly
+    drawn position wholly inside the image."""
+    top = rng.integers(0, height - side + 1, n)[:, None, None]
+    left = rng.integers(0, width - side + 1, n)[:, None, None]
+    rows, cols = np.arange(height)[None, :, None], np.arange(width)[None, None, :]
+    return (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
+
+
+def span_mask(n: int, frames: int, span: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, frames) bool: per sample, ``span`` consecutive frames at a drawn start."""
+    start = rng.integers(0, frames - span + 1, n)[:, None]
+    t = np.arange(frames)[None, :]
+    return (t >= start) & (t < start + span)
+
+
 def _number(name: str, value: Any, lo: float, hi: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
         raise DataValidationError(f"source.options.{name}", f"must be between {lo:g} and {hi:g}")
@@ -81,18 +110,25 @@ def check_seed(seed: Any) -> int:
 
 
 def load_avmnist(label_noise: float = 0.0, seed: int = 0, audio_noise: float = 0.5,
-                 image_noise: float = 0.0) -> PreparedDataset:
+                 image_noise: float = 0.0, occlusion: float = 0.0,
+                 audio_mask: float = 0.0) -> PreparedDataset:
     """Paired digit images ``image`` (N, 1, 8, 8) uint8 and spoken digits ``audio``
     (N, 1, 40, 32) float32, N = 1,797.
 
     ``audio_noise``: std of Gaussian noise added to the log-mel, in units of the
     features' std; ``image_noise``: std of Gaussian pixel noise as a share of the
     full 0..255 scale; ``label_noise``: share of training labels flipped.
+    ``occlusion``: share of each image hidden (set to 0, after the noise) by a
+    square block at a seeded random position (``occlusion_side``);
+    ``audio_mask``: share of each utterance's 32 frames set to 0 (the features'
+    mean, after the noise) in one seeded span. Both apply to every split.
     """
     label_noise = _number("label_noise", label_noise, 0.0, 0.9)
     audio_noise = _number("audio_noise", audio_noise, *NOISE_BOUNDS["audio_noise"])
     image_noise = _number("image_noise", image_noise, *NOISE_BOUNDS["image_noise"])
     seed = check_seed(seed)
+    occlusion = _number("occlusion", occlusion, *MASK_BOUNDS["occlusion"])
+    audio_mask = _number("audio_mask", audio_mask, *MASK_BOUNDS["audio_mask"])
 
     pixels, labels = digit_images()
     spoken = load_spoken_digits()
@@ -108,12 +144,23 @@ def load_avmnist(label_noise: float = 0.0, seed: int = 0, audio_noise: float = 0
         noise = np.random.default_rng([seed, 3]).standard_normal(images.shape,
                                                                  dtype=np.float32)
         images = np.rint(images + noise * (255.0 * image_noise)).clip(0, 255).astype(np.uint8)
+    side = occlusion_side(occlusion, images.shape[-1])
+    if side:
+        hidden = block_mask(len(images), *images.shape[-2:], side,
+                            np.random.default_rng([seed, 4]))
+        images = np.where(hidden[:, None], np.uint8(0), images)
+    span = round(audio_mask * audio.shape[-1])
+    if span:
+        masked = span_mask(len(audio), audio.shape[-1], span, np.random.default_rng([seed, 5]))
+        audio[np.broadcast_to(masked[:, None, None, :], audio.shape)] = 0.0
 
     noisy = flip_train_labels(labels, split, 10, label_noise, seed)
     voices = [str(v) for v in np.unique(spoken["voice"])]
     provenance: dict[str, Any] = {
         "builtin": "avmnist", "label_noise": label_noise, "seed": seed,
         "audio_noise": audio_noise, "image_noise": image_noise,
+        "occlusion": occlusion, "occluded_pixels": side * side,
+        "audio_mask": audio_mask, "masked_frames": span,
         "source": "images: scikit-learn load_digits (UCI optical recognition); audio: "
                   "spoken digit words synthesised with espeak-ng by "
                   "scripts/make_spoken_digits.py, shipped as log-mel features",

@@ -12,7 +12,7 @@ logits is reported and saved with the checkpoint.
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 
 import torch
@@ -24,6 +24,8 @@ from app.ml.data.shards import ShardedDataset
 from app.ml.device import autocast_dtype, resolve_device
 from app.ml.mixing import Mixed, MixSpec, mix
 from app.ml.models import ModelSpec, build_model
+from app.ml.models.freeze import freeze as freeze_parts
+from app.ml.models.freeze import part_names
 from app.ml.models.weights import load_matching
 from app.ml.resume import ResumePoint
 from app.ml.tasks import CLASSIFICATION, Task, get_task
@@ -210,7 +212,7 @@ def train(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixSpec,
           spec: TrainSpec, hooks: TrainHooks | None = None, *,
           task: str | Task = CLASSIFICATION, resume: ResumePoint | None = None,
           init_weights: Mapping[str, torch.Tensor] | None = None,
-          ranks: Ranks = SOLO) -> TrainResult:
+          freeze: Sequence[str] = (), ranks: Ranks = SOLO) -> TrainResult:
     """Train a model for ``task`` on ``data`` with ``mix_spec`` mixing by the
     recipe ``spec``. Raises ``ValueError`` when the task or model does not fit
     the data.
@@ -219,6 +221,8 @@ def train(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixSpec,
     forked RNG state, so runs are reproducible and the caller's state is untouched.
     ``init_weights`` (tensors by name) start the model: those whose name and
     shape match are loaded, and ``TrainResult.init`` says which did not.
+    ``freeze`` names parts of the model (``app.ml.models.freeze``) that keep their
+    starting weights; ``TrainResult.init["frozen"]`` lists their tensors.
     ``resume`` (a point saved by an earlier attempt of the same run) continues
     after its epoch with every state of the loop, so the result is the one the
     uninterrupted run would have given on the same device. A ``ShardedDataset``
@@ -246,11 +250,14 @@ def train(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixSpec,
         match = None
         if init_weights is not None:
             match = load_matching(objective.model, init_weights)
+        frozen = freeze_parts(objective.model, freeze,
+                              part_names(model_spec.kind, objective.modalities)) if freeze else []
         log.info("training data: %s", objective.describe_data())
         try:
             result = run(objective, spec, hooks or TrainHooks(), device, objective.home, resume,
                          ranks)
         finally:
             objective.close()
-    result.init = match.to_json() if match is not None else None
+    result.init = ({**(match.to_json() if match is not None else {}), "frozen": frozen}
+                   if match is not None or frozen else None)
     return result
