@@ -285,6 +285,17 @@ class ClassOut(BaseModel):
     split_counts: dict[str, int]
 
 
+class TaskClassOut(BaseModel):
+    index: int
+    name: str
+    count: int
+
+
+class TaskOut(BaseModel):
+    name: str
+    classes: list[TaskClassOut]
+
+
 class DatasetError(BaseModel):
     field: str = Field(description="The column, array, member or option at fault ('file' "
                                    "for the file as a whole).")
@@ -309,6 +320,12 @@ class DatasetOut(BaseModel):
     multilabel: bool | None = Field(description="Labels are sets of classes (multi-hot).")
     modalities: list[ModalityOut] | None
     classes: list[ClassOut] | None
+    # listed only for multi-task datasets, so the others keep the fields they had
+    tasks: list[TaskOut] | None = Field(
+        None, exclude_if=lambda v: v is None,
+        description="Multi-task datasets: each label column (task) with its classes, in "
+                    "order; the first is the one `classes` describes. Train them with task "
+                    "multitask.")
     split_sizes: dict[str, int] | None
     noisy_train_labels: int | None
     size_bytes: int | None
