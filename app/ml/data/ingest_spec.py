@@ -57,6 +57,17 @@ class IngestSpec:
     # labels are lists (a Parquet list column, a JSON list) or "a|b" text; list
     # columns and JSON lists turn it on by themselves
     multilabel: bool = False
+    # multi-task: task name -> its label column, in order; the first task's column
+    # is then ``label`` (the primary labels), whatever ``label`` was given as
+    tasks: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.tasks:
+            object.__setattr__(self, "label", next(iter(self.tasks.values())))
+
+    def label_columns(self) -> list[str]:
+        """Every label column: the tasks' in order, or ``label``."""
+        return list(self.tasks.values()) if self.tasks else [self.label]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "IngestSpec":
@@ -69,7 +80,8 @@ class IngestSpec:
                     m[key] = tuple(m[key])
             mods[name] = ModalitySpec(**m)
         return cls(modalities=mods, label=data.get("label", "label"), split=data.get("split"),
-                   multilabel=bool(data.get("multilabel", False)))
+                   multilabel=bool(data.get("multilabel", False)),
+                   tasks={str(k): str(v) for k, v in (data.get("tasks") or {}).items()})
 
 
 @dataclass(frozen=True)
