@@ -18,6 +18,7 @@ and, under the plain name, its unweighted mean over the tasks (``acc`` is the
 mean accuracy), which checkpoint selection and early stopping follow by default.
 """
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +55,19 @@ class Heads:
     @property
     def total_classes(self) -> int:
         return sum(len(h.classes) for h in self.heads)
+
+    def to_json(self) -> str:
+        """What a checkpoint's metadata keeps (``tasks``), ``from_json``'s input."""
+        return json.dumps([[h.name, list(h.classes), h.weight] for h in self.heads])
+
+    @classmethod
+    def from_json(cls, text: str) -> "Heads":
+        return cls(tuple(Head(str(name), tuple(classes), float(weight))
+                         for name, classes, weight in json.loads(text)))
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """(N, Σ K_t): each task's block a softmax over that task's classes."""
+        return torch.cat([logits[:, b].softmax(dim=-1) for b in self.blocks()], dim=1)
 
     def blocks(self) -> list[slice]:
         """Each task's columns of the (N, Σ K_t) logits."""

@@ -292,3 +292,26 @@ def test_a_task_metric_keeps_its_direction() -> None:
 
     assert metric_mode("val_loss.class") == "min" and metric_mode("val_ece.group1") == "min"
     assert metric_mode("val_acc.class") == "max" and metric_mode("val_loss") == "min"
+
+
+def test_a_multitask_checkpoint_loads_with_its_heads(two_tasks) -> None:  # type: ignore[no-untyped-def]
+    from app.ml.checkpoint import load_model
+    from app.ml.training.hooks import TrainHooks
+
+    saved: dict = {}
+
+    class Keep(TrainHooks):
+        def on_checkpoint(self, epoch: int, tensors: dict[str, torch.Tensor],
+                          metadata: dict[str, str]) -> None:
+            saved.update(state=tensors, metadata=metadata)
+
+    result = train(two_tasks, ModelSpec(kind="multimodal", dim=8), MixSpec(method="mixup"),
+                   TrainSpec(epochs=1, batch_size=32), Keep(), task="multitask")
+    assert result.status == "completed" and saved, "no checkpoint was handed to the hooks"
+    loaded = load_model(saved["state"], saved["metadata"])
+    assert loaded.heads is not None and loaded.heads.names == ["class", "group1"]
+    rows = two_tasks.split_indices("test")
+    probs = loaded.predict_proba({m: x[rows] for m, x in two_tasks.inputs.items()})
+    assert probs.shape == (len(rows), 4 + 2)
+    torch.testing.assert_close(probs[:, :4].sum(1), torch.ones(len(rows)))
+    torch.testing.assert_close(probs[:, 4:].sum(1), torch.ones(len(rows)))

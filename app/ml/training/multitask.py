@@ -32,8 +32,7 @@ class MultitaskObjective(ClassifierObjective):
                        class_names=[f"{h.name}:{c}" for h in heads.heads for c in h.classes])
         super().__init__(view, model_spec, mix_spec, spec, task, device)
         self.mix_classes = len(heads.heads[0].classes)
-        self.metadata["tasks"] = ",".join(heads.names)
-        self.metadata["task_classes"] = str({h.name: list(h.classes) for h in heads.heads})
+        self.metadata["tasks"] = heads.to_json()  # what app.ml.checkpoint rebuilds them from
 
     def mix_labels(self, y: torch.Tensor) -> torch.Tensor:
         return y[:, 0]
