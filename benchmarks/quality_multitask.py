@@ -85,8 +85,9 @@ def run(data: PreparedDataset, spec: ExperimentCreate) -> dict[str, float]:
     return result.metrics
 
 
-def measure(methods: Sequence[str], seeds: int, epochs: int) -> list[Record]:
-    request = dataset_spec(DATASET_OPTIONS)
+def measure(methods: Sequence[str], seeds: int, epochs: int,
+            options: dict[str, Any]) -> list[Record]:
+    request = dataset_spec(options)
     data = load_builtin("synthetic", request.source.options.model_dump(), {})
     tasks = list(data.tasks)
     records = []
@@ -145,18 +146,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--methods", default="none,mixup",
                    help=f"comma-separated, among {', '.join(METHODS)}")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--num-samples", type=int, default=DATASET_OPTIONS["num_samples"],
+                   help="samples of the synthetic dataset (70/15/15 split)")
     args = p.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown or args.seeds < 1 or args.epochs < 1:
         raise SystemExit(f"--methods among {', '.join(METHODS)}; --seeds and --epochs >= 1")
+    options = {**DATASET_OPTIONS, "num_samples": args.num_samples}
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
-        records = measure(methods, args.seeds, args.epochs)
+        records = measure(methods, args.seeds, args.epochs, options)
     finally:
         torch.set_num_threads(threads)
-    print(f"synthetic {DATASET_OPTIONS}, model {MODEL}, {args.epochs} epochs, "
+    print(f"synthetic {options}, model {MODEL}, {args.epochs} epochs, "
           f"{args.seeds} seeds, {args.threads} thread(s); final test accuracy per task")
     print(table(records))
     return 0
