@@ -315,3 +315,14 @@ def test_a_multitask_checkpoint_loads_with_its_heads(two_tasks) -> None:  # type
     assert probs.shape == (len(rows), 4 + 2)
     torch.testing.assert_close(probs[:, :4].sum(1), torch.ones(len(rows)))
     torch.testing.assert_close(probs[:, 4:].sum(1), torch.ones(len(rows)))
+
+
+def test_an_ingest_spec_with_tasks_survives_its_json() -> None:
+    from dataclasses import asdict
+
+    from app.ml.data.ingest_spec import IngestSpec
+
+    spec = IngestSpecIn.model_validate({"tasks": {"colour": "c", "size": "s"}}).to_spec()
+    assert spec.label == "c" and spec.label_columns() == ["c", "s"]
+    again = IngestSpec.from_dict(json.loads(json.dumps(asdict(spec))))
+    assert again == spec and list(again.tasks) == ["colour", "size"]
