@@ -3,13 +3,15 @@ dataset with two label columns → a multitask experiment → per-task metrics,
 their history and a per-task evaluation; and the requests that do not fit,
 refused with 422 naming the field, nothing stored."""
 
+import io
+import json
 from typing import Any
 
 import httpx
 import pytest
 
 from app.client import MixlabClient
-from tests.integration.helpers import auth_headers
+from tests.integration.helpers import auth_headers, prepared
 
 pytestmark = pytest.mark.integration
 
@@ -90,3 +92,44 @@ def test_requests_that_do_not_fit_are_refused(stack, one_task: dict, two_tasks: 
     assert response.status_code == 422, response.text
     assert loc in [e["loc"] for e in response.json()["detail"]], response.text
     assert total() == before
+
+
+def _npz(**arrays: Any) -> bytes:
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+@pytest.mark.usefixtures("worker")
+def test_uploads_with_several_label_columns(api_client) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    x = np.random.default_rng(0).random((90, 3)).astype(np.float32)
+    colour = np.array(["red", "blue", "green"] * 30)
+    response = api_client.post("/v1/datasets", files={"file": ("mt.npz", _npz(
+        tabular=x, **{"label.colour": colour, "label.size": np.arange(90) % 2}))})
+    ds = prepared(api_client, response)
+    assert [(t["name"], [c["name"] for c in t["classes"]]) for t in ds["tasks"]] == [
+        ("colour", ["blue", "green", "red"]), ("size", ["0", "1"])]
+    assert [c["name"] for c in ds["classes"]] == ["blue", "green", "red"]
+
+    response = api_client.post("/v1/datasets", files={"file": ("bad.npz", _npz(
+        tabular=x, **{"label.colour": colour, "label.size": np.arange(89) % 2}))})
+    # the array headers show it: refused at submission, naming the array
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"] == [{
+        "loc": ["body", "file", "label.size"], "type": "value_error",
+        "msg": "label.size: has 89 entries but tabular has 90 samples"}]
+
+    table = io.BytesIO()
+    pq.write_table(pa.table({"f": x[:, 0], "c": colour, "s": np.arange(90) % 2}), table)
+    response = api_client.post(
+        "/v1/datasets", files={"file": ("mt.parquet", table.getvalue())},
+        data={"spec": json.dumps({"tasks": {"colour": "c", "size": "s"}})})
+    ds = prepared(api_client, response)
+    assert [t["name"] for t in ds["tasks"]] == ["colour", "size"]
+    assert [m["shape"] for m in ds["modalities"]] == [[1]]  # the label columns are no features

@@ -11,7 +11,7 @@ that stage done, between chunks, never per sample. The callback may raise
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 ModalityKind = Literal["image", "text", "audio", "tabular"]
@@ -69,9 +69,14 @@ class IngestSpec:
         """Every label column: the tasks' in order, or ``label``."""
         return list(self.tasks.values()) if self.tasks else [self.label]
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, as a job's spec is stored: ``tasks`` as [task, column] pairs,
+        since a JSON object's key order is not kept (Postgres JSONB sorts keys)."""
+        return {**asdict(self), "tasks": [[t, c] for t, c in self.tasks.items()]}
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "IngestSpec":
-        """The inverse of ``dataclasses.asdict`` (how a job's spec is stored as JSON)."""
+        """The inverse of ``to_dict`` (and of ``dataclasses.asdict``)."""
         mods = {}
         for name, m in data.get("modalities", {}).items():
             m = dict(m)
@@ -81,7 +86,13 @@ class IngestSpec:
             mods[name] = ModalitySpec(**m)
         return cls(modalities=mods, label=data.get("label", "label"), split=data.get("split"),
                    multilabel=bool(data.get("multilabel", False)),
-                   tasks={str(k): str(v) for k, v in (data.get("tasks") or {}).items()})
+                   tasks=_pairs(data.get("tasks")))
+
+
+def _pairs(tasks: Any) -> dict[str, str]:
+    """``tasks`` as stored: [task, column] pairs (or a mapping, as ``asdict`` writes)."""
+    items = tasks.items() if isinstance(tasks, dict) else (tasks or [])
+    return {str(t): str(c) for t, c in items}
 
 
 @dataclass(frozen=True)

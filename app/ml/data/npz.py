@@ -48,6 +48,22 @@ ALLOWED_ARRAYS = (*MODALITY_ARRAYS, "label", "split", "class_names", "vocab")
 TASK_LABEL = re.compile(r"^label\.([A-Za-z0-9_-]{1,40})$")  # label.<task>
 
 
+def unexpected_array(name: str) -> DataValidationError | None:
+    """The error for an array an .npz may not hold; None for one it may."""
+    if name in ALLOWED_ARRAYS or TASK_LABEL.match(name):
+        return None
+    return DataValidationError(name, "unexpected array; allowed: " + ", ".join(ALLOWED_ARRAYS)
+                               + ", label.<task> (task: 1 to 40 letters, digits, _ or -)")
+
+
+def task_length_error(field: str, entries: int, reference: str, n: int
+                      ) -> DataValidationError | None:
+    """A ``label.<task>`` array's length against the samples' (one rule, two readers)."""
+    if entries == n:
+        return None
+    return DataValidationError(field, f"has {entries} entries but {reference} has {n} samples")
+
+
 @dataclass(frozen=True)
 class NpzLimits:
     max_samples: int = 2_000_000
@@ -77,12 +93,10 @@ def _open(path: Path, limits: NpzLimits, labelled: bool = True) -> dict[str, np.
     except (ValueError, OSError, zipfile.BadZipFile) as exc:
         raise DataValidationError("file", f"not a readable .npz: {exc}") from exc
     with npz:
-        unexpected = [n for n in npz.files
-                      if n not in ALLOWED_ARRAYS and not TASK_LABEL.match(n)]
-        if unexpected:
-            raise DataValidationError(unexpected[0], "unexpected array; allowed: "
-                                      + ", ".join(ALLOWED_ARRAYS) + ", label.<task> (task: "
-                                      "1 to 40 letters, digits, _ or -)")
+        for name in npz.files:
+            problem = unexpected_array(name)
+            if problem is not None:
+                raise problem
         for name in npz.files:
             try:
                 arrays[name] = npz[name]
@@ -329,9 +343,9 @@ def _task_labels(arrays: dict[str, np.ndarray], n: int, limits: NpzLimits,
         if label.ndim != 1:
             raise DataValidationError(field, f"expected shape (N,) of classes, got "
                                       f"{label.shape}")
-        if len(label) != n:
-            raise DataValidationError(field, f"has {len(label)} entries but {reference} has "
-                                      f"{n} samples")
+        length = task_length_error(field, len(label), reference, n)
+        if length is not None:
+            raise length
         if label.dtype.kind not in "iuU" and label.dtype != np.bool_:
             raise DataValidationError(field, f"dtype {label.dtype} is not integer or string")
         values, codes = np.unique(label, return_inverse=True)
