@@ -329,3 +329,11 @@ def test_an_ingest_spec_with_tasks_survives_its_json() -> None:
     again = IngestSpec.from_dict(json.loads(json.dumps(stored)))
     assert again == spec and list(again.tasks) == ["colour", "size"]
     assert IngestSpec.from_dict(asdict(spec)) == spec
+
+
+def test_sweeps_reach_task_weights_and_order_task_metrics() -> None:
+    from app.services.sweeps import order_of, path_problem
+
+    assert path_problem("task_weights.group1") is None
+    assert "is not a field" in (path_problem("task_weights.group1.x") or "")
+    assert order_of("test_loss.class") == "asc" and order_of("test_acc.class") == "desc"
