@@ -184,13 +184,14 @@ class PreparedDataset:
             "provenance": provenance,
         }
         if self.multitask:
-            out["tasks"] = [
-                {"name": t, "classes": [
-                    {"index": i, "name": n, "count": int(c)} for i, (n, c) in enumerate(zip(
-                        names, torch.bincount(self.labels_of(t), minlength=len(names)).tolist(),
-                        strict=True))]}
-                for t, names in self.tasks.items()]
+            out["tasks"] = [self._task_summary(t, names) for t, names in self.tasks.items()]
         return out
+
+    def _task_summary(self, task: str, names: list[str]) -> dict[str, Any]:
+        counts = torch.bincount(self.labels_of(task), minlength=len(names)).tolist()
+        return {"name": task, "classes": [{"index": i, "name": n, "count": int(c)}
+                                          for i, (n, c) in enumerate(zip(names, counts,
+                                                                         strict=True))]}
 
     def _class_counts(self, rows: torch.Tensor) -> list[int]:
         labels = self.labels[rows]
