@@ -337,3 +337,42 @@ def test_sweeps_reach_task_weights_and_order_task_metrics() -> None:
     assert path_problem("task_weights.group1") is None
     assert "is not a field" in (path_problem("task_weights.group1.x") or "")
     assert order_of("test_loss.class") == "asc" and order_of("test_acc.class") == "desc"
+
+
+# --- data-parallel: the follower a rank process imports ----------------------------------
+
+DDP_MODEL = ModelSpec(kind="multimodal", dim=8, width=4, depth=1)
+
+
+def _ddp_spec(world_size: int) -> TrainSpec:
+    return TrainSpec(epochs=2, batch_size=32, seed=0, device="cpu", world_size=world_size)
+
+
+def follow_multitask(rank: int, rendezvous, weights: dict) -> dict:  # type: ignore[no-untyped-def]
+    """Rank ``rank`` of a two-process multitask run (``launch_local`` imports it)."""
+    from app.ml.training.distributed import joined
+
+    torch.set_num_threads(1)
+    with joined(rendezvous, rank, torch.device("cpu")) as ranks:
+        result = train(load_synthetic(tasks=2, **TINY), DDP_MODEL, MixSpec(method="mixup"),
+                       _ddp_spec(rendezvous.world_size), task="multitask", ranks=ranks,
+                       task_weights=weights)
+    return {"status": result.status, "metrics": result.metrics}
+
+
+def test_multitask_trains_data_parallel(two_tasks) -> None:  # type: ignore[no-untyped-def]
+    from app.ml.training.launch import launch_local
+
+    weights = {"group1": 2.0}
+
+    def lead(ranks):  # type: ignore[no-untyped-def]
+        return train(two_tasks, DDP_MODEL, MixSpec(method="mixup"), _ddp_spec(2),
+                     task="multitask", ranks=ranks, task_weights=weights)
+
+    result, followers = launch_local(lead, follow_multitask, (weights,), 2,
+                                     torch.device("cpu"), 120.0)
+    assert result.status == "completed" and followers[1]["status"] == "completed"
+    # the ranks hold one model and validate it together: the same figures per task
+    for key in ("val_acc.class", "val_acc.group1", "val_loss.group1", "val_acc"):
+        assert followers[1]["metrics"][key] == pytest.approx(result.metrics[key]), key
+    assert {"test_acc.class", "test_acc.group1"} <= set(result.metrics)  # rank 0 tests
