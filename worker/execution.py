@@ -76,7 +76,8 @@ def _train(data: PreparedDataset, plan: RunPlan, reporter: RunReporter,
                                m3mix_weight=plan.m3mix_weight, resume=resume,
                                init_weights=init_weights)
     return train(data, plan.model, plan.mixing, plan.training, reporter, task=plan.task,
-                 resume=resume, init_weights=init_weights, freeze=plan.start.freeze)
+                 resume=resume, init_weights=init_weights, freeze=plan.start.freeze,
+                 task_weights=plan.task_weights)
 
 
 def load_start(project_id: uuid.UUID, model: ModelSpecIn, store: ArtifactStore

@@ -106,7 +106,7 @@ def train_ranks(data: PreparedDataset, plan: RunPlan, reporter: TrainHooks,
     def lead(ranks: Ranks) -> TrainResult:
         return train(data, plan.model, plan.mixing, plan.training, reporter, task=plan.task,
                      resume=resume, init_weights=init_weights, freeze=plan.start.freeze,
-                     ranks=ranks)
+                     ranks=ranks, task_weights=plan.task_weights)
 
     def spawned(pids: list[int]) -> None:
         log.info("run %s attempt %d: %d ranks, %d torch threads each; ranks 1-%d are pids %s",
@@ -151,7 +151,7 @@ def follow(rank: int, rendezvous: Rendezvous, job_json: dict[str, Any],
             # no hooks: rank 0 reports; the weights come from rank 0 (DDP broadcasts them)
             result = train(data, plan.model, plan.mixing, plan.training, TrainHooks(),
                            task=plan.task, resume=resume, freeze=plan.start.freeze,
-                           ranks=ranks)
+                           ranks=ranks, task_weights=plan.task_weights)
         log.info("rank %d of %d %s at step %d", rank, rendezvous.world_size, result.status,
                  result.steps)
         return {"status": result.status, "steps": result.steps}

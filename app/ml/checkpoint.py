@@ -20,6 +20,8 @@ from safetensors.torch import load as st_load
 from torch import nn
 
 from app.ml.models import ModelSpec, build_model
+from app.ml.multitask import NAME as MULTITASK
+from app.ml.multitask import Heads, multitask
 from app.ml.safetensors_meta import header_metadata
 from app.ml.tasks import Task, get_task
 from app.ml.training import normalization
@@ -37,11 +39,15 @@ class LoadedModel:
     input_shapes: Mapping[str, tuple[int, ...]] | None = None
     normalize: Mapping[str, normalization.Normalizer] | None = None
     multimodal: bool = False
+    heads: Heads | None = None  # task multitask: whose block of the logits is whose
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """Calibrated probabilities: softmax over classes (classification) or a
-        sigmoid per class (multilabel) of ``logits / temperature``."""
+        """Calibrated probabilities: softmax over classes (classification; per
+        task's block for multitask) or a sigmoid per class (multilabel) of
+        ``logits / temperature``."""
         scaled = logits.float() / self.temperature
+        if self.heads is not None:
+            return self.heads.probabilities(scaled)
         return scaled.sigmoid() if self.task.multilabel else scaled.softmax(dim=-1)
 
     def mismatches(self, shapes: Mapping[str, tuple[int, ...]]) -> list[tuple[str, str]]:
@@ -88,7 +94,9 @@ def load_model(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str])
     """The model of a checkpoint, weights loaded, in eval mode."""
     spec = ModelSpec(**json.loads(metadata["model_spec"]))
     class_names = list(json.loads(metadata["class_names"]))
-    task = get_task(metadata.get("task", "classification"))
+    name = metadata.get("task", "classification")
+    heads = Heads.from_json(metadata["tasks"]) if name == MULTITASK else None
+    task = multitask(heads) if heads is not None else get_task(name)
     multimodal = spec.kind == "multimodal"
     if multimodal:
         shapes = {m: tuple(s) for m, s in json.loads(metadata["input_shapes"]).items()}
@@ -109,7 +117,7 @@ def load_model(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str])
             else None)
     kinds = json.loads(metadata.get("modality_kinds", '{"image": "image"}'))
     return LoadedModel(model, task, class_names, float(metadata.get("temperature", "1.0")),
-                       modalities, kinds, shapes, norm, multimodal)
+                       modalities, kinds, shapes, norm, multimodal, heads)
 
 
 def load_checkpoint(blob: bytes) -> LoadedModel:

@@ -35,6 +35,7 @@ class RunPlan:
     retrieval_target: str | None = None
     m3mix_weight: float = 1.0
     time_limit_s: float | None = None
+    task_weights: dict[str, float] | None = None  # task multitask: each task's loss weight
     # the stored fields it was parsed from (JSON), for processes that parse it again:
     # the other ranks of a data-parallel run
     source: dict[str, Any] | None = field(default=None, compare=False)
@@ -60,6 +61,7 @@ def parse(name: str, dataset_id: uuid.UUID, task: str, spec: dict[str, Any]) -> 
                        retrieval_target=retrieval.target if retrieval else None,
                        m3mix_weight=retrieval.m3mix_weight if retrieval else 1.0,
                        time_limit_s=request.training.time_limit_s,
+                       task_weights=request.task_weights,
                        source={"name": name, "dataset_id": str(dataset_id), "task": task,
                                "spec": spec})
     except ValidationError as exc:

@@ -49,6 +49,12 @@ class SyntheticOptions(StrictModel):
         description="1: one class per sample. k > 1: multi-label — each sample has 1 to k "
                     "distinct classes (labels are multi-hot rows; train it with task "
                     "multilabel).")
+    tasks: int = Field(
+        1, ge=1, le=8,
+        description="k > 1: multi-task — k label columns, each a function of the sample's "
+                    "class: 'class' (the class itself) and 'group1' … (the classes grouped "
+                    "into max(2, num_classes // 2) groups, each task by its own seeded "
+                    "permutation). Train it with task multitask. Needs labels_per_sample 1.")
     missing_rate: float = Field(
         0.0, ge=0, le=1,
         description="Share of samples that lack one of their modalities (drawn uniformly; "
@@ -90,6 +96,14 @@ class SyntheticOptions(StrictModel):
         classes = info.data.get("num_classes")
         if classes is not None and value > classes:
             raise ValueError(f"must be at most num_classes ({classes})")
+        return value
+
+    @field_validator("tasks")
+    @classmethod
+    def _one_label_per_task(cls, value: int, info: ValidationInfo) -> int:
+        if value > 1 and info.data.get("labels_per_sample", 1) > 1:
+            raise ValueError("multi-task labels are one class per sample per task; use "
+                             "labels_per_sample 1")
         return value
 
     @field_validator("missing_rate")
@@ -302,6 +316,17 @@ class ClassOut(BaseModel):
     split_counts: dict[str, int]
 
 
+class TaskClassOut(BaseModel):
+    index: int
+    name: str
+    count: int
+
+
+class TaskOut(BaseModel):
+    name: str
+    classes: list[TaskClassOut]
+
+
 class DatasetError(BaseModel):
     field: str = Field(description="The column, array, member or option at fault ('file' "
                                    "for the file as a whole).")
@@ -326,6 +351,12 @@ class DatasetOut(BaseModel):
     multilabel: bool | None = Field(description="Labels are sets of classes (multi-hot).")
     modalities: list[ModalityOut] | None
     classes: list[ClassOut] | None
+    # listed only for multi-task datasets, so the others keep the fields they had
+    tasks: list[TaskOut] | None = Field(
+        None, exclude_if=lambda v: v is None,
+        description="Multi-task datasets: each label column (task) with its classes, in "
+                    "order; the first is the one `classes` describes. Train them with task "
+                    "multitask.")
     split_sizes: dict[str, int] | None
     noisy_train_labels: int | None
     size_bytes: int | None

@@ -1,6 +1,6 @@
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -177,15 +177,20 @@ _CNN_FIELDS = ("kind", "width", "depth", "dropout")
 _TRANSFER_FIELDS = ("weights", "init_from_run", "freeze")
 
 
+# a validation metric key; multitask adds one task's: val_acc.<task>
+VAL_METRIC_PATTERN = r"^val_[a-z0-9_]{1,60}(\.[A-Za-z0-9_-]{1,40})?$"
+
+
 def _default(name: str) -> Any:
     """The recipe's default for a field: ``TrainSpec`` holds each one once."""
     return TrainSpec.__dataclass_fields__[name].default
 
 
 class EarlyStoppingIn(StrictModel):
-    metric: str = Field("val_acc", pattern=r"^val_[a-z0-9_]{1,60}$",
+    metric: str = Field("val_acc", pattern=VAL_METRIC_PATTERN,
                         description="A validation metric of the task: val_acc, val_loss, "
-                                    "val_f1_macro, val_ece… (val_map for multilabel).")
+                                    "val_f1_macro, val_ece… (val_map for multilabel; "
+                                    "val_acc.<task> for one task of multitask).")
     patience: int = Field(10, ge=1, le=10_000,
                           description="Epochs without improvement before the run stops.")
     mode: Literal["min", "max"] | None = Field(
@@ -241,9 +246,9 @@ class TrainingSpecIn(StrictModel):
                     "checkpoint_metric; the run then reports the test figures of both "
                     "(test_acc and test_acc_last) and selected_epoch.")
     checkpoint_metric: str | None = Field(
-        None, pattern=r"^val_[a-z0-9_]{1,60}$",
+        None, pattern=VAL_METRIC_PATTERN,
         description="Default: early_stopping.metric, else the task's headline (val_acc; "
-                    "val_map for multilabel).")
+                    "val_map for multilabel; for multitask val_acc is the mean over tasks).")
     log_every_steps: int | None = Field(
         None, ge=1, le=1_000_000,
         description="How often train_loss_step and lr enter the metric history "
@@ -326,7 +331,9 @@ class TrainingSpecIn(StrictModel):
 
 # The tasks ``train`` knows (``app.ml.tasks.TASKS``), and retrieval, which has
 # its own loop (``app.ml.retrieval``); a new task is one more name here.
-TaskName = Literal["classification", "multilabel", "retrieval"]
+TaskName = Literal["classification", "multilabel", "multitask", "retrieval"]
+# a task (label column) of a multi-task dataset, as ingestion names them
+TaskKey = Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_-]+$")]
 
 
 class RetrievalSpecIn(StrictModel):
@@ -356,13 +363,21 @@ class ExperimentCreate(StrictModel):
         description="classification: one class per sample (soft-target cross-entropy; "
                     "accuracy, macro-F1, NLL, ECE, Brier). multilabel: a set of classes per "
                     "sample, needs a multi-label dataset (BCE on the mixed targets; mAP, "
-                    "micro/macro-F1 at 0.5, NLL, ECE, Brier). retrieval: CLIP-style "
+                    "micro/macro-F1 at 0.5, NLL, ECE, Brier). multitask: a dataset with "
+                    "several label columns (tasks), one linear head per task over the shared "
+                    "model, loss Σ task_weights[t] × soft cross-entropy of task t's mixed "
+                    "targets; every metric per task (val_acc.<task>, test_acc.<task>…) and "
+                    "its mean over the tasks (val_acc, test_acc…). retrieval: CLIP-style "
                     "contrastive training of two towers (`retrieval.query` → "
                     "`retrieval.target`) with augmentation none, mixgen or m3mix; recall@1/5/10 "
                     "both ways.")
     retrieval: RetrievalSpecIn | None = Field(
         None, description="task retrieval: which modalities are paired (required there, "
                           "refused for other tasks).")
+    task_weights: dict[TaskKey, Annotated[float, Field(ge=0, le=1000)]] | None = Field(
+        None, max_length=64,
+        description="task multitask: each task's weight in the loss (default 1 each); "
+                    "refused for other tasks.")
     model: ModelSpecIn = ModelSpecIn()
     augmentation: AugmentationSpec = Field(
         default_factory=AugmentationSpec,

@@ -68,6 +68,12 @@ class IngestSpecIn(StrictModel):
                            "column of lists (Parquet list column, JSON lists in "
                            "manifest.jsonl) turns this on by itself; set it for text labels "
                            "separated by '|' (manifest.csv: cat|dog).")
+    tasks: dict[Annotated[str, Field(min_length=1, max_length=40,
+                                     pattern=r"^[A-Za-z0-9_-]+$")], Column] = Field(
+        {}, max_length=16,
+        description="Multi-task data: task name → its label column (one class per row), in "
+                    "order; the first task is the primary one. Replaces label. Train it with "
+                    "task multitask.")
     modalities: dict[Annotated[str, Field(min_length=1, max_length=64,
                                           pattern=r"^[A-Za-z0-9_.-]+$")],
                      ModalityIngest] = Field(
@@ -89,6 +95,14 @@ class IngestSpecIn(StrictModel):
             raise ValueError("one text modality per dataset")
         return value
 
+    @model_validator(mode="after")
+    def _label_or_tasks(self) -> "IngestSpecIn":
+        if self.tasks and "label" in self.model_fields_set:
+            raise ValueError("give label (one label column) or tasks (several), not both")
+        if self.tasks and self.multilabel:
+            raise ValueError("tasks are one class per row each; multilabel does not apply")
+        return self
+
     def to_spec(self) -> IngestSpec:
         mods = {}
         for name, m in self.modalities.items():
@@ -100,4 +114,4 @@ class IngestSpecIn(StrictModel):
                 data["size"] = tuple(data["size"])
             mods[name] = ModalitySpec(**data)
         return IngestSpec(modalities=mods, label=self.label, split=self.split,
-                          multilabel=self.multilabel)
+                          multilabel=self.multilabel, tasks=dict(self.tasks))

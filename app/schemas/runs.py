@@ -139,6 +139,15 @@ class ClassScores(BaseModel):
                                                "(and for classification).")
 
 
+class TaskEvaluation(BaseModel):
+    """One task's report of a multitask run."""
+
+    class_names: list[str]
+    confusion_matrix: list[list[int]] = Field(
+        description="Counts; row = true class, column = predicted class.")
+    per_class: list[ClassScores]
+
+
 class EvaluationOut(BaseModel):
     run_id: uuid.UUID
     split: Literal["test"] = "test"
@@ -154,3 +163,6 @@ class EvaluationOut(BaseModel):
         None, description="multilabel: per class, counts [[tn, fp], [fn, tp]] at the "
                           "threshold.")
     per_class: list[ClassScores]
+    tasks: dict[str, TaskEvaluation] | None = Field(
+        None, description="multitask: every task's report, by task (the top-level fields "
+                          "are the first task's).")

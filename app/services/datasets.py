@@ -12,7 +12,6 @@ the same path, so every dataset a user registers is followed the same way.
 import logging
 import uuid
 from collections import OrderedDict
-from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
 from threading import Lock
@@ -96,7 +95,7 @@ def submit_upload(session: Session, project_id: uuid.UUID, store: ArtifactStore,
                                ("body", "file"))
     source: dict[str, Any] = {"kind": "upload", "format": fmt, "filename": filename}
     if spec is not None:
-        source["spec"] = asdict(spec)
+        source["spec"] = spec.to_dict()
     dataset = Dataset(id=uuid.uuid4(), project_id=project_id, name=name, status="preparing",
                       source=source)
     store.put_file(upload_key(dataset.id, ingest.FORMAT_SUFFIX[fmt]), path)
@@ -125,7 +124,7 @@ def submit_uri(session: Session, project_id: uuid.UUID, settings: Settings,
     limits.check_dataset_bytes(session, settings, project_id, size, sources.URI_LOC)
     stored: dict[str, Any] = {"kind": "uri", "uri": source.uri, "format": fmt}
     if spec is not None:
-        stored["spec"] = asdict(spec)
+        stored["spec"] = spec.to_dict()
     return _queue(session, Dataset(project_id=project_id, name=request.name,
                                    status="preparing", source=stored))
 

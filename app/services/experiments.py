@@ -12,6 +12,9 @@ from app.ml.models.freeze import freeze_problem, part_names
 from app.ml.models.image_models import image_mixing_layers
 from app.ml.models.multimodal import MIXING_LAYERS as MULTIMODAL_MIXING_LAYERS
 from app.ml.models.spec import ModelSpecError
+from app.ml.multitask import NAME as MULTITASK
+from app.ml.multitask import metric_names as multitask_metric_names
+from app.ml.multitask import task_problem, weight_problems
 from app.ml.retrieval import METRIC_NAMES as RETRIEVAL_METRICS
 from app.ml.tasks import TASKS
 from app.ml.training.checks import recipe_problems
@@ -28,7 +31,22 @@ from app.storage import ArtifactStore, run_prefix
 log = logging.getLogger(__name__)
 
 
+def dataset_tasks(summary: dict[str, Any]) -> list[str]:
+    """The label columns (tasks) of a dataset; [] for a single-task one."""
+    return [t["name"] for t in summary.get("tasks", [])]
+
+
 def _check_task(request: ExperimentCreate, summary: dict[str, Any]) -> None:
+    if request.task == MULTITASK:
+        found = FieldErrorCollector()
+        problem = task_problem(dataset_tasks(summary))
+        if problem is not None:
+            found.add(("body", "task"), problem)
+        else:
+            for field, reason in weight_problems(dataset_tasks(summary), request.task_weights):
+                found.add(("body", *field.split(".", 1)), reason)
+        found.raise_if_any()
+        return
     task = TASKS.get(request.task)
     if task is None:  # a task with its own loop (retrieval) checks the dataset itself
         return
@@ -37,7 +55,7 @@ def _check_task(request: ExperimentCreate, summary: dict[str, Any]) -> None:
         raise FieldError(("body", "task"), problem)
 
 
-def _check_recipe(request: ExperimentCreate, kinds: dict[str, str],
+def _check_recipe(request: ExperimentCreate, kinds: dict[str, str], summary: dict[str, Any],
                   found: FieldErrorCollector) -> None:
     """The training recipe against what the model reads and the task reports."""
     if request.task == "retrieval":
@@ -45,6 +63,9 @@ def _check_recipe(request: ExperimentCreate, kinds: dict[str, str],
             return
         names: tuple[str, ...] = RETRIEVAL_METRICS
         read = [kinds.get(request.retrieval.query, ""), kinds.get(request.retrieval.target, "")]
+    elif request.task == MULTITASK:
+        names = multitask_metric_names(dataset_tasks(summary))
+        read = list(kinds.values()) if request.model.kind == "multimodal" else ["image"]
     else:
         names = TASKS[request.task].metric_names
         read = list(kinds.values()) if request.model.kind == "multimodal" else ["image"]
@@ -107,7 +128,7 @@ def _validate_against_dataset(request: ExperimentCreate, dataset: Dataset,
         task_checks.check_task_fields(request)
     with found.check():
         _check_task(request, summary)
-    _check_recipe(request, kinds, found)
+    _check_recipe(request, kinds, summary, found)
     train_size = summary["split_sizes"]["train"]
     if request.training.batch_size > train_size:
         found.add(("body", "training", "batch_size"),
@@ -187,7 +208,8 @@ def create(session: Session, project_id: uuid.UUID, request: ExperimentCreate) -
 
 def build(project_id: uuid.UUID, request: ExperimentCreate, dataset: Dataset) -> Experiment:
     """The experiment row of a validated request, with its queued run (not added)."""
-    parts = {"model", "augmentation", "training"} | ({"retrieval"} if request.retrieval else set())
+    parts = ({"model", "augmentation", "training"} | ({"retrieval"} if request.retrieval else set())
+             | ({"task_weights"} if request.task_weights else set()))
     spec = request.model_dump(mode="json", include=parts)
     experiment = Experiment(project_id=project_id, name=request.name, dataset_id=dataset.id,
                             task=request.task, spec=spec)

@@ -172,6 +172,9 @@ def meta_model(request: ExperimentCreate, summary: dict[str, Any]) -> torch.nn.M
     vocab = {m["name"]: max(int(m.get("vocab_size") or 0), 2)
              for m in modalities if m["kind"] == "text"}
     categorical = _categorical(summary, kinds, shapes)
+    # multitask: the last layer has a block of outputs per task (app.ml.multitask)
+    outputs = (sum(len(t["classes"]) for t in summary.get("tasks", []))
+               if request.task == "multitask" else 0) or len(summary["classes"])
     try:
         with torch.device("meta"):
             if request.task == "retrieval" and request.retrieval is not None:
@@ -180,9 +183,9 @@ def meta_model(request: ExperimentCreate, summary: dict[str, Any]) -> torch.nn.M
                     vocab, categorical)
             elif spec.kind != "multimodal":  # an image classifier
                 images = {m: shapes[m] for m, k in kinds.items() if k == "image"}
-                model = build_model(spec, images, len(summary["classes"]), kinds=kinds)
+                model = build_model(spec, images, outputs, kinds=kinds)
             else:
-                model = build_model(spec, shapes, len(summary["classes"]), kinds=kinds,
+                model = build_model(spec, shapes, outputs, kinds=kinds,
                                     vocab_sizes=vocab, categorical=categorical,
                                     multilabel=bool(summary.get("multilabel")))
     except ValueError as exc:  # the worker would fail the same way

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from app.db.async_reads import HotReads, Unavailable, compiled
 from app.db.models import Experiment, MetricPoint, Run
 from app.db.session import read_connection
+from app.ml.multitask import NAME as MULTITASK
 from app.ml.tasks import TASKS
 from app.runs.status import LIVE, RunStatus
 from app.services.errors import ConflictError, FieldError, NotFoundError
@@ -194,7 +195,7 @@ def evaluation(session: Session, store: ArtifactStore, project_id: uuid.UUID,
     succeeded run has no report stored."""
     run = get(session, project_id, run_id)
     task = run.experiment.task
-    if task not in TASKS:
+    if task not in TASKS and task != MULTITASK:  # multitask: a report per task
         raise FieldError(("path", "run_id"),
                          f"evaluation is per-class scores of a classifier; task {task} has "
                          f"none: its recall@K figures (test_r1_q2t, …, test_mean_recall) "

@@ -59,6 +59,13 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+def _is_dict(annotation: Any) -> bool:
+    """A dict field, optional or not (``task_weights``: dict | None)."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(typing.get_origin(a) is dict for a in typing.get_args(annotation))
+    return typing.get_origin(annotation) is dict
+
+
 def path_problem(path: str) -> str | None:
     """Why ``path`` is not a dotted field of an experiment spec, or None."""
     model: type[BaseModel] | None = ExperimentCreate
@@ -73,7 +80,7 @@ def path_problem(path: str) -> str | None:
             known = ", ".join(sorted(model.model_fields))
             return f"{path} is not a field of an experiment spec: {where} has no field " \
                    f"{part!r} (it has {known})"
-        if typing.get_origin(field.annotation) is dict and i < len(parts) - 1:
+        if _is_dict(field.annotation) and i < len(parts) - 1:
             return None if i == len(parts) - 2 else \
                 f"{path} is not a field of an experiment spec"
         model = _model_of(field.annotation)

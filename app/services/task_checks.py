@@ -18,6 +18,8 @@ def check_task_fields(request: ExperimentCreate) -> None:
     """The fields that only make sense for one task."""
     found = FieldErrorCollector()
     retrieval = request.task == "retrieval"
+    if request.task_weights and request.task != "multitask":
+        found.add(("body", "task_weights"), f"applies to task multitask only, not {request.task}")
     if retrieval and request.retrieval is None:
         found.add(("body", "retrieval"), "required for task retrieval: "
                                          "{\"query\": ..., \"target\": ...}")

@@ -65,6 +65,7 @@ def to_out(dataset: Dataset) -> DatasetOut:
         "num_samples": s.get("num_samples"),
         "multilabel": bool(s.get("multilabel")) if s else None,
         "modalities": s.get("modalities"), "classes": s.get("classes"),
+        "tasks": s.get("tasks"),
         "split_sizes": s.get("split_sizes"), "noisy_train_labels": s.get("noisy_train_labels"),
         "size_bytes": dataset.size_bytes, "created_at": dataset.created_at,
         "started_at": dataset.started_at, "finished_at": dataset.finished_at})

@@ -241,7 +241,7 @@ def _infer_manifest(spec: IngestSpec, columns: list[str],
     numeric, categorical = [], []
     text_seen = False
     for col in columns:
-        if col in (spec.label, split):
+        if col in (*spec.label_columns(), split):
             continue
         values = [r.get(col) for r in rows if r.get(col) not in (None, "")]
         strs = [v for v in values if isinstance(v, str)]

@@ -11,7 +11,7 @@ that stage done, between chunks, never per sample. The callback may raise
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 ModalityKind = Literal["image", "text", "audio", "tabular"]
@@ -57,10 +57,26 @@ class IngestSpec:
     # labels are lists (a Parquet list column, a JSON list) or "a|b" text; list
     # columns and JSON lists turn it on by themselves
     multilabel: bool = False
+    # multi-task: task name -> its label column, in order; the first task's column
+    # is then ``label`` (the primary labels), whatever ``label`` was given as
+    tasks: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.tasks:
+            object.__setattr__(self, "label", next(iter(self.tasks.values())))
+
+    def label_columns(self) -> list[str]:
+        """Every label column: the tasks' in order, or ``label``."""
+        return list(self.tasks.values()) if self.tasks else [self.label]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, as a job's spec is stored: ``tasks`` as [task, column] pairs,
+        since a JSON object's key order is not kept (Postgres JSONB sorts keys)."""
+        return {**asdict(self), "tasks": [[t, c] for t, c in self.tasks.items()]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "IngestSpec":
-        """The inverse of ``dataclasses.asdict`` (how a job's spec is stored as JSON)."""
+        """The inverse of ``to_dict`` (and of ``dataclasses.asdict``)."""
         mods = {}
         for name, m in data.get("modalities", {}).items():
             m = dict(m)
@@ -69,7 +85,14 @@ class IngestSpec:
                     m[key] = tuple(m[key])
             mods[name] = ModalitySpec(**m)
         return cls(modalities=mods, label=data.get("label", "label"), split=data.get("split"),
-                   multilabel=bool(data.get("multilabel", False)))
+                   multilabel=bool(data.get("multilabel", False)),
+                   tasks=_pairs(data.get("tasks")))
+
+
+def _pairs(tasks: Any) -> dict[str, str]:
+    """``tasks`` as stored: [task, column] pairs (or a mapping, as ``asdict`` writes)."""
+    items = tasks.items() if isinstance(tasks, dict) else (tasks or [])
+    return {str(t): str(c) for t, c in items}
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,15 @@ multi-label: row i marks the classes sample i has; ``class_names`` (K,) names
 the columns (default "0" … "K-1"). A row of zeros is allowed — the sample has
 none of the classes, which multi-label data (tags) legitimately contains.
 Without a ``split`` array the split is stratified by each sample's rarest class.
+
+Multi-task data has a ``label.<task>`` array per task instead of ``label``: each
+(N,) integers or strings, one class per sample, its classes its distinct values
+in sorted order (``class_names`` does not apply to them). The first such array
+in the archive is the primary task (the split is stratified by it). Task names
+are 1 to 40 letters, digits, ``_`` or ``-``.
 """
 
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +47,23 @@ from app.ml.data.splits import stratified_split
 
 MODALITY_ARRAYS = ("image", "text", "audio", "tabular", "video")
 ALLOWED_ARRAYS = (*MODALITY_ARRAYS, "label", "split", "class_names", "vocab")
+TASK_LABEL = re.compile(r"^label\.([A-Za-z0-9_-]{1,40})$")  # label.<task>
+
+
+def unexpected_array(name: str) -> DataValidationError | None:
+    """The error for an array an .npz may not hold; None for one it may."""
+    if name in ALLOWED_ARRAYS or TASK_LABEL.match(name):
+        return None
+    return DataValidationError(name, "unexpected array; allowed: " + ", ".join(ALLOWED_ARRAYS)
+                               + ", label.<task> (task: 1 to 40 letters, digits, _ or -)")
+
+
+def task_length_error(field: str, entries: int, reference: str, n: int
+                      ) -> DataValidationError | None:
+    """A ``label.<task>`` array's length against the samples' (one rule, two readers)."""
+    if entries == n:
+        return None
+    return DataValidationError(field, f"has {entries} entries but {reference} has {n} samples")
 
 
 @dataclass(frozen=True)
@@ -72,10 +96,10 @@ def _open(path: Path, limits: NpzLimits, labelled: bool = True) -> dict[str, np.
     except (ValueError, OSError, zipfile.BadZipFile) as exc:
         raise DataValidationError("file", f"not a readable .npz: {exc}") from exc
     with npz:
-        unexpected = [n for n in npz.files if n not in ALLOWED_ARRAYS]
-        if unexpected:
-            raise DataValidationError(unexpected[0], "unexpected array; allowed: "
-                                      + ", ".join(ALLOWED_ARRAYS))
+        for name in npz.files:
+            problem = unexpected_array(name)
+            if problem is not None:
+                raise problem
         for name in npz.files:
             try:
                 arrays[name] = npz[name]
@@ -88,8 +112,16 @@ def _open(path: Path, limits: NpzLimits, labelled: bool = True) -> dict[str, np.
     if not any(name in arrays for name in MODALITY_ARRAYS):
         raise DataValidationError("image", "missing array: an .npz needs at least one "
                                   "modality array (image, text, audio, tabular or video)")
-    if labelled and "label" not in arrays:
-        raise DataValidationError("label", "missing array")
+    tasks = task_arrays(arrays)
+    if labelled and "label" not in arrays and not tasks:
+        raise DataValidationError("label", "missing array (or label.<task> arrays, one per "
+                                  "task)")
+    if "label" in arrays and tasks:
+        raise DataValidationError("label", "give either label or label.<task> arrays (one "
+                                  "per task), not both")
+    if tasks and "class_names" in arrays:
+        raise DataValidationError("class_names", "does not apply to label.<task> arrays: "
+                                  "their classes are their values")
     return arrays
 
 
@@ -328,6 +360,36 @@ def _labels(arrays: dict[str, np.ndarray], n: int, limits: NpzLimits,
     return codes.astype(np.int64), class_names
 
 
+def task_arrays(arrays: dict[str, np.ndarray]) -> list[str]:
+    """The ``label.<task>`` arrays' names, in the archive's order."""
+    return [name for name in arrays if TASK_LABEL.match(name)]
+
+
+def _task_labels(arrays: dict[str, np.ndarray], n: int, limits: NpzLimits,
+                 reference: str) -> dict[str, tuple[np.ndarray, list[str]]]:
+    """Each task's (N,) int64 class indices and class names (its sorted values)."""
+    out = {}
+    for field in task_arrays(arrays):
+        label = arrays[field]
+        if label.ndim != 1:
+            raise DataValidationError(field, f"expected shape (N,) of classes, got "
+                                      f"{label.shape}")
+        length = task_length_error(field, len(label), reference, n)
+        if length is not None:
+            raise length
+        if label.dtype.kind not in "iuU" and label.dtype != np.bool_:
+            raise DataValidationError(field, f"dtype {label.dtype} is not integer or string")
+        values, codes = np.unique(label, return_inverse=True)
+        if len(values) < 2:
+            raise DataValidationError(field, "needs at least 2 classes")
+        if len(values) > limits.max_classes:
+            raise DataValidationError(field, f"{len(values)} classes is over the limit of "
+                                      f"{limits.max_classes}")
+        task = TASK_LABEL.match(field).group(1)  # type: ignore[union-attr]
+        out[task] = (codes.reshape(-1).astype(np.int64), [str(v) for v in values])
+    return out
+
+
 def rarest_class(multi_hot: np.ndarray) -> np.ndarray:
     """Per sample, its rarest class over the dataset (K for an empty row): the
     stratum that keeps rare classes in every split of multi-label data."""
@@ -339,11 +401,12 @@ def rarest_class(multi_hot: np.ndarray) -> np.ndarray:
     return np.where(multi_hot.any(axis=1), rarest, k)
 
 
-def _split(arrays: dict[str, np.ndarray], labels: np.ndarray) -> np.ndarray:
+def _split(arrays: dict[str, np.ndarray], labels: np.ndarray,
+           label_field: str = "label") -> np.ndarray:
     if "split" not in arrays:
         strata = rarest_class(labels) if labels.ndim == 2 else labels
         split = stratified_split(strata, seed=0)
-        field, hint = "label", "too few samples per class to make train/val/test splits"
+        field, hint = label_field, "too few samples per class to make train/val/test splits"
     else:
         raw = arrays["split"]
         field, hint = "split", "has no samples"
@@ -404,12 +467,20 @@ def prepare_npz(path: Path, limits: NpzLimits | None = None,
     inputs = _inputs(arrays, limits)
     vocab = _vocab(arrays, inputs.get("text"), limits)
     reference = next(iter(inputs))
-    labels, class_names = _labels(arrays, inputs[reference].shape[0], limits, reference)
-    split = _split(arrays, labels)
+    tasks = _task_labels(arrays, inputs[reference].shape[0], limits, reference)
+    if tasks:
+        labels, class_names = next(iter(tasks.values()))
+    else:
+        labels, class_names = _labels(arrays, inputs[reference].shape[0], limits, reference)
+    split = _split(arrays, labels, task_arrays(arrays)[0] if tasks else "label")
     provenance: dict[str, object] = {"upload": original_name or path.name, "format": "npz"}
     if vocab is not None:
         provenance["vocab"] = vocab
-    return PreparedDataset.from_arrays(inputs, labels, split, class_names, provenance)
+    data = PreparedDataset.from_arrays(inputs, labels, split, class_names, provenance)
+    if tasks:
+        data.with_tasks({t: names for t, (_, names) in tasks.items()},
+                        {t: torch.from_numpy(y) for t, (y, _) in list(tasks.items())[1:]})
+    return data
 
 
 def read_npz_samples(path: Path, limits: NpzLimits | None = None,

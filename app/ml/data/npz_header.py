@@ -15,7 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from app.ml.data.errors import DataValidationError
-from app.ml.data.npz import ALLOWED_ARRAYS, MODALITY_ARRAYS, NpzLimits
+from app.ml.data.npz import (
+    MODALITY_ARRAYS,
+    NpzLimits,
+    task_length_error,
+    unexpected_array,
+)
 
 
 @dataclass(frozen=True)
@@ -37,9 +42,9 @@ def read_headers(path: Path, limits: NpzLimits) -> dict[str, ArrayHeader]:
                                           f"limit of {limits.max_uncompressed_bytes}")
             for info in infos:
                 name = info.filename.removesuffix(".npy")
-                if name not in ALLOWED_ARRAYS:
-                    raise DataValidationError(name, "unexpected array; allowed: "
-                                              + ", ".join(ALLOWED_ARRAYS))
+                problem = unexpected_array(name)
+                if problem is not None:
+                    raise problem
                 headers[name] = _header(zf, info, name)
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise DataValidationError("file", f"not a readable .npz: {exc}") from exc
@@ -169,8 +174,10 @@ def probe_npz(path: Path, limits: NpzLimits | None = None, labelled: bool = True
     if not modalities:
         raise DataValidationError("image", "missing array: an .npz needs at least one "
                                   "modality array (image, text, audio, tabular or video)")
-    if labelled and "label" not in headers:
-        raise DataValidationError("label", "missing array")
+    tasks = [name for name in headers if name.startswith("label.")]
+    if labelled and "label" not in headers and not tasks:
+        raise DataValidationError("label", "missing array (or label.<task> arrays, one per "
+                                  "task)")
     first, n = modalities[0], headers[modalities[0]].shape[:1]
     for name in modalities:
         h = headers[name]
@@ -179,6 +186,13 @@ def probe_npz(path: Path, limits: NpzLimits | None = None, labelled: bool = True
         _check_modality(name, h, limits)
     if "label" in headers:
         _check_label(headers, first, n[0])
+    for name in tasks:
+        shape = headers[name].shape
+        if len(shape) != 1:
+            raise DataValidationError(name, f"expected shape (N,) of classes, got {shape}")
+        length = task_length_error(name, shape[0], first, n[0])
+        if length is not None:
+            raise length
     if "split" in headers:
         split = headers["split"]
         if split.shape != (n[0],):

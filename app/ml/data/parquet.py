@@ -105,7 +105,7 @@ def _infer(pf: Any, spec: IngestSpec) -> tuple[IngestSpec, list[str]]:
     ignored: list[str] = []
     text_seen = False
     for f in schema:
-        if f.name in (spec.label, split):
+        if f.name in (*spec.label_columns(), split):
             continue
         t = f.type
         binary = pa.types.is_binary(t) or pa.types.is_large_binary(t)

@@ -10,6 +10,13 @@ Labels are class indices (N,) int64 for single-label data, or multi-hot rows
 A modality that some samples lack has ``present.<modality>``, an (N,) bool mask;
 no mask means every sample has it (blobs written before masks existed load so).
 The values stored for a missing sample are zeros and carry no meaning.
+
+Multi-task data has several label columns, each one class per sample: ``tasks``
+maps each task to its class names, in order. The first task is the primary
+one: its labels are ``labels`` / ``label_clean`` and its classes
+``class_names``, so whatever reads one label (previews, splits, label noise)
+keeps working; every other task's (N,) int64 labels are ``task_labels[task]``,
+stored as ``label.<task>``.
 """
 
 import json
@@ -27,6 +34,7 @@ from app.ml.safetensors_meta import header_metadata
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 _RESERVED = {"label", "label_clean", "split"}
 PRESENT_PREFIX = "present."
+TASK_LABEL_PREFIX = "label."
 
 
 @dataclass
@@ -43,6 +51,10 @@ class PreparedDataset:
     # (N,) each row's position in the source's order, where rows were reordered
     # (the sharded form groups them by split); None: the source's order
     source_rows: torch.Tensor | None = None
+    # multi-task data: task -> class names, the first task's being class_names
+    tasks: dict[str, list[str]] = field(default_factory=dict)
+    # the (N,) int64 labels of every task but the first (whose are ``labels``)
+    task_labels: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @classmethod
     def from_arrays(cls, inputs: dict[str, torch.Tensor], labels: np.ndarray,
@@ -59,6 +71,32 @@ class PreparedDataset:
     @property
     def multilabel(self) -> bool:
         return self.labels.dim() == 2
+
+    @property
+    def multitask(self) -> bool:
+        return len(self.tasks) > 1
+
+    def labels_of(self, task: str) -> torch.Tensor:
+        """(N,) class indices of ``task`` (the primary task's are ``labels``)."""
+        if task not in self.tasks:
+            raise KeyError(f"no task {task!r}; the dataset has {', '.join(self.tasks)}")
+        return self.labels if task == next(iter(self.tasks)) else self.task_labels[task]
+
+    def with_tasks(self, tasks: dict[str, list[str]],
+                   task_labels: dict[str, torch.Tensor]) -> "PreparedDataset":
+        """Itself, multi-task: ``tasks`` in order (the first is ``labels``'s),
+        ``task_labels`` the others' (N,) labels; ``ValueError`` when they do not fit."""
+        names = list(tasks)
+        if names and tasks[names[0]] != self.class_names:
+            raise ValueError("the first task's classes must be class_names")
+        if sorted(task_labels) != sorted(names[1:]):
+            raise ValueError(f"labels for tasks {sorted(task_labels)}, expected {names[1:]}")
+        for name, y in task_labels.items():
+            if y.shape != (self.num_samples,) or y.dtype != torch.int64:
+                raise ValueError(f"task {name!r}: labels must be int64 ({self.num_samples},)")
+        self.tasks = {k: list(v) for k, v in tasks.items()}
+        self.task_labels = {k: task_labels[k] for k in names[1:]}
+        return self
 
     @property
     def num_classes(self) -> int:
@@ -132,7 +170,7 @@ class PreparedDataset:
                 entry["missing_split_counts"] = {
                     s: int(absent[self.split_indices(s)].sum()) for s in SPLITS}
             modalities.append(entry)
-        return {
+        out = {
             "num_samples": self.num_samples,
             "modalities": modalities,
             "classes": [
@@ -145,6 +183,15 @@ class PreparedDataset:
             "multilabel": self.multilabel,
             "provenance": provenance,
         }
+        if self.multitask:
+            out["tasks"] = [self._task_summary(t, names) for t, names in self.tasks.items()]
+        return out
+
+    def _task_summary(self, task: str, names: list[str]) -> dict[str, Any]:
+        counts = torch.bincount(self.labels_of(task), minlength=len(names)).tolist()
+        return {"name": task, "classes": [{"index": i, "name": n, "count": int(c)}
+                                          for i, (n, c) in enumerate(zip(names, counts,
+                                                                         strict=True))]}
 
     def _class_counts(self, rows: torch.Tensor) -> list[int]:
         labels = self.labels[rows]
@@ -161,8 +208,12 @@ def to_bytes(ds: PreparedDataset) -> bytes:
         if name not in ds.inputs:
             raise ValueError(f"presence mask for {name!r}, which is not a modality")
         tensors[PRESENT_PREFIX + name] = mask.bool().contiguous()
+    for name, y in ds.task_labels.items():
+        tensors[TASK_LABEL_PREFIX + name] = y.contiguous()
     meta = {"class_names": ds.class_names, "modality_kinds": ds.modality_kinds,
             "provenance": ds.provenance, "format": "mixlab.prepared/1"}
+    if ds.tasks:
+        meta["tasks"] = [[t, names] for t, names in ds.tasks.items()]  # a list keeps the order
     return st_save(tensors, metadata={"mixlab": json.dumps(meta)})
 
 
@@ -173,8 +224,10 @@ def from_bytes(blob: bytes) -> PreparedDataset:
     masks = {k for k in tensors
              if k.startswith(PRESENT_PREFIX) and k.removeprefix(PRESENT_PREFIX) in kinds}
     # safetensors sorts tensors by name: restore the modalities' own order
+    task_keys = {k for k in tensors if k.startswith(TASK_LABEL_PREFIX)}
     names = [k for k in kinds if k in tensors] + sorted(
-        k for k in tensors if k not in _RESERVED and k not in kinds and k not in masks)
+        k for k in tensors
+        if k not in _RESERVED and k not in kinds and k not in masks and k not in task_keys)
     inputs = {k: tensors[k] for k in names}
     present = {k.removeprefix(PRESENT_PREFIX): tensors[k] for k in sorted(masks)}
     return PreparedDataset(inputs=inputs, labels=tensors["label"],
@@ -182,4 +235,12 @@ def from_bytes(blob: bytes) -> PreparedDataset:
                            class_names=list(meta["class_names"]),
                            modality_kinds=kinds,
                            provenance=dict(meta.get("provenance", {})),
-                           present=present)
+                           present=present, **stored_tasks(meta, tensors))
+
+
+def stored_tasks(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """``tasks`` and ``task_labels`` as a blob's (or a shard index's) metadata and
+    tensors hold them (nothing for single-task data)."""
+    tasks = {str(t): list(names) for t, names in meta.get("tasks", [])}
+    return {"tasks": tasks,
+            "task_labels": {t: tensors[TASK_LABEL_PREFIX + t] for t in list(tasks)[1:]}}

@@ -3,7 +3,7 @@ without holding it in memory.
 
 A sharded prepared dataset is a folder (local, or in a remote store):
 
-- ``index.safetensors``: every row's ``label``, ``label_clean``, ``split``,
+- ``index.safetensors``: every row's ``label``, ``label_clean``, ``split``, ``label.<task>``,
   ``present.<modality>`` and ``source_row`` (its position in the source's order,
   which previews report; a few bytes a row, read whole), and in its metadata
   the class names, modality kinds, provenance, each modality's per-sample
@@ -41,7 +41,13 @@ from typing import Any, Protocol
 import torch
 from safetensors.torch import load_file, save_file
 
-from app.ml.data.prepared import PRESENT_PREFIX, SPLITS, PreparedDataset
+from app.ml.data.prepared import (
+    PRESENT_PREFIX,
+    SPLITS,
+    TASK_LABEL_PREFIX,
+    PreparedDataset,
+    stored_tasks,
+)
 from app.ml.safetensors_meta import read_header
 
 FORMAT = "mixlab.prepared-shards/1"
@@ -427,7 +433,8 @@ class ShardedDataset(PreparedDataset):
                                clean_labels=self.clean_labels, split=self.split,
                                class_names=self.class_names, modality_kinds=self.modality_kinds,
                                provenance=self.provenance, present=self.present,
-                               source_rows=self.source_rows)
+                               source_rows=self.source_rows, tasks=self.tasks,
+                               task_labels=self.task_labels)
 
     def close(self) -> None:
         """Unmap the shards and drop a remote cache's folder."""
@@ -470,7 +477,8 @@ def open_sharded(source: ShardSource, *, window_bytes: int | None = None,
                           class_names=list(meta["class_names"]),
                           modality_kinds=dict(meta["modality_kinds"]),
                           provenance=dict(meta.get("provenance", {})), present=present,
-                          source_rows=tensors["source_row"], reader=reader)
+                          source_rows=tensors["source_row"], reader=reader,
+                          **stored_tasks(meta, tensors))
     if window_bytes is not None:
         data.window_bytes = window_bytes
     if prefetch_batches is not None:
@@ -490,6 +498,7 @@ class _SplitBuffer:
     clean: list[torch.Tensor] = field(default_factory=list)
     source: list[torch.Tensor] = field(default_factory=list)
     present: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    tasks: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # labels of tasks 2…
 
 
 class ShardWriter:
@@ -503,8 +512,11 @@ class ShardWriter:
 
     def __init__(self, folder: Path, class_names: list[str], modality_kinds: dict[str, str],
                  provenance: dict[str, Any] | None = None,
-                 shard_bytes: int = DEFAULT_SHARD_BYTES) -> None:
+                 shard_bytes: int = DEFAULT_SHARD_BYTES,
+                 tasks: Mapping[str, list[str]] | None = None) -> None:
         self.folder = Path(folder)
+        # multi-task data: every chunk brings the labels of each task but the first
+        self.tasks = {t: list(names) for t, names in (tasks or {}).items()}
         self.folder.mkdir(parents=True, exist_ok=True)
         self.class_names, self.kinds = list(class_names), dict(modality_kinds)
         self.provenance = dict(provenance or {})
@@ -520,7 +532,8 @@ class ShardWriter:
     def add(self, inputs: Mapping[str, torch.Tensor], labels: torch.Tensor,
             split: torch.Tensor, clean_labels: torch.Tensor | None = None,
             present: Mapping[str, torch.Tensor] | None = None,
-            source_rows: torch.Tensor | None = None) -> None:
+            source_rows: torch.Tensor | None = None,
+            task_labels: Mapping[str, torch.Tensor] | None = None) -> None:
         """Rows: ``inputs`` (modality → (n, …)), ``labels`` (n,) or (n, K), ``split``
         (n,) codes 0 train, 1 val, 2 test; clean labels default to ``labels``,
         the rows' positions in the source's order to the order they are added in."""
@@ -545,6 +558,10 @@ class ShardWriter:
                 lo, hi = float(lo_t), float(hi_t)
                 seen = self._range.setdefault(m, [lo, hi])
                 seen[0], seen[1] = min(seen[0], lo), max(seen[1], hi)
+        task_labels = dict(task_labels or {})
+        if sorted(task_labels) != sorted(list(self.tasks)[1:]):
+            raise ValueError(f"chunk has labels of tasks {sorted(task_labels)}, expected "
+                             f"{list(self.tasks)[1:]}")
         clean = labels if clean_labels is None else clean_labels
         n = int(split.shape[0])
         source = (torch.arange(self.added, self.added + n) if source_rows is None
@@ -562,6 +579,8 @@ class ShardWriter:
             buffer.source.append(source[rows])
             for m in self.masked:
                 buffer.present.setdefault(m, []).append(present[m][rows].bool())
+            for t, y in task_labels.items():
+                buffer.tasks.setdefault(t, []).append(y[rows])
             self._flush(code, final=False)
 
     def _flush(self, code: int, final: bool) -> None:
@@ -600,6 +619,9 @@ class ShardWriter:
         for m in self.masked:
             tensors[PRESENT_PREFIX + m] = torch.cat([t for b in parts
                                                      for t in b.present.get(m, [])])
+        for task in list(self.tasks)[1:]:
+            tensors[TASK_LABEL_PREFIX + task] = torch.cat(
+                [t for b in parts for t in b.tasks.get(task, [])]).contiguous()
         modalities = [{"name": m, "shape": list(shape), "dtype": _safetensors_dtype(dtype),
                        "min": self._range.get(m, [0.0, 0.0])[0],
                        "max": self._range.get(m, [0.0, 0.0])[1]}
@@ -608,6 +630,8 @@ class ShardWriter:
                 "modality_kinds": self.kinds, "provenance": self.provenance,
                 "modalities": modalities, "shard_rows": self.shard_rows,
                 "shards": [s for b in parts for s in b.shards]}
+        if self.tasks:
+            meta["tasks"] = [[t, names] for t, names in self.tasks.items()]
         path = self.folder / INDEX
         save_file(tensors, str(path), metadata={"mixlab": json.dumps(meta)})
         self.bytes += path.stat().st_size
@@ -622,7 +646,8 @@ def write_sharded(ds: PreparedDataset, folder: Path,
                   shard_bytes: int = DEFAULT_SHARD_BYTES) -> int:
     """``ds`` as a sharded folder, a shard's worth of rows at a time; returns the
     bytes written."""
-    writer = ShardWriter(folder, ds.class_names, ds.modality_kinds, ds.provenance, shard_bytes)
+    writer = ShardWriter(folder, ds.class_names, ds.modality_kinds, ds.provenance, shard_bytes,
+                         ds.tasks)
     row_bytes = sum(x[:1].numel() * x.element_size() for x in ds.inputs.values())
     step = max(1, shard_bytes // max(1, row_bytes))
     for code, name in enumerate(SPLITS):
@@ -633,7 +658,7 @@ def write_sharded(ds: PreparedDataset, folder: Path,
             writer.add({m: x[chunk] for m, x in ds.inputs.items()}, ds.labels[chunk],
                        torch.full((chunk.numel(),), code, dtype=torch.uint8),
                        ds.clean_labels[chunk], {m: p[chunk] for m, p in ds.present.items()},
-                       source)
+                       source, {t: y[chunk] for t, y in ds.task_labels.items()})
     return writer.close()
 
 

@@ -14,6 +14,12 @@ the signal as above): several shapes in the image, keywords of each class in
 the text, one band per class in the audio, the sum of the class means in the
 tabular features. The split is stratified by the first class.
 
+With ``tasks`` k > 1 the data is multi-task: k label columns, each a function
+of the sample's one class c, so a representation of c serves them all. Task
+``class`` is c itself (the primary task); task ``group<t>`` (t = 1 … k-1) puts
+the classes into max(2, K // 2) groups by a seeded permutation of its own:
+label = perm_t(c) mod groups. The modalities show c only, as above.
+
 With ``missing_rate`` r > 0, round(r·N) samples (chosen at random, in every
 split) lack one of their modalities, drawn uniformly; the dataset's
 ``present.<modality>`` masks say which, and the missing values are zeros.
@@ -59,6 +65,7 @@ BOUNDS: dict[str, tuple[int, int]] = {
     "audio_frames": (8, 256),
     "tabular_features": (1, 512),
     "labels_per_sample": (1, 4),
+    "tasks": (1, 8),
 }
 
 _SYLLABLES = ("ba", "ko", "mi", "du", "re", "sa", "ti", "lo", "ne", "pu",
@@ -96,10 +103,10 @@ def array_bytes(num_samples: int, modalities: Iterable[str], sizes: Mapping[str,
 def _check_options(num_samples: int, num_classes: int, seed: int,
                    modalities: tuple[str, ...], signal: dict[str, float],
                    sizes: dict[str, int], labels_per_sample: int = 1,
-                   missing_rate: float = 0.0) -> None:
+                   missing_rate: float = 0.0, tasks: int = 1) -> None:
     for name, value in {"num_samples": num_samples, "num_classes": num_classes,
                         "seed": seed, "labels_per_sample": labels_per_sample,
-                        **sizes}.items():
+                        "tasks": tasks, **sizes}.items():
         lo, hi = BOUNDS[name]
         if isinstance(value, bool) or not isinstance(value, int | np.integer) \
                 or not lo <= value <= hi:
@@ -118,6 +125,9 @@ def _check_options(num_samples: int, num_classes: int, seed: int,
         if isinstance(value, bool) or not isinstance(value, int | float | np.number) \
                 or not 0.0 <= value <= 1.0:
             raise _fail("signal", f"{name}: must be a number from 0 to 1")
+    if tasks > 1 and labels_per_sample > 1:
+        raise _fail("tasks", "multi-task labels are one class per sample per task; use "
+                    "labels_per_sample 1")
     if labels_per_sample > num_classes:
         raise _fail("labels_per_sample", f"must be at most num_classes ({num_classes})")
     if isinstance(missing_rate, bool) or not isinstance(missing_rate, int | float | np.number) \
@@ -264,6 +274,19 @@ def _label_sets(primary: np.ndarray, num_classes: int, per_sample: int,
     return classes, np.arange(per_sample)[None] < counts[:, None]
 
 
+def task_labels(primary: np.ndarray, num_classes: int, tasks: int, seed: int
+                ) -> dict[str, tuple[np.ndarray, list[str]]]:
+    """Each task's (N,) int64 labels and class names, task ``class`` being
+    ``primary``; the others group the classes by a permutation of their own."""
+    out = {"class": (primary, [f"class{k}" for k in range(num_classes)])}
+    groups = max(2, num_classes // 2)
+    for t in range(1, tasks):
+        perm = np.random.default_rng([seed, 100 + t]).permutation(num_classes)
+        out[f"group{t}"] = ((perm % groups)[primary].astype(np.int64),
+                            [f"g{g}" for g in range(groups)])
+    return out
+
+
 def _drop_modalities(arrays: dict[str, np.ndarray], missing_rate: float, seed: int,
                      ) -> dict[str, torch.Tensor]:
     """Zero one modality of round(rate·N) random samples, in place; the presence
@@ -290,12 +313,13 @@ def load_synthetic(num_samples: int = 1200, num_classes: int = 4, seed: int = 0,
                    image_size: int = 16, text_length: int = 12, vocab_size: int = 64,
                    audio_bins: int = 32, audio_frames: int = 32,
                    tabular_features: int = 8, labels_per_sample: int = 1,
-                   missing_rate: float = 0.0) -> PreparedDataset:
+                   missing_rate: float = 0.0, tasks: int = 1) -> PreparedDataset:
     """A synthetic multimodal classification dataset; same options, same arrays.
 
     ``signal`` maps modality to its strength in [0, 1] (default 1 for each).
     ``labels_per_sample`` > 1 makes it multi-label (1 to that many classes per
-    sample); ``missing_rate`` is the share of samples lacking one modality.
+    sample); ``missing_rate`` is the share of samples lacking one modality;
+    ``tasks`` > 1 adds label columns (multi-task, see the module's text).
     Bad options raise ``DataValidationError`` naming ``source.options.<name>``.
     """
     if isinstance(modalities, str):
@@ -309,7 +333,7 @@ def load_synthetic(num_samples: int = 1200, num_classes: int = 4, seed: int = 0,
              "audio_bins": audio_bins, "audio_frames": audio_frames,
              "tabular_features": tabular_features}
     _check_options(num_samples, num_classes, seed, chosen, given, sizes, labels_per_sample,
-                   missing_rate)
+                   missing_rate, tasks)
     strength.update({m: float(v) for m, v in given.items()})
 
     rng = np.random.default_rng([seed, 0])
@@ -347,6 +371,8 @@ def load_synthetic(num_samples: int = 1200, num_classes: int = 4, seed: int = 0,
         provenance["labels_per_sample"] = labels_per_sample
     if missing_rate > 0:
         provenance["missing_rate"] = float(missing_rate)
+    if tasks > 1:
+        provenance["tasks"] = tasks
     if "text" in inputs:
         vocab = ["<pad>"] + [pseudo_word(i) for i in range(1, vocab_size)]
         provenance["vocab"] = vocab
@@ -354,4 +380,9 @@ def load_synthetic(num_samples: int = 1200, num_classes: int = 4, seed: int = 0,
             name: vocab[1 + k * KEYWORDS_PER_CLASS:1 + (k + 1) * KEYWORDS_PER_CLASS]
             for k, name in enumerate(class_names)}
     split = stratified_split(primary, seed=0)
-    return PreparedDataset.from_arrays(inputs, labels, split, class_names, provenance, present)
+    data = PreparedDataset.from_arrays(inputs, labels, split, class_names, provenance, present)
+    if tasks > 1:
+        columns = task_labels(primary, num_classes, tasks, seed)
+        data.with_tasks({t: names for t, (_, names) in columns.items()},
+                        {t: torch.from_numpy(y) for t, (y, _) in list(columns.items())[1:]})
+    return data

@@ -58,6 +58,10 @@ def check_spec(spec: IngestSpec, limits: IngestLimits) -> None:
     if not spec.modalities:
         raise DataValidationError("file", "no column to use as a modality (image, text, "
                                   "audio or tabular)")
+    if spec.tasks and spec.multilabel:
+        raise DataValidationError(spec.label, "a task's label column holds one class per "
+                                  "row; this one holds lists (multi-label), which tasks "
+                                  "do not take")
     for name, m in spec.modalities.items():
         if m.kind == "image":
             h, w = m.size
@@ -97,7 +101,8 @@ def modality_name(column: str, taken: set[str]) -> str:
 
 
 def check_columns(spec: IngestSpec, available: list[str], labelled: bool = True) -> None:
-    wanted = [*([spec.label] if labelled else []), *([spec.split] if spec.split else [])]
+    wanted = [*(spec.label_columns() if labelled else []),
+              *([spec.split] if spec.split else [])]
     for name, m in spec.modalities.items():
         if m.kind != "tabular" and not m.column:
             raise DataValidationError(name, f"a {m.kind} modality needs a column")
@@ -109,7 +114,7 @@ def check_columns(spec: IngestSpec, available: list[str], labelled: bool = True)
 
 
 def needed_columns(spec: IngestSpec, labelled: bool = True) -> list[str]:
-    return list(dict.fromkeys([*([spec.label] if labelled else []),
+    return list(dict.fromkeys([*(spec.label_columns() if labelled else []),
                                *([spec.split] if spec.split else []),
                                *(c for m in spec.modalities.values()
                                  for c in m.source_columns())]))
@@ -158,6 +163,11 @@ class TableBuilder:
         self.issues = Issues(limits.max_errors, row_name, row_base, row_names)
         self.labels = LabelColumn(spec.label, n, spec.multilabel, limits.max_classes,
                                   self.issues, optional=predicting) if labelled else None
+        # multi-task: the label columns of the tasks after the first (``labels``)
+        self.task_columns = {
+            task: LabelColumn(column, n, False, limits.max_classes, self.issues)
+            for task, column in list(spec.tasks.items())[1:]} if labelled and not predicting \
+            else {}
         self.splits = (np.full(n, _NO_SPLIT, np.uint8) if spec.split and not predicting
                        else None)
         self.images: dict[str, np.ndarray] = {}  # allocated at the first decodable image
@@ -187,6 +197,10 @@ class TableBuilder:
             for i, value in enumerate(columns[self.spec.label]):
                 if value is not SKIP:
                     self.labels.add(start + i, value)
+        for task, column in self.task_columns.items():
+            for i, value in enumerate(columns[self.spec.tasks[task]]):
+                if value is not SKIP:
+                    column.add(start + i, value)
         if self.splits is not None:
             self._splits(start, columns[self.spec.split or "split"])
         for name, m in self.spec.modalities.items():
@@ -308,10 +322,16 @@ class TableBuilder:
         labels, class_names = self.labels.finish()
         split = self._finish_split(labels)
         inputs, kinds = self._finish_inputs(split == 0, provenance)
-        return PreparedDataset(inputs=inputs, labels=torch.from_numpy(labels),
+        data = PreparedDataset(inputs=inputs, labels=torch.from_numpy(labels),
                                clean_labels=torch.from_numpy(labels.copy()),
                                split=torch.from_numpy(split), class_names=class_names,
                                modality_kinds=kinds, provenance=provenance)
+        if self.spec.tasks:
+            others = {task: column.finish() for task, column in self.task_columns.items()}
+            first = next(iter(self.spec.tasks))
+            data.with_tasks({first: class_names, **{t: n for t, (_, n) in others.items()}},
+                            {t: torch.from_numpy(y) for t, (y, _) in others.items()})
+        return data
 
     def finish_samples(self, provenance: dict[str, Any]) -> Samples:
         """The rows as samples for prediction: every row counts as seen (the file's

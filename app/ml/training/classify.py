@@ -28,7 +28,7 @@ from app.ml.models.freeze import freeze as freeze_parts
 from app.ml.models.freeze import part_names
 from app.ml.models.weights import load_matching
 from app.ml.resume import ResumePoint
-from app.ml.tasks import CLASSIFICATION, Task, get_task
+from app.ml.tasks import CLASSIFICATION, Task
 from app.ml.training import normalization
 from app.ml.training.augment import augment_batch
 from app.ml.training.batches import (
@@ -73,6 +73,7 @@ class ClassifierObjective(Objective):
         self.kinds = {m: data.modality_kinds.get(m, m) for m in data.inputs}
         self.modalities = model_modalities(data, model_spec)
         self.num_classes, self.class_names = data.num_classes, list(data.class_names)
+        self.mix_classes = data.num_classes  # of the targets ``mix`` gets (``mix_labels``)
         inputs_all = {m: data.inputs[m] for m in self.modalities}
         present_all = {m: data.present[m].bool() for m in self.modalities if m in data.present}
         categorical = categorical_columns(data, self.modalities) if self.multimodal else {}
@@ -152,13 +153,22 @@ class ClassifierObjective(Objective):
         batch, masks, y = self.batch(idx)
         batch = augment_batch(batch, self.kinds, self.spec, generators["augment"])
         active = self.mix_spec.active_at(epoch, self.spec.epochs)
-        mixed = mix(batch, y, self.task_mix if active else self.no_mix, generators["mix"],
-                    self.num_classes, kinds={m: self.kinds[m] for m in self.modalities},
+        mixed = mix(batch, self.mix_labels(y), self.task_mix if active else self.no_mix,
+                    generators["mix"], self.mix_classes,
+                    kinds={m: self.kinds[m] for m in self.modalities},
                     host_generator=generators["host"])
         with_own_codes(mixed, batch, self.codes)
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
             logits = self.forward(mixed, masks)
-        return self.task.loss(logits, self.task.targets(mixed.targets, self.smoothing))
+        return self.task.loss(logits, self.mixed_targets(mixed, y))
+
+    def mix_labels(self, y: torch.Tensor) -> torch.Tensor:
+        """The labels ``mix`` mixes (a multi-task objective's first task's)."""
+        return y
+
+    def mixed_targets(self, mixed: Mixed, y: torch.Tensor) -> torch.Tensor:
+        """The targets the loss compares the logits of ``mixed`` with."""
+        return self.task.targets(mixed.targets, self.smoothing)
 
     def batch(self, idx: torch.Tensor
               ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
@@ -212,7 +222,8 @@ def train(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixSpec,
           spec: TrainSpec, hooks: TrainHooks | None = None, *,
           task: str | Task = CLASSIFICATION, resume: ResumePoint | None = None,
           init_weights: Mapping[str, torch.Tensor] | None = None,
-          freeze: Sequence[str] = (), ranks: Ranks = SOLO) -> TrainResult:
+          freeze: Sequence[str] = (), ranks: Ranks = SOLO,
+          task_weights: Mapping[str, float] | None = None) -> TrainResult:
     """Train a model for ``task`` on ``data`` with ``mix_spec`` mixing by the
     recipe ``spec``. Raises ``ValueError`` when the task or model does not fit
     the data.
@@ -229,8 +240,12 @@ def train(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixSpec,
     (``app.ml.data.shards``) is streamed from its shards (``app.ml.training.streamed``).
     ``ranks``: this process's place in a run of ``spec.world_size`` processes
     (``app.ml.training.distributed.joined``); its device is the rank's own.
+    Task ``multitask`` (``app.ml.multitask``) trains a head per label column of
+    a multi-task dataset, weighted by ``task_weights`` (default 1 each).
     """
-    task = get_task(task)
+    # imported here: the multi-task objective subclasses this module's
+    from app.ml.training.multitask import resolve_task
+    task, data, objective_class = resolve_task(task, data, task_weights)
     task.check(data)
     if spec.world_size != ranks.world_size:
         raise ValueError(f"training.world_size: {spec.world_size}, but this process trains in "
@@ -243,7 +258,8 @@ def train(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixSpec,
     device = ranks.device or resolve_device(spec.device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(spec.seed)
-        objective = objective_type(data)(data, model_spec, mix_spec, spec, task, device)
+        objective = (objective_class or objective_type(data))(data, model_spec, mix_spec, spec,
+                                                              task, device)
         for field, problem in recipe_problems(spec, task.metric_names,
                                               [objective.kinds[m] for m in objective.modalities]):
             raise ValueError(f"training.{field}: {problem}")

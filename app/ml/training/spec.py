@@ -20,8 +20,10 @@ _LOWER_IS_BETTER = ("loss", "nll", "ece", "brier")
 
 
 def metric_mode(metric: str) -> str:
-    """``min`` for losses and calibration errors, ``max`` for scores."""
-    return "min" if any(metric.endswith(s) for s in _LOWER_IS_BETTER) else "max"
+    """``min`` for losses and calibration errors, ``max`` for scores; a task's
+    metric (``val_loss.<task>``) by the part before the task."""
+    name = metric.split(".", 1)[0]
+    return "min" if any(name.endswith(s) for s in _LOWER_IS_BETTER) else "max"
 
 
 def world_size_problem(world_size: int, batch_size: int, device: str) -> str | None:

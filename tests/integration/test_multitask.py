@@ -1,0 +1,135 @@
+"""Task multitask end to end through the real API and worker: a synthetic
+dataset with two label columns → a multitask experiment → per-task metrics,
+their history and a per-task evaluation; and the requests that do not fit,
+refused with 422 naming the field, nothing stored."""
+
+import io
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from app.client import MixlabClient
+from tests.integration.helpers import auth_headers, prepared
+
+pytestmark = pytest.mark.integration
+
+TINY = {"num_samples": 300, "num_classes": 4, "image_size": 8, "tabular_features": 4,
+        "modalities": ["image", "tabular"]}
+MODEL = {"kind": "multimodal", "fusion": "early", "dim": 8, "width": 4, "depth": 1}
+
+
+@pytest.fixture(scope="module")
+def two_tasks(stack) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    with MixlabClient(stack.base_url) as mx:
+        created = mx.create_builtin_dataset("synthetic", name="two-tasks", tasks=2, **TINY)
+        return mx.wait_for_dataset(created["id"], timeout=120)
+
+
+@pytest.fixture(scope="module")
+def one_task(stack) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    with MixlabClient(stack.base_url) as mx:
+        created = mx.create_builtin_dataset("synthetic", name="one-task", **TINY)
+        return mx.wait_for_dataset(created["id"], timeout=120)
+
+
+def test_multitask_experiment_trains_every_head(client: MixlabClient,
+                                                 two_tasks: dict) -> None:
+    assert two_tasks["status"] == "ready", two_tasks
+    tasks = {t["name"]: [c["name"] for c in t["classes"]] for t in two_tasks["tasks"]}
+    assert tasks == {"class": ["class0", "class1", "class2", "class3"], "group1": ["g0", "g1"]}
+    assert sum(c["count"] for c in two_tasks["tasks"][1]["classes"]) == 300
+
+    run_id = str(client.create_experiment({
+        "name": "two-heads", "dataset_id": two_tasks["id"], "task": "multitask",
+        "task_weights": {"group1": 2.0}, "model": MODEL,
+        "augmentation": {"method": "cutmix", "alpha": 1.0},
+        "training": {"epochs": 2, "batch_size": 32, "seed": 0, "checkpoint": "best",
+                     "checkpoint_metric": "val_acc.group1"}})["run_ids"][0])
+    run = client.wait_for_run(run_id, timeout=120)
+    assert run["status"] == "succeeded", run["error"]
+    metrics = run["metrics"]
+    for task in tasks:
+        for key in (f"test_acc.{task}", f"test_ece.{task}", f"val_acc.{task}"):
+            assert key in metrics, key
+    assert metrics["test_acc"] == pytest.approx(
+        (metrics["test_acc.class"] + metrics["test_acc.group1"]) / 2, abs=1e-5)
+    history = client.metrics(run_id, key="val_acc.group1")["val_acc.group1"]
+    assert [p["epoch"] for p in history] == [1, 2]
+
+    evaluation = client.evaluation(run_id)
+    assert evaluation["task"] == "multitask"
+    test_size = two_tasks["split_sizes"]["test"]
+    for task, classes in tasks.items():
+        entry = evaluation["tasks"][task]
+        assert entry["class_names"] == classes
+        assert sum(map(sum, entry["confusion_matrix"])) == test_size
+
+
+@pytest.mark.parametrize(("which", "patch", "loc"), [
+    ("one", {"task": "multitask"}, ["body", "task"]),
+    ("two", {"task": "multitask", "task_weights": {"shape": 1.0}},
+     ["body", "task_weights", "shape"]),
+    ("two", {"task": "classification", "task_weights": {"class": 1.0}},
+     ["body", "task_weights"]),
+    ("two", {"task": "multitask", "training": {"epochs": 1,
+                                               "checkpoint_metric": "val_acc.shape"}},
+     ["body", "training", "checkpoint_metric"]),
+])
+def test_requests_that_do_not_fit_are_refused(stack, one_task: dict, two_tasks: dict,
+                                              which: str, patch: dict, loc: list) -> None:
+    dataset = one_task if which == "one" else two_tasks
+
+    def total() -> int:
+        return httpx.get(f"{stack.base_url}/v1/experiments",
+                         headers=auth_headers()).json()["total"]
+
+    before = total()
+    body = {"dataset_id": dataset["id"], "model": MODEL, "training": {"epochs": 1}, **patch}
+    response = httpx.post(f"{stack.base_url}/v1/experiments", json=body,
+                          headers=auth_headers())
+    assert response.status_code == 422, response.text
+    assert loc in [e["loc"] for e in response.json()["detail"]], response.text
+    assert total() == before
+
+
+def _npz(**arrays: Any) -> bytes:
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+@pytest.mark.usefixtures("worker")
+def test_uploads_with_several_label_columns(api_client) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    x = np.random.default_rng(0).random((90, 3)).astype(np.float32)
+    colour = np.array(["red", "blue", "green"] * 30)
+    response = api_client.post("/v1/datasets", files={"file": ("mt.npz", _npz(
+        tabular=x, **{"label.colour": colour, "label.size": np.arange(90) % 2}))})
+    ds = prepared(api_client, response)
+    assert [(t["name"], [c["name"] for c in t["classes"]]) for t in ds["tasks"]] == [
+        ("colour", ["blue", "green", "red"]), ("size", ["0", "1"])]
+    assert [c["name"] for c in ds["classes"]] == ["blue", "green", "red"]
+
+    response = api_client.post("/v1/datasets", files={"file": ("bad.npz", _npz(
+        tabular=x, **{"label.colour": colour, "label.size": np.arange(89) % 2}))})
+    # the array headers show it: refused at submission, naming the array
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"] == [{
+        "loc": ["body", "file", "label.size"], "type": "value_error",
+        "msg": "label.size: has 89 entries but tabular has 90 samples"}]
+
+    table = io.BytesIO()
+    pq.write_table(pa.table({"f": x[:, 0], "c": colour, "s": np.arange(90) % 2}), table)
+    response = api_client.post(
+        "/v1/datasets", files={"file": ("mt.parquet", table.getvalue())},
+        data={"spec": json.dumps({"tasks": {"colour": "c", "size": "s"}})})
+    ds = prepared(api_client, response)
+    assert [t["name"] for t in ds["tasks"]] == ["colour", "size"]
+    assert [m["shape"] for m in ds["modalities"]] == [[1]]  # the label columns are no features
