@@ -20,6 +20,7 @@ from safetensors.torch import load as st_load
 from torch import nn
 
 from app.ml.models import ModelSpec, build_model
+from app.ml.models.spec import MULTIMODAL_KINDS
 from app.ml.safetensors_meta import header_metadata
 from app.ml.tasks import Task, get_task
 from app.ml.training import normalization
@@ -89,7 +90,7 @@ def load_model(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str])
     spec = ModelSpec(**json.loads(metadata["model_spec"]))
     class_names = list(json.loads(metadata["class_names"]))
     task = get_task(metadata.get("task", "classification"))
-    multimodal = spec.kind == "multimodal"
+    multimodal = spec.kind in MULTIMODAL_KINDS
     if multimodal:
         shapes = {m: tuple(s) for m, s in json.loads(metadata["input_shapes"]).items()}
         categorical = {m: dict(zip(c["columns"], c["cardinalities"], strict=True))
