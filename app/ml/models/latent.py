@@ -50,6 +50,15 @@ def latent_method_problem(method: str, model_kind: str) -> str | None:
 LATENT_METHODS = ("none", "latent_mixup", "manifold_mixup")
 
 
+def recon_weight_problems(recon_weights: Mapping[str, float], modalities: list[str]
+                          ) -> list[tuple[str, str]]:
+    """(field, reason) for each ``recon_weights`` entry naming a modality the model
+    does not read."""
+    return [(f"recon_weights.{m}", f"the dataset has no modality {m!r}; it has "
+                                   f"{', '.join(modalities)}")
+            for m in recon_weights if m not in modalities]
+
+
 def product_of_experts(mu: torch.Tensor, logvar: torch.Tensor, mask: torch.Tensor
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fuse diagonal Gaussian experts (N, M, D) where ``mask`` (N, M) is True, with

@@ -20,7 +20,7 @@ from torch import nn
 from app.ml.data.prepared import PreparedDataset
 from app.ml.mixing import MixSpec, mix
 from app.ml.models import ModelSpec
-from app.ml.models.latent import LatentModel, LatentOutput
+from app.ml.models.latent import LatentModel, LatentOutput, recon_weight_problems
 from app.ml.tasks import Task
 from app.ml.training.augment import augment_batch
 from app.ml.training.batches import gather
@@ -49,10 +49,9 @@ class LatentObjective(ClassifierObjective):
         super().__init__(data, model_spec, mix_spec, spec, task, device)
         assert isinstance(self.model, LatentModel)
         self.net: LatentModel = self.model  # the model itself, also when DDP wraps it
-        unknown = sorted(set(model_spec.recon_weights) - set(self.modalities))
-        if unknown:
-            raise ValueError(f"model.recon_weights.{unknown[0]}: the dataset has no modality "
-                             f"{unknown[0]!r}; it has {', '.join(self.modalities)}")
+        for field, problem in recon_weight_problems(model_spec.recon_weights,
+                                                    self.modalities):
+            raise ValueError(f"model.{field}: {problem}")
         self.weights = {m: float(model_spec.recon_weights.get(m, 1.0)) for m in self.modalities}
         self.beta = model_spec.beta
         self.classifier_weight = model_spec.classifier_weight
