@@ -5,17 +5,21 @@ back as JSON and PNGs of the expected sizes; what cannot work is refused with
 the field named and nothing stored."""
 
 import io
+import re
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from app.client import MixlabClient
 from app.db.models import Experiment, Run
 from app.db.session import session_scope
-from tests.conftest import Access
+from tests.conftest import Access, Stack
 from tests.integration.helpers import prepared, wait_until
+from tests.integration.test_cli import ok
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("worker")]
 
@@ -154,3 +158,18 @@ def test_what_cannot_train_is_refused_and_nothing_stored(
         "training": TRAINING})
     assert loc in _loc(reply)
     assert api_client.get("/v1/experiments").json()["total"] == before
+
+
+def test_the_cli_and_the_client(stack: Stack, vae_run: dict[str, Any], tmp_path: Path) -> None:
+    picture = tmp_path / "embeddings.png"
+    out = ok(stack.base_url, "runs", "embeddings", vae_run["id"], "--split", "val",
+             "--png", str(picture))
+    assert re.search(r"\d+ val rows in a 4-d latent", " ".join(out.split())), out
+    assert f"wrote {picture}" in out
+    assert Image.open(picture).size == (600, 498)
+    with MixlabClient(stack.base_url) as mx:
+        emb = mx.embeddings(vae_run["id"], "val", limit=5)
+        assert emb["n"] == 5 and len(emb["pca"]) == 5
+        gen = Image.open(io.BytesIO(mx.generate_png(vae_run["id"], "image", "audio", n=2)))
+        recon = Image.open(io.BytesIO(mx.reconstructions_png(vae_run["id"], n=2)))
+    assert gen.height == recon.height == 18 + 2 * (96 + 6) + 6
