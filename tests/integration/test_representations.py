@@ -57,6 +57,10 @@ def _png(response: Any) -> Image.Image:
     return Image.open(io.BytesIO(response.content))
 
 
+def vae_run_dataset(api_client: TestClient, run: dict[str, Any]) -> str:
+    return str(api_client.get(f"/v1/experiments/{run['experiment_id']}").json()["dataset_id"])
+
+
 def _fake_run(project_id: uuid.UUID, dataset_id: str, kind: str, status: str) -> str:
     """A run row no queue message names (no worker touches it)."""
     with session_scope() as session:
@@ -84,6 +88,11 @@ def test_a_vae_run_reports_reconstruction_kl_and_elbo(api_client: TestClient,
     history = api_client.get(f"/v1/runs/{vae_run['id']}/metrics",
                              params={"key": "val_elbo"}).json()["metrics"]
     assert history["val_elbo"]["epoch"] == [1, 2]
+    # the checkpoint rebuilds the model: its head predicts the run's own test figure
+    predicted = api_client.post(f"/v1/runs/{vae_run['id']}/predict", json={
+        "dataset_id": vae_run_dataset(api_client, vae_run), "split": "test"})
+    assert predicted.status_code == 200, predicted.text
+    assert predicted.json()["accuracy"] == pytest.approx(metrics["test_acc"], abs=1e-9)
 
 
 def test_embeddings_json_and_png(api_client: TestClient, avmnist: dict[str, Any],
