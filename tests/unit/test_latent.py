@@ -203,3 +203,24 @@ def test_a_short_vae_run_reports_its_figures_and_refuses_latent_mixup_elsewhere(
     with pytest.raises(ValueError, match=r"model\.recon_weights\.text"):
         train(data, ModelSpec(kind="multimodal_ae", width=4, depth=1, dim=8,
                               recon_weights={"text": 1.0}), MixSpec(method="none"), spec)
+
+
+def test_the_latent_quality_benchmark_validates_its_specs_and_tabulates() -> None:
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "quality_latent.py"
+    spec = importlib.util.spec_from_file_location("quality_latent_benchmark", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    request = module.experiment_spec("latent_mixup", 1.0, 2, 1)
+    assert request.model.kind == "multimodal_vae"
+    assert request.augmentation.to_mix_spec().method == "latent_mixup"
+    assert request.training.to_ml().seed == 1
+    runs = {"none": [{key: 0.5 for key, _ in module.FIGURES},
+                     {key: 0.7 for key, _ in module.FIGURES}]}
+    table = module.table(runs)
+    assert "| none | 0.600 ± 0.141 |" in table
