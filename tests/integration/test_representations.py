@@ -182,3 +182,17 @@ def test_the_cli_and_the_client(stack: Stack, vae_run: dict[str, Any], tmp_path:
         gen = Image.open(io.BytesIO(mx.generate_png(vae_run["id"], "image", "audio", n=2)))
         recon = Image.open(io.BytesIO(mx.reconstructions_png(vae_run["id"], n=2)))
     assert gen.height == recon.height == 18 + 2 * (96 + 6) + 6
+
+
+def test_a_preview_of_latent_mixup_leaves_the_inputs_to_the_model(
+        api_client: TestClient, avmnist: dict[str, Any]) -> None:
+    reply = api_client.post(f"/v1/datasets/{avmnist['id']}/preview",
+                            json={"method": "latent_mixup", "n": 2})
+    assert reply.status_code == 200, reply.text
+    preview = reply.json()
+    # no op at the inputs, but a partner, a λ and the targets mixed with it
+    assert preview["ops"] == {} and preview["layer"] is None
+    for sample in preview["samples"]:
+        assert 0 < sample["lam"] < 1 and sample["index_a"] != sample["index_b"]
+        assert sum(sample["label_mixture"].values()) == pytest.approx(1.0)
+    assert _png(api_client.get(preview["image_url"])).height > 0
