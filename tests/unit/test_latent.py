@@ -224,3 +224,20 @@ def test_the_latent_quality_benchmark_validates_its_specs_and_tabulates() -> Non
                      {key: 0.7 for key, _ in module.FIGURES}]}
     table = module.table(runs)
     assert "| none | 0.600 ± 0.141 |" in table
+
+
+def test_a_vae_trains_on_two_processes() -> None:
+    from app.ml.training.launch import launch_local
+    from tests.unit import ddp_ranks
+
+    data = load_avmnist()
+
+    def lead(ranks):  # type: ignore[no-untyped-def]
+        return train(data, ddp_ranks.VAE, ddp_ranks.LATENT_MIXING, ddp_ranks.recipe(2, 1),
+                     ranks=ranks)
+
+    mine, others = launch_local(lead, ddp_ranks.follow_vae, (1,), 2, torch.device("cpu"),
+                                120.0)
+    assert mine.status == "completed" and others[1]["status"] == "completed"
+    assert others[1]["steps"] == mine.steps and others[1]["hook_calls"] == 0
+    assert math.isfinite(mine.metrics["val_elbo"]) and "test_acc" in mine.metrics
