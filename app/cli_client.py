@@ -1248,6 +1248,44 @@ def runs_evaluation(run: RunArg, url: Url = DEFAULT_URL, api_key: ApiKey = None,
             out.print(f"accuracy {right / total:.4f} ({right} of {total} test samples)")
 
 
+@runs_app.command("embeddings")
+def runs_embeddings(run: RunArg,
+                    split: Annotated[str, typer.Option(
+                        "--split", help="train, val or test.")] = "test",
+                    png: Annotated[Path | None, typer.Option(
+                        "--png", dir_okay=False,
+                        help="Also write the PCA scatter (coloured by class) here.")] = None,
+                    url: Url = DEFAULT_URL, api_key: ApiKey = None,
+                    as_json: AsJson = False) -> None:
+    """An autoencoder run's latent means of a split: per class, how many rows and
+    where their PCA centroid lies; --json for every row's mean and projection."""
+    with connect(url, api_key) as mx:
+        run_id = resolve_run(mx, run)
+        with err.status("encoding the split…"):
+            emb = mx.embeddings(run_id, split)
+            picture = mx.embeddings_png(run_id, split) if png is not None else None
+    if png is not None and picture is not None:
+        png.parent.mkdir(parents=True, exist_ok=True)
+        png.write_bytes(picture)
+    if as_json:
+        return print_json(emb)
+    shares = emb["explained_variance"]
+    t = Table(title=f"run {run_id[:8]}: {emb['n']} {emb['split']} rows in a "
+                    f"{emb['latent_dim']}-d latent; PCA axes explain {shares[0]:.0%} + "
+                    f"{shares[1]:.0%}")
+    for name in ("class", "rows", "PC1 mean", "PC2 mean"):
+        t.add_column(name, justify="left" if name == "class" else "right")
+    for k, name in enumerate(emb["class_names"]):
+        points = [p for p, label in zip(emb["pca"], emb["labels"], strict=True) if label == k]
+        if points:
+            t.add_row(escape(name), str(len(points)),
+                      f"{sum(p[0] for p in points) / len(points):.3f}",
+                      f"{sum(p[1] for p in points) / len(points):.3f}")
+    out.print(t)
+    if png is not None:
+        out.print(f"wrote {png}")
+
+
 @runs_app.command("checkpoint")
 def runs_checkpoint(run: RunArg,
                     output: Annotated[Path | None, typer.Option(

@@ -308,6 +308,29 @@ class MixlabClient:
         """The test split's confusion matrix and per-class scores."""
         return self._call("GET", f"/v1/runs/{run_id}/evaluation").json()
 
+    def embeddings(self, run_id: str, split: str = "test", limit: int = 2000) -> dict[str, Any]:
+        """An autoencoder run's latent means of a split's rows, their labels and
+        their 2-D PCA projection."""
+        return self._call("GET", f"/v1/runs/{run_id}/embeddings",
+                          params={"split": split, "limit": limit}).json()
+
+    def embeddings_png(self, run_id: str, split: str = "test", limit: int = 2000) -> bytes:
+        """That projection as a PNG scatter coloured by class."""
+        return self._call("GET", f"/v1/runs/{run_id}/embeddings.png",
+                          params={"split": split, "limit": limit}).content
+
+    def reconstructions_png(self, run_id: str, split: str = "test", n: int = 8) -> bytes:
+        """PNG: input | reconstruction per modality for the split's first ``n`` rows."""
+        return self._call("GET", f"/v1/runs/{run_id}/reconstructions",
+                          params={"split": split, "n": n}).content
+
+    def generate_png(self, run_id: str, source: str, target: str, split: str = "test",
+                     n: int = 8) -> bytes:
+        """PNG: modality ``target`` decoded from ``source`` alone, per sample."""
+        return self._call("GET", f"/v1/runs/{run_id}/generate",
+                          params={"from": source, "to": target, "split": split,
+                                  "n": n}).content
+
     def download_checkpoint(self, run_id: str) -> bytes:
         return self._call("GET", f"/v1/runs/{run_id}/checkpoint").content
 

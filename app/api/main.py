@@ -10,7 +10,7 @@ from app.api import access, docs, errors
 from app.api.deps import authenticate
 from app.api.examples import add_examples
 from app.api.openapi import add_body_models, add_common_errors, add_links, operation_id
-from app.api.routes import datasets, experiments, health, keys, runs, sweeps
+from app.api.routes import datasets, experiments, health, keys, representations, runs, sweeps
 from app.api.routes import metrics as prometheus
 from app.db.async_reads import HotReads
 from app.observability.metrics import LatencyMiddleware, install_collector
@@ -59,7 +59,7 @@ def create_app() -> FastAPI:
     # every /v1 route needs an API key (routes that write also ask for the write
     # scope); health and readiness stay open for probes
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)])
-    for module in (datasets, experiments, sweeps, runs, keys):
+    for module in (datasets, experiments, sweeps, runs, representations, keys):
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router)

@@ -20,6 +20,7 @@ from safetensors.torch import load as st_load
 from torch import nn
 
 from app.ml.models import ModelSpec, build_model
+from app.ml.models.spec import MULTIMODAL_KINDS
 from app.ml.multitask import NAME as MULTITASK
 from app.ml.multitask import Heads, multitask
 from app.ml.safetensors_meta import header_metadata
@@ -97,7 +98,7 @@ def load_model(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str])
     name = metadata.get("task", "classification")
     heads = Heads.from_json(metadata["tasks"]) if name == MULTITASK else None
     task = multitask(heads) if heads is not None else get_task(name)
-    multimodal = spec.kind == "multimodal"
+    multimodal = spec.kind in MULTIMODAL_KINDS
     if multimodal:
         shapes = {m: tuple(s) for m, s in json.loads(metadata["input_shapes"]).items()}
         categorical = {m: dict(zip(c["columns"], c["cardinalities"], strict=True))

@@ -8,7 +8,7 @@ from app.ml.mixing import MixSpec
 from app.schemas.common import StrictModel
 
 MethodName = Literal["none", "mixup", "cutmix", "mixup_cutmix", "cross_modal",
-                     "manifold_mixup", "mixgen", "m3mix"]
+                     "manifold_mixup", "mixgen", "m3mix", "latent_mixup"]
 OpName = Literal["mixup", "cutmix", "embedding_mixup", "token_cutmix", "concat", "specmix",
                  "spec_cutmix"]
 ModalityName = Annotated[str, Field(min_length=1, max_length=64)]
@@ -22,7 +22,9 @@ class AugmentationSpec(StrictModel):
             "and one λ for every modality, ops per modality); manifold_mixup (Verma et al. "
             "2019, hidden layers); mixgen (Hao et al. 2022, image + text); m3mix (m³-mix, "
             "Oh, So et al. 2023: geodesic mixing of a retrieval model's normalised "
-            "embeddings as hard negatives; task retrieval only)."))
+            "embeddings as hard negatives; task retrieval only); latent_mixup (a "
+            "multimodal_ae / multimodal_vae model interpolates its shared latent, one λ and "
+            "partner per sample, the targets mixed alike)."))
     alpha: float = Field(1.0, gt=0, le=100, description=(
         "Beta(α, α) concentration for λ. 1 draws λ uniformly; with noisy training "
         "labels larger α (8 at 20 % noise, 16–32 at 40–60 %) holds accuracy up "

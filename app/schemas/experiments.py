@@ -13,7 +13,7 @@ from pydantic import (
 )
 
 from app.ml.models import ModelSpec
-from app.ml.models.spec import default_depth, default_width
+from app.ml.models.spec import LATENT_KINDS, MULTIMODAL_KINDS, default_depth, default_width
 from app.ml.training import EarlyStopping, TrainSpec
 from app.ml.training.spec import world_size_problem
 from app.schemas.augmentation import AugmentationSpec
@@ -22,12 +22,15 @@ from app.schemas.common import StrictModel
 
 class ModelSpecIn(StrictModel):
     kind: Literal["cnn", "preact_resnet18", "wide_resnet", "torchvision", "timm",
-                  "multimodal"] = Field(
+                  "multimodal", "multimodal_ae", "multimodal_vae"] = Field(
         "cnn", description="cnn: the image-only SmallCNN. preact_resnet18: the mixup paper's "
                            "CIFAR PreAct ResNet-18. wide_resnet: WRN-depth-widen. torchvision, "
                            "timm: that library's image model `name`, randomly initialised "
                            "(needs the library on the worker). multimodal: one encoder per "
-                           "modality of the dataset and a fusion head.")
+                           "modality of the dataset and a fusion head. multimodal_ae, "
+                           "multimodal_vae: the same encoders into one shared latent, a "
+                           "decoder per modality and a classifier on the latent "
+                           "(docs/representations.md).")
     width: int | None = Field(None, ge=1, le=512,
                        description="Channels of the first conv layer: cnn (default 16), "
                                    "preact_resnet18 (64), the multimodal image and spectrogram "
@@ -67,6 +70,18 @@ class ModelSpecIn(StrictModel):
                     "MIXLAB_S3_IMPORT_PREFIXES), or store:KEY (a file of one of "
                     "the project's runs in the artifact store, e.g. its checkpoint key). "
                     "Tensors load by name and shape; the run reports what loaded (`init`).")
+    latent_dim: int = Field(16, ge=1, le=1024,
+                            description="multimodal_ae/_vae: width of the shared latent.")
+    beta: float = Field(1.0, ge=0, le=1000, description="multimodal_vae: weight of the KL term.")
+    recon_weights: dict[Annotated[str, Field(min_length=1, max_length=64)],
+                        Annotated[float, Field(ge=0, le=1000)]] = Field(
+        default_factory=dict, max_length=16,
+        description="multimodal_ae/_vae: weight of each modality's reconstruction term "
+                    "(default 1 each), e.g. {\"audio\": 0.1}.")
+    classifier_weight: float = Field(
+        1.0, ge=0, le=1000,
+        description="multimodal_ae/_vae: weight of the classification head's loss; 0 trains "
+                    "the autoencoder unsupervised.")
     init_from_run: uuid.UUID | None = Field(
         None, description="Start from the checkpoint of a succeeded run of the project "
                           "(tensors matched by name and shape, as for weights).")
@@ -113,7 +128,7 @@ class ModelSpecIn(StrictModel):
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "ModelSpecIn":
-        if self.kind == "multimodal":
+        if self.kind in MULTIMODAL_KINDS:
             if self.fusion == "attention" and self.dim % self.heads:
                 raise ValueError("dim must be a multiple of heads for attention fusion")
             if self.text_encoder == "transformer" and self.text_dim % self.heads:
@@ -122,7 +137,7 @@ class ModelSpecIn(StrictModel):
 
     @model_validator(mode="after")
     def _kind_fields(self) -> "ModelSpecIn":
-        multimodal = self.kind == "multimodal"
+        multimodal = self.kind in MULTIMODAL_KINDS
         family, field = (self.image_encoder, "image_encoder") if multimodal \
             else (self.kind, "kind")
         named = family in ("torchvision", "timm")
@@ -157,6 +172,9 @@ class ModelSpecIn(StrictModel):
                "torchvision": ("kind", "name"), "timm": ("kind", "name", "dropout")}
         if self.kind in own:
             return {**{k: v for k, v in data.items() if k in own[self.kind]}, **start}
+        if self.kind not in LATENT_KINDS:
+            for name in _LATENT_FIELDS:
+                data.pop(name, None)
         if self.image_encoder not in ("torchvision", "timm"):
             data.pop("name", None)
         if self.image_encoder != "wide_resnet":
@@ -179,6 +197,7 @@ _TRANSFER_FIELDS = ("weights", "init_from_run", "freeze")
 
 # a validation metric key; multitask adds one task's: val_acc.<task>
 VAL_METRIC_PATTERN = r"^val_[a-z0-9_]{1,60}(\.[A-Za-z0-9_-]{1,40})?$"
+_LATENT_FIELDS = ("latent_dim", "beta", "recon_weights", "classifier_weight")
 
 
 def _default(name: str) -> Any:

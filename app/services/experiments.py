@@ -10,13 +10,15 @@ from sqlalchemy.orm import Session, selectinload
 from app.db.models import Dataset, Experiment
 from app.ml.models.freeze import freeze_problem, part_names
 from app.ml.models.image_models import image_mixing_layers
+from app.ml.models.latent import latent_method_problem, recon_weight_problems
 from app.ml.models.multimodal import MIXING_LAYERS as MULTIMODAL_MIXING_LAYERS
-from app.ml.models.spec import ModelSpecError
+from app.ml.models.spec import LATENT_KINDS, MULTIMODAL_KINDS, ModelSpecError
 from app.ml.multitask import NAME as MULTITASK
 from app.ml.multitask import metric_names as multitask_metric_names
 from app.ml.multitask import task_problem, weight_problems
 from app.ml.retrieval import METRIC_NAMES as RETRIEVAL_METRICS
 from app.ml.tasks import TASKS
+from app.ml.training.autoencode import latent_metric_names
 from app.ml.training.checks import recipe_problems
 from app.ml.training.clock import StepPlan
 from app.runs.lifecycle import LIVE, new_run
@@ -65,10 +67,14 @@ def _check_recipe(request: ExperimentCreate, kinds: dict[str, str], summary: dic
         read = [kinds.get(request.retrieval.query, ""), kinds.get(request.retrieval.target, "")]
     elif request.task == MULTITASK:
         names = multitask_metric_names(dataset_tasks(summary))
-        read = list(kinds.values()) if request.model.kind == "multimodal" else ["image"]
+        read = list(kinds.values()) if request.model.kind in MULTIMODAL_KINDS else ["image"]
     else:
         names = TASKS[request.task].metric_names
-        read = list(kinds.values()) if request.model.kind == "multimodal" else ["image"]
+        model = request.model
+        if model.kind in LATENT_KINDS:
+            names = latent_metric_names(list(kinds), model.kind == "multimodal_vae",
+                                        TASKS[request.task], model.classifier_weight > 0)
+        read = list(kinds.values()) if model.kind in MULTIMODAL_KINDS else ["image"]
     for field, problem in recipe_problems(request.training.to_ml(), names, read):
         found.add(("body", "training", *field.split(".")), problem)
 
@@ -117,6 +123,24 @@ def _check_freeze(request: ExperimentCreate, summary: dict[str, Any]) -> None:
         raise FieldError(loc, problem)
 
 
+def _check_latent(request: ExperimentCreate, kinds: dict[str, str],
+                  found: FieldErrorCollector) -> None:
+    """A model with a shared latent and the mixing at its latent, against the task
+    and the dataset's modalities (the rules live in app.ml.models.latent)."""
+    model = request.model
+    problem = latent_method_problem(request.augmentation.method, model.kind)
+    if problem is not None:
+        found.add(("body", "augmentation", "method"), problem)
+    if model.kind not in LATENT_KINDS:
+        return
+    if request.task in ("retrieval", MULTITASK):
+        found.add(("body", "model", "kind"), f"task {request.task} is not trained by a "
+                                             f"{model.kind} model: it trains for "
+                                             "classification or multilabel")
+    for field, why in recon_weight_problems(model.recon_weights, list(kinds)):
+        found.add(("body", "model", *field.split(".")), why)
+
+
 def _validate_against_dataset(request: ExperimentCreate, dataset: Dataset,
                               found: FieldErrorCollector) -> None:
     """Every check of the request against its dataset that does not build the
@@ -129,6 +153,7 @@ def _validate_against_dataset(request: ExperimentCreate, dataset: Dataset,
     with found.check():
         _check_task(request, summary)
     _check_recipe(request, kinds, summary, found)
+    _check_latent(request, kinds, found)
     train_size = summary["split_sizes"]["train"]
     if request.training.batch_size > train_size:
         found.add(("body", "training", "batch_size"),
@@ -143,7 +168,7 @@ def _validate_against_dataset(request: ExperimentCreate, dataset: Dataset,
                 task_checks.check_retrieval(request, summary)
         return
     mixing_layers: int | None = MULTIMODAL_MIXING_LAYERS
-    if request.model.kind != "multimodal":  # an image classifier
+    if request.model.kind not in MULTIMODAL_KINDS:  # an image classifier
         mixing_layers = None
         with found.check():
             mixing_layers = _check_image_model(request, summary, kinds)

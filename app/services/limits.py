@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from app.db.models import Dataset, Experiment, Project, Run
 from app.ml.models import ModelSpecError, build_model
+from app.ml.models.spec import MULTIMODAL_KINDS
 from app.ml.models.towers import build_dual_encoder
 from app.runs.status import LIVE, RunStatus
 from app.schemas.access import ProjectLimits
@@ -181,7 +182,7 @@ def meta_model(request: ExperimentCreate, summary: dict[str, Any]) -> torch.nn.M
                 model: torch.nn.Module = build_dual_encoder(
                     spec, request.retrieval.query, request.retrieval.target, shapes, kinds,
                     vocab, categorical)
-            elif spec.kind != "multimodal":  # an image classifier
+            elif spec.kind not in MULTIMODAL_KINDS:  # an image classifier
                 images = {m: shapes[m] for m, k in kinds.items() if k == "image"}
                 model = build_model(spec, images, outputs, kinds=kinds)
             else:

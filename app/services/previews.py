@@ -193,6 +193,8 @@ def _caption(data: PreparedDataset, batch: PreviewBatch, i: int, mm: ModalityMix
         op += " (in the model)"
     if batch.layer is not None:
         op = f"manifold mixup at layer {batch.layer}"
+    if batch.method == "latent_mixup":  # inputs untouched: an autoencoder mixes its latent
+        op = "latent mixup (in the model's latent)"
     a, b = data.source_index([batch.indices_a[i], batch.indices_b[i]])
     return (f"#{a} + #{b}\n"
             f"lambda = {batch.lam[i]:.3f}\n{mixture}\n{mm.name}: {op}")

@@ -91,7 +91,16 @@ def _params(path: str, ids: dict[str, str]) -> dict[str, str] | None:
     return None
 
 
+# the routes that read an autoencoder run's representation (422 for other runs)
+LATENT_ROUTES = ("/embeddings", "/embeddings.png", "/reconstructions", "/generate")
+LATENT = {"model": {"kind": "multimodal_vae", "width": 4, "depth": 1, "dim": 8,
+                    "latent_dim": 2},
+          "augmentation": {"method": "none"}, "training": {"epochs": 1, "batch_size": 256}}
+
+
 def call(http: TestClient, method: str, path: str, ids: dict[str, str]) -> Any:
+    if path.endswith(LATENT_ROUTES):
+        ids = {**ids, "run_id": ids["latent_run_id"]}
     return http.request(method.upper(), path.format(**ids), json=_body(method, path, ids),
                         params=_params(path, ids))
 
@@ -108,13 +117,17 @@ def project_a(access) -> Iterator[dict[str, Any]]:  # type: ignore[no-untyped-de
     created = http.post("/v1/experiments", json={"dataset_id": ds["id"], **TINY})
     assert created.status_code == 202, created.text
     run_id = created.json()["run_ids"][0]
+    latent = http.post("/v1/experiments", json={"dataset_id": ds["id"], **LATENT})
+    assert latent.status_code == 202, latent.text
+    latent_run_id = latent.json()["run_ids"][0]
 
-    def finished() -> dict[str, Any] | None:
-        run = http.get(f"/v1/runs/{run_id}").json()
-        return run if run["status"] in ("succeeded", "failed", "cancelled") else None
+    for rid in (run_id, latent_run_id):
+        def finished(rid: str = rid) -> dict[str, Any] | None:
+            run = http.get(f"/v1/runs/{rid}").json()
+            return run if run["status"] in ("succeeded", "failed", "cancelled") else None
 
-    run = wait_until(finished, timeout=120, what="A's run")
-    assert run["status"] == "succeeded", run["error"]
+        run = wait_until(finished, timeout=120, what="A's run")
+        assert run["status"] == "succeeded", run["error"]
     # a sweep of one cancelled run that no message refers to (so no worker touches it)
     with session_scope() as session:
         sweep = Sweep(project_id=project_id, name="a-sweep", spec={})
@@ -128,7 +141,8 @@ def project_a(access) -> Iterator[dict[str, Any]]:  # type: ignore[no-untyped-de
                      "sweep_run_id": str(sweep.experiments[0].runs[0].id)}
     yield {"project_id": project_id, "write": write_key, "read": read_key,
            "ids": {"dataset_id": ds["id"], "experiment_id": created.json()["experiment_id"],
-                   "run_id": run_id, "key_id": str(read_id), **sweep_ids}}
+                   "run_id": run_id, "latent_run_id": latent_run_id,
+                   "key_id": str(read_id), **sweep_ids}}
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +154,8 @@ def project_b(access) -> dict[str, Any]:  # type: ignore[no-untyped-def]
 
 def _random_ids() -> dict[str, str]:
     return {name: str(uuid.uuid4()) for name in ("dataset_id", "experiment_id", "run_id",
-                                                 "key_id", "sweep_id", "sweep_run_id")}
+                                                 "latent_run_id", "key_id", "sweep_id",
+                                                 "sweep_run_id")}
 
 
 # --- no key, a bad key ----------------------------------------------------------------
@@ -232,7 +247,8 @@ def test_nothing_of_a_project_is_listed_or_touched_by_another(project_a: dict,
     assert http.get(f"/v1/runs/{ids['run_id']}").json()["status"] == "succeeded"
     assert http.get(f"/v1/experiments/{ids['experiment_id']}").status_code == 200
     runs = http.get("/v1/runs").json()
-    assert {r["id"] for r in runs["items"]} == {ids["run_id"], ids["sweep_run_id"]}
+    assert {r["id"] for r in runs["items"]} == {ids["run_id"], ids["latent_run_id"],
+                                                ids["sweep_run_id"]}
 
 
 # --- keys: revocation, last use -----------------------------------------------------------

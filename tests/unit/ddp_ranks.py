@@ -140,3 +140,21 @@ def follow_compiled(rank: int, rendezvous: Rendezvous, epochs: int) -> dict[str,
                        ranks=ranks)
     return {"status": result.status, "steps": result.steps, "device": result.device,
             "metrics": result.metrics}
+
+
+# a VAE with latent mixup: DDP carries the autoencoder's output dataclass
+VAE = ModelSpec(kind="multimodal_vae", width=4, depth=1, dim=8, latent_dim=4,
+                modality_dropout=0.3)
+LATENT_MIXING = MixSpec("latent_mixup", alpha=1.0)
+
+
+def follow_vae(rank: int, rendezvous: Rendezvous, epochs: int) -> dict[str, Any]:
+    """``recipe(2, epochs)`` of the VAE on avmnist."""
+    from app.ml.data.avmnist import load_avmnist
+
+    torch.set_num_threads(1)
+    hooks = Counter()
+    with joined(rendezvous, rank, torch.device("cpu")) as ranks:
+        result = train(load_avmnist(), VAE, LATENT_MIXING,
+                       recipe(rendezvous.world_size, epochs), hooks, ranks=ranks)
+    return {"status": result.status, "steps": result.steps, "hook_calls": hooks.calls}

@@ -69,6 +69,7 @@ class Plan:
     # op applies to these samples (bool (N,)); the others get FALLBACK_OP
     only: dict[str, torch.Tensor] = field(default_factory=dict)
     layer: int | None = None  # manifold mixup: hidden layer to mix at
+    latent: bool = False  # latent mixup: the model mixes its shared latent
 
 
 @dataclass
@@ -150,6 +151,13 @@ def _manifold(req: PlanRequest) -> Plan:
     return Plan({}, layer=layers[pick])
 
 
+def _latent(req: PlanRequest) -> Plan:
+    """Latent mixup: inputs untouched; a model with a shared latent (an
+    autoencoder's, ``app.ml.models.latent``) interpolates it with the drawn λ and
+    partner, and the targets mix with the same ones."""
+    return Plan({}, latent=True)
+
+
 def _mixgen(req: PlanRequest) -> Plan:
     """MixGen (Hao et al., WACV 2023): images interpolated with a fixed λ, texts
     concatenated; built from the unmixed batch, so no sample is mixed twice."""
@@ -173,6 +181,7 @@ register_method("mixup_cutmix", _mixup_cutmix)
 register_method("cross_modal", _cross_modal)
 register_method("manifold_mixup", _manifold)
 register_method("mixgen", _mixgen)
+register_method("latent_mixup", _latent)
 
 
 def smooth_targets(dense: torch.Tensor, smoothing: float,
@@ -329,7 +338,7 @@ def mix(batch: dict[str, torch.Tensor], targets: torch.Tensor, spec: MixSpec,
         lam = plan.lam
 
     out = Mixed(inputs=dict(batch), targets=targets, lam=lam, index=index, method=spec.method,
-                ops=dict(plan.ops), layer=plan.layer)
+                ops=dict(plan.ops), layer=plan.layer, latent=plan.latent)
     deferred = []
     # region ops first: the first one's kept share is the λ everyone else uses
     order = sorted(plan.ops, key=lambda m: not MODALITY_OPS[plan.ops[m]].region)

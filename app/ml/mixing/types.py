@@ -20,7 +20,7 @@ class MixSpec:
     """A mixing recipe. Names follow timm's ``Mixup`` where they overlap.
 
     method: a registered method (``none``, ``mixup``, ``cutmix``, ``mixup_cutmix``,
-        ``cross_modal``, ``manifold_mixup``, ``mixgen``).
+        ``cross_modal``, ``manifold_mixup``, ``mixgen``, ``latent_mixup``).
     alpha / cutmix_alpha: Beta concentrations for λ (cutmix_alpha defaults to alpha;
         used when ``mixup_cutmix`` picks cutmix).
     switch_prob: ``mixup_cutmix``: chance of cutmix instead of mixup, per batch
@@ -101,7 +101,8 @@ class Mixed:
     partner's cells inside ``regions[k]`` and ``lam[i]`` is the share kept.
     ``deferred`` lists modalities the model must mix itself (embedding_mixup on
     token embeddings via ``app.ml.mixing.text.embedding_mixup``); ``layer`` is
-    the hidden layer for manifold mixup.
+    the hidden layer for manifold mixup; ``latent`` asks a model with a shared
+    latent to mix it (latent mixup).
 
     ``ops`` is the op the method planned per modality (its keys are the
     modalities mixed at the input). A method may run that op on some samples
@@ -123,6 +124,7 @@ class Mixed:
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
     deferred: tuple[str, ...] = ()
     layer: int | None = None
+    latent: bool = False  # latent_mixup: the model interpolates its shared latent
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     op_mask: dict[str, torch.Tensor] = field(default_factory=dict)
     fallback_ops: dict[str, str] = field(default_factory=dict)

@@ -8,7 +8,12 @@ The parts a model has, by name:
 * an image kind (``cnn``, ``preact_resnet18``, ``wide_resnet``, ``torchvision``,
   ``timm``): ``backbone``, every layer but the classifier, which is the model's
   last ``nn.Linear`` in module order (``head`` of the SmallCNN and the ResNets,
-  ``fc`` of torchvision's ResNets, the classifier of a timm model).
+  ``fc`` of torchvision's ResNets, the classifier of a timm model);
+* ``multimodal_ae`` / ``multimodal_vae``: ``<modality>_encoder`` (the encoder
+  and its projection into the shared latent, ``posteriors[<modality>]``),
+  ``<modality>_decoder`` and ``classifier`` (the head on the latent) — so a
+  model trained on one modality can keep its encoders and learn to decode
+  another.
 
 A frozen part's parameters get ``requires_grad = False``, so the optimizer
 (``build_optimizer`` skips them) never holds them and weight decay cannot move
@@ -24,17 +29,22 @@ from typing import Any
 
 from torch import nn
 
-from app.ml.models.spec import IMAGE_KINDS
+from app.ml.models.spec import IMAGE_KINDS, LATENT_KINDS
 
 FUSION = "fusion"
 BACKBONE = "backbone"
+CLASSIFIER = "classifier"
 ENCODER_SUFFIX = "_encoder"
+DECODER_SUFFIX = "_decoder"
 
 
 def part_names(kind: str, modalities: Sequence[str]) -> list[str]:
     """The parts a model of ``kind`` reading ``modalities`` can freeze."""
     if kind in IMAGE_KINDS:
         return [BACKBONE]
+    if kind in LATENT_KINDS:
+        return ([f"{m}{ENCODER_SUFFIX}" for m in modalities]
+                + [f"{m}{DECODER_SUFFIX}" for m in modalities] + [CLASSIFIER])
     return [f"{m}{ENCODER_SUFFIX}" for m in modalities] + [FUSION]
 
 
@@ -63,10 +73,16 @@ def _modules(model: nn.Module, part: str) -> list[tuple[str, nn.Module]]:
         # the largest modules that neither are the classifier nor hold it
         return [(name, m) for name, m in model.named_modules()
                 if name and not _holds(name, head) and _holds(name.rpartition(".")[0], head)]
-    if part == FUSION:
-        return [(FUSION, model.get_submodule(FUSION))]
+    if part in (FUSION, CLASSIFIER):
+        return [(part, model.get_submodule(part))]
+    if part.endswith(DECODER_SUFFIX):
+        modality = part.removesuffix(DECODER_SUFFIX)
+        return [(f"decoders.{modality}", model.get_submodule(f"decoders.{modality}"))]
     modality = part.removesuffix(ENCODER_SUFFIX)
-    return [(f"encoders.{modality}", model.get_submodule(f"encoders.{modality}"))]
+    names = [f"encoders.{modality}"]
+    if hasattr(model, "posteriors"):  # a latent model's projection belongs to its encoder
+        names.append(f"posteriors.{modality}")
+    return [(name, model.get_submodule(name)) for name in names]
 
 
 def _holds(prefix: str, name: str) -> bool:

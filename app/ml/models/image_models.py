@@ -21,6 +21,7 @@ from app.ml.mixing.ops import interpolate
 from app.ml.models.cnn import SmallCNN
 from app.ml.models.spec import (
     IMAGE_KINDS,
+    MULTIMODAL_KINDS,
     ModelSpec,
     ModelSpecError,
     image_family,
@@ -363,7 +364,7 @@ def image_mixing_layers(spec: ModelSpec, input_shape: tuple[int, ...] = (3, 32, 
     """Largest manifold-mixup layer of the image network ``spec`` builds (the image
     classifier's, or the multimodal model's own 2), counted without memory: the
     torchvision/timm ones are built on the meta device to read it."""
-    if spec.kind == "multimodal":
+    if spec.kind in MULTIMODAL_KINDS:  # the multimodal and latent models both mix at 0..2
         from app.ml.models.multimodal import MIXING_LAYERS
         return MIXING_LAYERS
     family = image_family(spec.kind, spec.image_encoder)

@@ -17,7 +17,8 @@ from app.ml.models.encoders import (
 )
 from app.ml.models.fusion import Fusion, build_fusion
 from app.ml.models.image_models import build_image_classifier
-from app.ml.models.spec import IMAGE_KINDS, ModelSpec, ModelSpecError
+from app.ml.models.latent import build_latent_model
+from app.ml.models.spec import IMAGE_KINDS, LATENT_KINDS, ModelSpec, ModelSpecError
 
 MIXING_LAYERS = 2
 
@@ -229,6 +230,10 @@ def build_model(spec: ModelSpec,
                 raise ModelSpecError("kind", f"the {spec.kind} model needs an image modality")
             input_shape = input_shape[images[0]]
         return build_image_classifier(spec, tuple(input_shape), num_classes)
+    if spec.kind in LATENT_KINDS and isinstance(input_shape, Mapping) and input_shape:
+        return build_latent_model(spec, input_shape, num_classes,
+                                  {m: _kind(m, kinds) for m in input_shape}, vocab_sizes,
+                                  categorical)
     if spec.kind != "multimodal":
         raise ModelSpecError("kind", f"unknown model kind {spec.kind!r}")
     if not isinstance(input_shape, Mapping) or not input_shape:

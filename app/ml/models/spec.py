@@ -1,10 +1,13 @@
 """What model to build: ``ModelSpec``, a plain dataclass stored with checkpoints."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # image classifiers (``IMAGE_KINDS``) and the multimodal model
 IMAGE_KINDS = ("cnn", "preact_resnet18", "wide_resnet", "torchvision", "timm")
-KINDS = (*IMAGE_KINDS, "multimodal")
+# multimodal models with a shared latent and a decoder per modality (app.ml.models.latent)
+LATENT_KINDS = ("multimodal_ae", "multimodal_vae")
+MULTIMODAL_KINDS = ("multimodal", *LATENT_KINDS)
+KINDS = (*IMAGE_KINDS, *MULTIMODAL_KINDS)
 FUSIONS = ("early", "late", "attention", "tensor", "gated")
 # the multimodal image tower: any image kind; ``resnet18`` is the value stored
 # before the others existed (torchvision's resnet18 with its ImageNet stem)
@@ -26,7 +29,7 @@ class ModelSpecError(ValueError):
 
 def image_family(kind: str, image_encoder: str) -> str:
     """The image network a spec builds: the kind itself, or the multimodal image tower."""
-    return image_encoder if kind == "multimodal" else kind
+    return image_encoder if kind in MULTIMODAL_KINDS else kind
 
 
 def wide_resnet_blocks(depth: int) -> int:
@@ -68,6 +71,12 @@ class ModelSpec:
     ``rank`` the low-rank tensor fusion; ``modality_dropout`` drops whole
     modalities per sample while training.
 
+    ``multimodal_ae`` / ``multimodal_vae``: the multimodal encoders, a shared
+    latent of ``latent_dim``, a decoder per modality and a linear head on the
+    latent; the loss weighs each modality's reconstruction by ``recon_weights``
+    (default 1 each), the VAE's KL by ``beta`` and the head's loss by
+    ``classifier_weight`` (0: unsupervised).
+
     ``width`` and ``depth`` left as None take the kind's default
     (``default_width``, ``default_depth``), so a stored spec always holds numbers.
     """
@@ -88,6 +97,10 @@ class ModelSpec:
     rank: int = 4
     name: str | None = None
     widen: int = 10
+    latent_dim: int = 16
+    beta: float = 1.0
+    recon_weights: dict[str, float] = field(default_factory=dict)
+    classifier_weight: float = 1.0
 
     def __post_init__(self) -> None:
         checks = {"kind": KINDS, "fusion": FUSIONS, "image_encoder": IMAGE_ENCODERS,
@@ -118,7 +131,15 @@ class ModelSpec:
                                          f"models, not by {family!r}")
         if family == "wide_resnet":
             wide_resnet_blocks(self.depth)  # type: ignore[arg-type]
-        if self.kind == "multimodal":
+        if self.latent_dim < 1:
+            raise ModelSpecError("latent_dim", "latent_dim must be >= 1")
+        for name in ("beta", "classifier_weight"):
+            if getattr(self, name) < 0:
+                raise ModelSpecError(name, f"{name} must be >= 0")
+        for m, w in self.recon_weights.items():
+            if w < 0:
+                raise ModelSpecError(f"recon_weights.{m}", "weights must be >= 0")
+        if self.kind in MULTIMODAL_KINDS:
             if self.dim % self.heads and self.fusion == "attention":
                 raise ModelSpecError("dim", "dim must be a multiple of heads for attention "
                                             "fusion")

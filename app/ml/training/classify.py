@@ -26,6 +26,8 @@ from app.ml.mixing import Mixed, MixSpec, mix
 from app.ml.models import ModelSpec, build_model
 from app.ml.models.freeze import freeze as freeze_parts
 from app.ml.models.freeze import part_names
+from app.ml.models.latent import latent_method_problem
+from app.ml.models.spec import LATENT_KINDS, MULTIMODAL_KINDS
 from app.ml.models.weights import load_matching
 from app.ml.resume import ResumePoint
 from app.ml.tasks import CLASSIFICATION, Task
@@ -52,7 +54,7 @@ log = logging.getLogger(__name__)
 def model_modalities(data: PreparedDataset, model_spec: ModelSpec) -> list[str]:
     """The modalities a model of ``model_spec`` reads: all of them (multimodal) or
     the image one, which every sample must then have."""
-    if model_spec.kind == "multimodal":
+    if model_spec.kind in MULTIMODAL_KINDS:
         return list(data.inputs)
     if "image" not in data.inputs:
         raise ValueError(f"model.kind: the {model_spec.kind} model needs an image modality")
@@ -69,7 +71,7 @@ class ClassifierObjective(Objective):
                  spec: TrainSpec, task: Task, device: torch.device) -> None:
         self.spec, self.task, self.device = spec, task, device
         self.amp = autocast_dtype(device)
-        self.multimodal = model_spec.kind == "multimodal"
+        self.multimodal = model_spec.kind in MULTIMODAL_KINDS
         self.kinds = {m: data.modality_kinds.get(m, m) for m in data.inputs}
         self.modalities = model_modalities(data, model_spec)
         self.num_classes, self.class_names = data.num_classes, list(data.class_names)
@@ -90,6 +92,7 @@ class ClassifierObjective(Objective):
             self.model = build_model(model_spec, shapes["image"], data.num_classes)
         self.model.to(device)
         self.headline = task.headline
+        self.metric_names = task.metric_names  # what checkpoint and stopping metrics may name
         self.metadata = {
             "task": task.name, "model_spec": json.dumps(asdict(model_spec)),
             "class_names": json.dumps(self.class_names),
@@ -209,8 +212,18 @@ class ClassifierObjective(Objective):
         return out, self.task.report(logits, labels, self.class_names)
 
 
-def objective_type(data: PreparedDataset) -> type[ClassifierObjective]:
-    """The resident objective, or the streamed one for a ``ShardedDataset``."""
+def objective_type(data: PreparedDataset,
+                   model_spec: ModelSpec | None = None) -> type[ClassifierObjective]:
+    """The resident objective, the streamed one for a ``ShardedDataset``, or the
+    autoencoder's for a ``multimodal_ae`` / ``multimodal_vae`` model."""
+    if model_spec is not None and model_spec.kind in LATENT_KINDS:
+        if isinstance(data, ShardedDataset):
+            raise ValueError(f"model.kind: a {model_spec.kind} model trains on a dataset held "
+                             "in memory, and this one is streamed from its shards (larger "
+                             "than MIXLAB_RESIDENT_DATA_BYTES)")
+        # imported here: the autoencoder objective subclasses this module's
+        from app.ml.training.autoencode import LatentObjective
+        return LatentObjective
     if isinstance(data, ShardedDataset):
         # imported here: the streamed objective subclasses this module's
         from app.ml.training.streamed import StreamedClassifierObjective
@@ -255,12 +268,18 @@ def train(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixSpec,
         raise ValueError(f"training.world_size: {spec.world_size} processes need the dataset "
                          "held in memory, and this one is streamed from its shards (larger "
                          "than MIXLAB_RESIDENT_DATA_BYTES); use world_size 1")
+    problem = latent_method_problem(mix_spec.method, model_spec.kind)
+    if problem is not None:
+        raise ValueError(f"augmentation.method: {problem}")
+    if objective_class is not None and model_spec.kind in LATENT_KINDS:
+        raise ValueError(f"model.kind: task {task.name} is not trained by a {model_spec.kind} "
+                         "model: it trains for classification or multilabel")
     device = ranks.device or resolve_device(spec.device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(spec.seed)
-        objective = (objective_class or objective_type(data))(data, model_spec, mix_spec, spec,
-                                                              task, device)
-        for field, problem in recipe_problems(spec, task.metric_names,
+        objective = (objective_class or objective_type(data, model_spec))(
+            data, model_spec, mix_spec, spec, task, device)
+        for field, problem in recipe_problems(spec, objective.metric_names,
                                               [objective.kinds[m] for m in objective.modalities]):
             raise ValueError(f"training.{field}: {problem}")
         match = None

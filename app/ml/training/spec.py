@@ -16,13 +16,15 @@ MODES = ("min", "max")
 DEFAULT_AUGMENT = ("crop",)
 
 # validation metrics where lower is better; every other one is maximised
-_LOWER_IS_BETTER = ("loss", "nll", "ece", "brier")
+_LOWER_IS_BETTER = ("loss", "nll", "ece", "brier", "kl")
 
 
 def metric_mode(metric: str) -> str:
     """``min`` for losses and calibration errors, ``max`` for scores; a task's
     metric (``val_loss.<task>``) by the part before the task."""
     name = metric.split(".", 1)[0]
+    if name.startswith(("val_recon_", "test_recon_")):  # an autoencoder's per modality
+        return "min"
     return "min" if any(name.endswith(s) for s in _LOWER_IS_BETTER) else "max"
 
 
