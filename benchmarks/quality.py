@@ -68,6 +68,14 @@ Usage (from the repository root)::
     .venv/bin/python benchmarks/quality.py --quick                  # smoke run, ~1 min
     .venv/bin/python benchmarks/quality.py --device cuda            # longer fashion schedule
 
+Issue 14's comparisons are suites of their own, run through this script (or
+their modules) with their own options (``quality.py <suite> --help``):
+
+    .venv/bin/python benchmarks/quality.py latent     # VAE on avmnist: latent_mixup vs none
+    .venv/bin/python benchmarks/quality.py multitask  # multi-task heads vs single-task runs
+    .venv/bin/python benchmarks/quality.py video      # moving-digits: cross-modal mixup or not
+    .venv/bin/python benchmarks/quality.py hard       # hard avmnist: fusions × mixing methods
+
 It prints a markdown table per dataset (mean ± sample std over seeds), the
 thread comparison, and ``RESULT quality <dataset> …`` lines; ``--json``
 keeps every run (with its spec and per-epoch history), ``--markdown`` writes
@@ -1017,8 +1025,19 @@ def _environment(grid: Grid, argv: Sequence[str]) -> dict[str, Any]:
             "default_threads": _Threads.initial}
 
 
+# issue 14's comparisons, each a module of its own with its own options:
+# `quality.py latent --seeds 3` runs benchmarks/quality_latent.py's main
+SUITES = {"latent": "benchmarks.quality_latent", "multitask": "benchmarks.quality_multitask",
+          "video": "benchmarks.quality_video", "hard": "benchmarks.quality_hard"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUITES:
+        import importlib
+
+        suite: Any = importlib.import_module(SUITES[argv[0]])
+        return int(suite.main(argv[1:]))
     grid, args = parse_args(argv)
     threads = torch.get_num_threads()
     try:

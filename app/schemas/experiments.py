@@ -98,10 +98,12 @@ class ModelSpecIn(StrictModel):
         default_factory=list, max_length=16,
         description="Parts of the model whose weights stay as they start (transfer): "
                     "multimodal: `<modality>_encoder` (e.g. image_encoder) for each modality "
-                    "of the dataset and `fusion`; image kinds: `backbone` (all but the "
-                    "classifier). Frozen parts are left out of the optimizer and kept in "
-                    "eval mode (BatchNorm statistics fixed, no dropout). Needs weights or "
-                    "init_from_run; the run's `init.frozen` lists the frozen tensors.")
+                    "of the dataset and `fusion`; multimodal_ae/multimodal_vae: "
+                    "`<modality>_encoder`, `<modality>_decoder` and `classifier`; image "
+                    "kinds: `backbone` (all but the classifier). Frozen parts are left out "
+                    "of the optimizer and kept in eval mode (BatchNorm statistics fixed, no "
+                    "dropout). Needs weights or init_from_run; the run's `init.frozen` "
+                    "lists the frozen tensors.")
 
     @field_validator("freeze")
     @classmethod

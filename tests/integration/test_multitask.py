@@ -76,6 +76,8 @@ def test_multitask_experiment_trains_every_head(client: MixlabClient,
     ("two", {"task": "multitask", "training": {"epochs": 1,
                                                "checkpoint_metric": "val_acc.shape"}},
      ["body", "training", "checkpoint_metric"]),
+    ("two", {"task": "multitask", "model": {"kind": "multimodal_vae", "latent_dim": 4}},
+     ["body", "model", "kind"]),
 ])
 def test_requests_that_do_not_fit_are_refused(stack, one_task: dict, two_tasks: dict,
                                               which: str, patch: dict, loc: list) -> None:

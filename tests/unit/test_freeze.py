@@ -164,3 +164,35 @@ def test_the_service_checks_freeze_against_the_dataset(task: str, kind: str,
         _check_freeze(request, {"modalities": [{"name": "image"}, {"name": "audio"}]})
     ((loc, message),) = info.value.problems
     assert loc == ("body", "model", "freeze") and words in message
+
+
+# --- models with a shared latent ----------------------------------------------------------
+
+LATENT = ModelSpec(kind="multimodal_vae", width=4, depth=1, dim=8, latent_dim=4)
+
+
+def test_a_latent_model_names_its_encoders_decoders_and_classifier() -> None:
+    assert part_names("multimodal_ae", ["image", "audio"]) == [
+        "image_encoder", "audio_encoder", "image_decoder", "audio_decoder", "classifier"]
+
+
+def test_a_latent_models_frozen_encoder_and_classifier_end_as_they_started() -> None:
+    data = load_synthetic(num_samples=200, num_classes=4, modalities=["image", "audio"])
+    torch.manual_seed(1)
+    start = {k: v.clone() for k, v in
+             build_model(LATENT, {m: tuple(x.shape[1:]) for m, x in data.inputs.items()}, 4,
+                         kinds=data.modality_kinds).state_dict().items()}
+    hooks = LastCheckpoint()
+    spec = TrainSpec(epochs=2, batch_size=32, device="cpu", **SHORT)
+    result = train(data, LATENT, MixSpec("latent_mixup"), spec, hooks, init_weights=start,
+                   freeze=["image_encoder", "classifier"])
+    assert result.status == "completed"
+    kept = [k for k in start if k.startswith(("encoders.image.", "posteriors.image.",
+                                              "classifier."))]
+    assert result.init is not None and result.init["frozen"] == sorted(kept)
+    assert any(k.startswith("posteriors.image.") for k in kept)
+    end = hooks.tensors
+    assert all(torch.equal(end[k], start[k]) for k in kept)
+    trained = [k for k in start if k.startswith(("decoders.image.", "encoders.audio."))
+               and k.endswith("weight")]
+    assert trained and all(not torch.equal(end[k], start[k]) for k in trained)

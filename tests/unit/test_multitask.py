@@ -274,6 +274,13 @@ def test_train_refuses_what_does_not_fit(two_tasks, data: str, task: str,  # typ
               task=task, task_weights=weights)
 
 
+def test_a_latent_model_does_not_train_multitask(two_tasks) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match=r"^model\.kind: task multitask is not trained by a "
+                                         r"multimodal_vae model"):
+        train(two_tasks, ModelSpec(kind="multimodal_vae", dim=8, latent_dim=4),
+              MixSpec(method="none"), SPEC, task="multitask")
+
+
 def test_experiment_schema_takes_task_weights_and_task_metrics() -> None:
     body = ExperimentCreate.model_validate({
         "dataset_id": "3fa85f64-5717-4562-b3fc-2c963f66afa6", "task": "multitask",
@@ -292,6 +299,7 @@ def test_a_task_metric_keeps_its_direction() -> None:
 
     assert metric_mode("val_loss.class") == "min" and metric_mode("val_ece.group1") == "min"
     assert metric_mode("val_acc.class") == "max" and metric_mode("val_loss") == "min"
+    assert metric_mode("val_recon_image") == "min" and metric_mode("val_elbo") == "max"
 
 
 def test_a_multitask_checkpoint_loads_with_its_heads(two_tasks) -> None:  # type: ignore[no-untyped-def]
