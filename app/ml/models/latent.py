@@ -29,6 +29,7 @@ from torch import nn
 from app.ml.mixing import Mixed
 from app.ml.mixing.ops import interpolate
 from app.ml.models.encoders import TabularEncoder, TextEncoder
+from app.ml.models.presence import drop_modalities, presence_mask
 from app.ml.models.spec import LATENT_KINDS, ModelSpec
 
 MIXING_LAYERS = 2
@@ -207,15 +208,7 @@ class LatentModel(nn.Module):
     def presence(self, inputs: Mapping[str, torch.Tensor],
                  present: Mapping[str, torch.Tensor] | None, n: int,
                  device: torch.device) -> torch.Tensor:
-        cols = []
-        for m in self.modalities:
-            if m not in inputs:
-                cols.append(torch.zeros(n, dtype=torch.bool, device=device))
-            elif present is not None and m in present:
-                cols.append(present[m].to(device=device, dtype=torch.bool))
-            else:
-                cols.append(torch.ones(n, dtype=torch.bool, device=device))
-        return torch.stack(cols, dim=1)
+        return presence_mask(self.modalities, inputs, present, n, device)
 
     def _features(self, inputs: Mapping[str, torch.Tensor], mask: torch.Tensor,
                   mixed: Mixed | None) -> dict[str, torch.Tensor]:
@@ -270,12 +263,7 @@ class LatentModel(nn.Module):
         """Each present modality dropped with probability ``modality_dropout``, never
         all of a sample's: the encoders then learn posteriors of subsets, which is
         what decoding one modality from another needs."""
-        draws = torch.rand(mask.shape, device=mask.device)
-        kept = mask & (draws >= self.modality_dropout)
-        lost_all = mask.any(dim=1) & ~kept.any(dim=1)
-        pick = torch.where(mask, draws, torch.full_like(draws, -1.0)).argmax(dim=1)
-        rescue = torch.zeros_like(mask).scatter_(1, pick[:, None], True)
-        return torch.where(lost_all[:, None], rescue & mask, kept)
+        return drop_modalities(mask, self.modality_dropout)
 
     def _sample(self, mu: torch.Tensor, logvar: torch.Tensor | None) -> torch.Tensor:
         if logvar is None or not self.training:

@@ -18,6 +18,7 @@ from app.ml.models.encoders import (
 from app.ml.models.fusion import Fusion, build_fusion
 from app.ml.models.image_models import build_image_classifier
 from app.ml.models.latent import build_latent_model
+from app.ml.models.presence import drop_modalities, presence_mask
 from app.ml.models.spec import IMAGE_KINDS, LATENT_KINDS, ModelSpec, ModelSpecError
 
 MIXING_LAYERS = 2
@@ -90,26 +91,10 @@ class MultimodalModel(nn.Module):
     def presence(self, inputs: Mapping[str, torch.Tensor],
                  present: Mapping[str, torch.Tensor] | None, n: int,
                  device: torch.device) -> torch.Tensor:
-        cols = []
-        for m in self.modalities:
-            if m not in inputs:
-                cols.append(torch.zeros(n, dtype=torch.bool, device=device))
-            elif present is not None and m in present:
-                cols.append(present[m].to(device=device, dtype=torch.bool))
-            else:
-                cols.append(torch.ones(n, dtype=torch.bool, device=device))
-        return torch.stack(cols, dim=1)
+        return presence_mask(self.modalities, inputs, present, n, device)
 
     def drop_modalities(self, present: torch.Tensor) -> torch.Tensor:
-        """Drop each present modality with probability ``modality_dropout``; a
-        sample that would lose all of them keeps one, chosen at random."""
-        draws = torch.rand(present.shape, device=present.device)
-        kept = present & (draws >= self.modality_dropout)
-        lost_all = present.any(dim=1) & ~kept.any(dim=1)
-        # the present modality with the largest draw survives (one per row)
-        pick = torch.where(present, draws, torch.full_like(draws, -1.0)).argmax(dim=1)
-        rescue = torch.zeros_like(present).scatter_(1, pick[:, None], True)
-        return torch.where(lost_all[:, None], rescue & present, kept)
+        return drop_modalities(present, self.modality_dropout)
 
     def mixed_columns(self, mixed: Mixed) -> list[bool]:
         """Per modality: did ``mix`` mix it at the input?"""
