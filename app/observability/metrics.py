@@ -109,7 +109,7 @@ class StateCollector(Collector):
         try:
             with session_scope() as session:
                 counts = dict(session.execute(
-                    select(Run.status, func.count()).group_by(Run.status)).tuples().all())
+                    select(Run.status, func.count()).group_by(Run.status)).all())
                 total, oldest = session.execute(
                     select(func.coalesce(func.sum(Run.samples_per_s), 0.0),
                            func.min(Run.heartbeat_at))

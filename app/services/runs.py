@@ -155,9 +155,9 @@ def columns_of(session: Session, run_id: uuid.UUID, key: str | None = None,
                         column(points.c.value))
                  .group_by(points.c.key).order_by(points.c.key))
         return {name: {"step": steps, "epoch": epochs, "value": values}
-                for name, steps, epochs, values in session.execute(query).tuples()}
+                for name, steps, epochs, values in session.execute(query)}
     # SQLite (the embedded mode): rows ordered by (key, step), each key's unzipped
-    rows = session.execute(select(points).order_by(points.c.key, points.c.step)).tuples().all()
+    rows = session.execute(select(points).order_by(points.c.key, points.c.step)).all()
     history: dict[str, MetricColumns] = {}
     for name, group in groupby(rows, itemgetter(0)):
         _, steps, epochs, values = zip(*group, strict=True)
