@@ -255,7 +255,8 @@ class TrainingSpecIn(StrictModel):
         description="Batched image augmentation on the training device: crop (pad by "
                     "crop_padding, crop back at a random offset) and flip (horizontal, p = ½; "
                     "not for digits or text-like images). Default: crop on the image "
-                    "modalities the model reads (none without images); [] turns it off.")
+                    "modalities the model reads (none without images, none for "
+                    "multimodal_ae/multimodal_vae); [] turns it off.")
     crop_padding: int | None = Field(_default("crop_padding"), ge=0, le=64,
                                      description="Default: ⌈image side / 8⌉ (4 on 32×32).")
     early_stopping: EarlyStoppingIn | None = Field(

@@ -241,3 +241,19 @@ def test_a_vae_trains_on_two_processes() -> None:
     assert mine.status == "completed" and others[1]["status"] == "completed"
     assert others[1]["steps"] == mine.steps and others[1]["hook_calls"] == 0
     assert math.isfinite(mine.metrics["val_elbo"]) and "test_acc" in mine.metrics
+
+
+def test_an_autoencoder_is_not_cropped_unless_asked() -> None:
+    from app.ml.data.synthetic import load_synthetic
+
+    torch.set_num_threads(1)
+    data = load_synthetic(num_samples=120, num_classes=3, modalities=["image", "tabular"])
+    model = ModelSpec(kind="multimodal_vae", width=4, depth=1, dim=8, latent_dim=4)
+
+    def loss(augment: tuple[str, ...] | None) -> float:
+        spec = TrainSpec(epochs=1, batch_size=32, device="cpu", augment=augment)
+        return train(data, model, MixSpec(method="none"), spec).metrics["train_loss"]
+
+    default = loss(None)
+    assert default == loss(())            # the default is no augmentation at all
+    assert default != loss(("crop",))     # and crop, asked for, is applied

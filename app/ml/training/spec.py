@@ -78,7 +78,8 @@ class TrainSpec:
     is then what is validated, tested and saved. ``augment``: ``crop`` (pad by
     ``crop_padding``, default ⌈side/8⌉, and crop back at a random offset) and
     ``flip`` (horizontal, p = ½) on image modalities, batched on the device;
-    None applies ``DEFAULT_AUGMENT`` to the image modalities there are.
+    None applies ``DEFAULT_AUGMENT`` to the image modalities there are (but not
+    for an autoencoder, ``app.ml.training.autoencode``).
     ``checkpoint``: ``last`` keeps the last epoch's model, ``best`` the epoch
     with the best ``checkpoint_metric`` (default: the task's headline
     validation metric), and the run then reports the test figures of both
