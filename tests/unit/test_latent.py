@@ -224,6 +224,38 @@ def test_the_latent_quality_benchmark_validates_its_specs_and_tabulates() -> Non
                      {key: 0.7 for key, _ in module.FIGURES}]}
     table = module.table(runs)
     assert "| none | 0.600 ± 0.141 |" in table
+    assert [label for _, label in module.FIGURES] == [
+        "acc", "acc −image", "acc −audio", "recon image", "recon audio", "image from audio",
+        "audio from image", "KL", "ELBO"]
+
+    # the synthetic grid: the built-in's options and the model validate, every
+    # modality gets its without / recon columns and a cross-modal row per source
+    data_request = module.dataset_spec(2, 0.0, "synthetic")
+    assert data_request.source.name == "synthetic"
+    options = data_request.source.options.model_dump()
+    modalities = module.DATASETS["synthetic"]
+    assert options["seed"] == 2 and tuple(options["modalities"]) == modalities
+    assert all(0 < options["signal"][m] < 1 for m in modalities)
+    with pytest.raises(ValueError, match="label_noise"):
+        module.dataset_spec(0, 0.4, "synthetic")
+    request = module.experiment_spec("none", 1.0, 2, 2, "synthetic")
+    assert request.model.kind == "multimodal_vae"
+    assert request.model.recon_weights == module.SYNTHETIC_MODEL["recon_weights"]
+    columns = module.figures(modalities, cross=False)
+    keys = [key for key, _ in columns]
+    assert keys == ["test_acc", *(f"test_acc_without_{m}" for m in modalities),
+                    *(f"test_recon_{m}" for m in modalities), "test_kl", "test_elbo"]
+    cross = {f"test_recon_{b}_from_{a}" for a in modalities for b in modalities if a != b}
+    fake = [{**{key: 0.5 for key in keys}, **{key: 3.0 for key in cross}},
+            {**{key: 0.7 for key in keys}, **{key: 5.0 for key in cross}}]
+    runs = {"none": fake, "latent_mixup": fake}
+    table = module.table(runs, columns)
+    assert "| method | acc | acc −image | acc −text | acc −audio | acc −tabular |" in table
+    assert "| latent_mixup | 0.600 ± 0.141 |" in table and "from" not in table
+    matrix = module.cross_table(runs, modalities)
+    assert matrix.splitlines()[0] == "| method | from | image | text | audio | tabular |"
+    assert "| none | text | 4.00 ± 1.41 | — | 4.00 ± 1.41 | 4.00 ± 1.41 |" in matrix
+    assert len(matrix.splitlines()) == 2 + 2 * len(modalities)
 
 
 def test_a_vae_trains_on_two_processes() -> None:
