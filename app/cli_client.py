@@ -750,6 +750,9 @@ def predict(
     else:
         out.print(f"{kind}: {result['accuracy']:.4f} over {result['n_labelled']} labelled "
                   f"of {result['n']} samples")
+    for task, accuracy in (result.get("task_accuracy") or {}).items():
+        # multitask: the rows show the first task; --json has every task's
+        out.print(f"  {task}: {accuracy:.4f}")
 
 
 # ── runs: watching ────────────────────────────────────────────────────────────

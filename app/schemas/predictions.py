@@ -26,6 +26,14 @@ class PredictRequest(StrictModel):
                     f"split, if it has at most {MAX_PREDICT_SAMPLES} rows).")
 
 
+class TaskPrediction(BaseModel):
+    predicted: str = Field(description="The task's predicted class (its top score).")
+    probabilities: dict[str, float] = Field(
+        description="Per class of the task: the calibrated softmax of its head.")
+    label: str | None = Field(description="The sample's class in this task; null when the "
+                                          "dataset has no such task.")
+
+
 class Prediction(BaseModel):
     index: int = Field(description="The row's position in the split, or in the file.")
     predicted: str | list[str] = Field(
@@ -37,11 +45,14 @@ class Prediction(BaseModel):
     label: str | list[str] | None = Field(
         description="The sample's true class (multi-label: its classes); null when it has "
                     "none.")
+    tasks: dict[str, TaskPrediction] | None = Field(
+        None, description="multitask: every task's prediction, by task; the fields above "
+                          "are the first (primary) task's.")
 
 
 class PredictionsOut(BaseModel):
     run_id: uuid.UUID
-    task: Literal["classification", "multilabel"]
+    task: Literal["classification", "multilabel", "multitask"]
     n: int = Field(description="Number of samples predicted.")
     n_labelled: int = Field(description="How many of them have a label.")
     accuracy: float | None = Field(
@@ -50,4 +61,7 @@ class PredictionsOut(BaseModel):
                     "subset_acc). Over a whole test split it equals the run's test_acc / "
                     "test_subset_acc when predicting on the device type it trained on. Null "
                     "without labels.")
+    task_accuracy: dict[str, float] | None = Field(
+        None, description="multitask: each task's accuracy over the rows labelled for it "
+                          "(accuracy is their unweighted mean, as the run's test_acc).")
     predictions: list[Prediction]

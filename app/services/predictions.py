@@ -35,10 +35,17 @@ from app.ml.data.samples import (
     fit_spec,
     spec_from_provenance,
 )
+from app.ml.multitask import NAME as MULTITASK
 from app.ml.safetensors_meta import header_metadata
 from app.ml.tasks import TASKS
 from app.runs.status import LIVE, RunStatus
-from app.schemas.predictions import MAX_PREDICT_SAMPLES, Prediction, PredictionsOut, PredictRequest
+from app.schemas.predictions import (
+    MAX_PREDICT_SAMPLES,
+    Prediction,
+    PredictionsOut,
+    PredictRequest,
+    TaskPrediction,
+)
 from app.services import datasets, ingest, runs
 from app.services.errors import ConflictError, FieldError
 from app.settings import Settings
@@ -65,10 +72,10 @@ def load_run_model(session: Session, store: ArtifactStore, project_id: uuid.UUID
     without stored normalisation."""
     run = runs.get(session, project_id, run_id)
     task = run.experiment.task
-    if task not in TASKS:
+    if task not in TASKS and task != MULTITASK:
         raise FieldError(("path", "run_id"), f"run {run.id} is a {task} run: prediction "
-                         "applies to classification and multilabel runs, whose models "
-                         "output classes")
+                         "applies to classification, multilabel and multitask runs, whose "
+                         "models output classes")
     if run.status != RunStatus.SUCCEEDED:
         hint = (f"wait until it has finished (GET /v1/runs/{run.id})"
                 if run.status in LIVE else "it left no final model")
@@ -116,6 +123,10 @@ def predict_split(session: Session, store: ArtifactStore, project_id: uuid.UUID,
     _check_token_ids(rm, inputs, DATASET_LOC)
     present = {m: data.present[m][chosen] for m in model.modalities if m in data.present}
     logits = model.logits(inputs, present or None)
+    if model.heads is not None:
+        labels_by_task = {task: [names[k] for k in data.labels_of(task)[chosen].tolist()]
+                          for task, names in data.tasks.items()}
+        return _reply_tasks(rm, logits, positions, labels_by_task)
     clean = data.clean_labels[chosen]
     if data.multilabel:
         labels: list[Label] = [[data.class_names[k] for k in torch.nonzero(row).flatten()
@@ -132,6 +143,9 @@ def predict_file(session: Session, store: ArtifactStore, settings: Settings,
     as an upload is; problems with the file are 422s under ``body.file``."""
     rm = load_run_model(session, store, project_id, run_id)
     model = rm.model
+    if model.heads is not None:
+        raise FieldError(FILE_LOC, f"run {run_id} is a multitask run: it predicts rows of a "
+                                   "dataset split (a JSON body with dataset_id), not a file")
     fmt = ingest.upload_format(filename)
     encoding = None
     if fmt != "npz":  # words and categories are coded as in the run's training data
@@ -228,4 +242,40 @@ def _reply(rm: RunModel, logits: torch.Tensor, indices: list[int],
         predictions=[Prediction(index=index, predicted=predicted[i],
                                 probabilities=dict(zip(names, probabilities[i], strict=True)),
                                 label=labels[i] if labels else None)
+                     for i, index in enumerate(indices)])
+
+
+def _reply_tasks(rm: RunModel, logits: torch.Tensor, indices: list[int],
+                 labels_by_task: dict[str, list[str]]) -> PredictionsOut:
+    """A multitask model's reply: each task's block of the logits read as a
+    classifier's (argmax of its softmax; calibrated probabilities), labels matched
+    by class name, so a dataset whose tasks list their classes otherwise still
+    compares; the accuracy is the tasks' unweighted mean, as the run's test_acc."""
+    heads = rm.model.heads
+    assert heads is not None
+    probabilities = rm.model.probabilities(logits)
+    per_task: dict[str, list[TaskPrediction]] = {}
+    task_accuracy: dict[str, float] = {}
+    for head, block in zip(heads.heads, heads.blocks(), strict=True):
+        names = list(head.classes)
+        top = logits[:, block].float().softmax(dim=-1).argmax(dim=-1).tolist()
+        labels = labels_by_task.get(head.name)
+        per_task[head.name] = [
+            TaskPrediction(predicted=names[k],
+                           probabilities=dict(zip(names, p, strict=True)),
+                           label=labels[i] if labels is not None else None)
+            for i, (k, p) in enumerate(zip(top, probabilities[:, block].tolist(), strict=True))]
+        if labels:
+            task_accuracy[head.name] = sum(names[k] == y for k, y in zip(top, labels,
+                                                                         strict=True)) / len(top)
+    first = heads.heads[0].name
+    return PredictionsOut(
+        run_id=rm.run_id, task="multitask", n=len(indices),
+        n_labelled=len(indices) if first in labels_by_task else 0,
+        accuracy=(sum(task_accuracy.values()) / len(task_accuracy)) if task_accuracy else None,
+        task_accuracy=task_accuracy or None,
+        predictions=[Prediction(index=index, predicted=per_task[first][i].predicted,
+                                probabilities=per_task[first][i].probabilities,
+                                label=per_task[first][i].label,
+                                tasks={t: preds[i] for t, preds in per_task.items()})
                      for i, index in enumerate(indices)])

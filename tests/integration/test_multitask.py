@@ -5,12 +5,14 @@ refused with 422 naming the field, nothing stored."""
 
 import io
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
-from app.client import MixlabClient
+from app.client import MixlabClient, MixlabError
 from tests.integration.helpers import auth_headers, prepared
 
 pytestmark = pytest.mark.integration
@@ -34,8 +36,8 @@ def one_task(stack) -> dict[str, Any]:  # type: ignore[no-untyped-def]
         return mx.wait_for_dataset(created["id"], timeout=120)
 
 
-def test_multitask_experiment_trains_every_head(client: MixlabClient,
-                                                 two_tasks: dict) -> None:
+def test_multitask_experiment_trains_every_head(client: MixlabClient, two_tasks: dict,
+                                                 tmp_path: Path) -> None:
     assert two_tasks["status"] == "ready", two_tasks
     tasks = {t["name"]: [c["name"] for c in t["classes"]] for t in two_tasks["tasks"]}
     assert tasks == {"class": ["class0", "class1", "class2", "class3"], "group1": ["g0", "g1"]}
@@ -57,6 +59,27 @@ def test_multitask_experiment_trains_every_head(client: MixlabClient,
         (metrics["test_acc.class"] + metrics["test_acc.group1"]) / 2, abs=1e-5)
     history = client.metrics(run_id, key="val_acc.group1")["val_acc.group1"]
     assert [p["epoch"] for p in history] == [1, 2]
+
+    # its model predicts every task; over the test split, the run's own figures
+    predicted = client.predict(run_id, dataset_id=two_tasks["id"], split="test")
+    assert predicted["task"] == "multitask"
+    assert predicted["n"] == two_tasks["split_sizes"]["test"]
+    for task in tasks:
+        assert predicted["task_accuracy"][task] == pytest.approx(metrics[f"test_acc.{task}"],
+                                                                 abs=1e-6)
+    assert predicted["accuracy"] == pytest.approx(metrics["test_acc"], abs=1e-6)
+    first = predicted["predictions"][0]
+    assert set(first["tasks"]) == set(tasks)
+    assert first["predicted"] == first["tasks"]["class"]["predicted"]
+    assert set(first["tasks"]["group1"]["probabilities"]) == {"g0", "g1"}
+    assert sum(first["tasks"]["group1"]["probabilities"].values()) == pytest.approx(1.0)
+    rows = tmp_path / "rows.npz"
+    rows.write_bytes(_npz(image=np.zeros((2, 3, 8, 8), dtype="uint8"),
+                          tabular=np.zeros((2, 4), dtype="float32")))
+    with pytest.raises(MixlabError) as refused:
+        client.predict(run_id, file=rows)
+    assert refused.value.status_code == 422
+    assert refused.value.detail[0]["loc"] == ["body", "file"]
 
     evaluation = client.evaluation(run_id)
     assert evaluation["task"] == "multitask"
@@ -97,8 +120,6 @@ def test_requests_that_do_not_fit_are_refused(stack, one_task: dict, two_tasks: 
 
 
 def _npz(**arrays: Any) -> bytes:
-    import numpy as np
-
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
@@ -106,7 +127,6 @@ def _npz(**arrays: Any) -> bytes:
 
 @pytest.mark.usefixtures("worker")
 def test_uploads_with_several_label_columns(api_client) -> None:  # type: ignore[no-untyped-def]
-    import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
