@@ -1289,6 +1289,49 @@ def runs_embeddings(run: RunArg,
         out.print(f"wrote {png}")
 
 
+_PICTURE_SPLIT = Annotated[str, typer.Option("--split", help="train, val or test.")]
+_PICTURE_ROWS = Annotated[int, typer.Option("--n", min=1, max=64,
+                                            help="Rows of the split, one per sample.")]
+_PICTURE_OUT = Annotated[Path, typer.Option("--output", "-o", dir_okay=False,
+                                            help="The PNG to write.")]
+
+
+@runs_app.command("reconstructions")
+def runs_reconstructions(run: RunArg, output: _PICTURE_OUT, split: _PICTURE_SPLIT = "test",
+                         n: _PICTURE_ROWS = 8, url: Url = DEFAULT_URL,
+                         api_key: ApiKey = None) -> None:
+    """An autoencoder run's reconstructions as a PNG: per sample, input | reconstruction
+    for each modality."""
+    with connect(url, api_key) as mx:
+        run_id = resolve_run(mx, run)
+        with err.status("decoding…"):
+            picture = mx.reconstructions_png(run_id, split, n)
+    _write_picture(output, picture)
+
+
+@runs_app.command("generate")
+def runs_generate(run: RunArg, output: _PICTURE_OUT,
+                  source: Annotated[str, typer.Option(
+                      "--from", help="The modality the latent is inferred from.")],
+                  target: Annotated[str, typer.Option(
+                      "--to", help="The modality decoded from it.")],
+                  split: _PICTURE_SPLIT = "test", n: _PICTURE_ROWS = 8,
+                  url: Url = DEFAULT_URL, api_key: ApiKey = None) -> None:
+    """Cross-modal generation as a PNG: per sample, --from | --to decoded from --from
+    alone | --to as it is."""
+    with connect(url, api_key) as mx:
+        run_id = resolve_run(mx, run)
+        with err.status("decoding…"):
+            picture = mx.generate_png(run_id, source, target, split, n)
+    _write_picture(output, picture)
+
+
+def _write_picture(path: Path, picture: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(picture)
+    out.print(f"wrote {path}")
+
+
 @runs_app.command("checkpoint")
 def runs_checkpoint(run: RunArg,
                     output: Annotated[Path | None, typer.Option(

@@ -182,6 +182,13 @@ def test_the_cli_and_the_client(stack: Stack, vae_run: dict[str, Any], tmp_path:
         gen = Image.open(io.BytesIO(mx.generate_png(vae_run["id"], "image", "audio", n=2)))
         recon = Image.open(io.BytesIO(mx.reconstructions_png(vae_run["id"], n=2)))
     assert gen.height == recon.height == 18 + 2 * (96 + 6) + 6
+    recon_file, gen_file = tmp_path / "recon.png", tmp_path / "gen.png"
+    ok(stack.base_url, "runs", "reconstructions", vae_run["id"], "--n", "2",
+       "-o", str(recon_file))
+    ok(stack.base_url, "runs", "generate", vae_run["id"], "--from", "image", "--to", "audio",
+       "--n", "2", "-o", str(gen_file))
+    assert Image.open(recon_file).size == recon.size
+    assert Image.open(gen_file).size == gen.size
 
 
 def test_a_preview_of_latent_mixup_leaves_the_inputs_to_the_model(
