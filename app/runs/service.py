@@ -6,6 +6,7 @@ guarded by the attempt, so a worker whose run was given to another attempt (or
 deleted) writes nothing and is told to stop.
 """
 
+import math
 import socket
 import uuid
 from collections.abc import Callable, Iterable
@@ -210,9 +211,12 @@ def record_metrics(session: Session, run_id: uuid.UUID,
     (run, key, step) is kept, so a replayed flush, or an epoch a resumed attempt
     trains again, never duplicates history. With ``attempt``, nothing is written
     once the run is no longer this attempt's."""
+    # a NaN or infinite figure is left out: JSON (the latest figures, every reply)
+    # cannot hold it, and its absence reads as "no value"
     rows = [{"run_id": run_id, "key": k, "step": step, "epoch": epoch, "value": float(v),
              "recorded_at": utcnow()}
-            for epoch, step, values in points for k, v in values.items()]
+            for epoch, step, values in points for k, v in values.items()
+            if math.isfinite(v)]
     if not rows:
         return
     run = session.get(Run, run_id, with_for_update=attempt is not None, populate_existing=True)

@@ -95,7 +95,8 @@ def _params(path: str, ids: dict[str, str]) -> dict[str, str] | None:
 LATENT_ROUTES = ("/embeddings", "/embeddings.png", "/reconstructions", "/generate")
 LATENT = {"model": {"kind": "multimodal_vae", "width": 4, "depth": 1, "dim": 8,
                     "latent_dim": 2},
-          "augmentation": {"method": "none"}, "training": {"epochs": 1, "batch_size": 256}}
+          "augmentation": {"method": "none"},
+          "training": {"epochs": 1, "batch_size": 256, "optimizer": "adamw", "lr": 0.003}}
 
 
 def call(http: TestClient, method: str, path: str, ids: dict[str, str]) -> Any:

@@ -203,3 +203,27 @@ def test_a_preview_of_latent_mixup_leaves_the_inputs_to_the_model(
         assert 0 < sample["lam"] < 1 and sample["index_a"] != sample["index_b"]
         assert sum(sample["label_mixture"].values()) == pytest.approx(1.0)
     assert _png(api_client.get(preview["image_url"])).height > 0
+
+
+def test_a_diverging_run_fails_saying_so(api_client: TestClient) -> None:
+    # the default recipe (SGD, lr 0.1) blows a small VAE's summed reconstruction
+    # up on digits: the run must end failed with the reason, not hang in running
+    digits = prepared(api_client, api_client.post("/v1/datasets", json={
+        "name": "digits-diverge", "source": {"kind": "builtin", "name": "digits"}}))
+    created = api_client.post("/v1/experiments", json={
+        "dataset_id": digits["id"], "augmentation": {"method": "none"},
+        "model": {"kind": "multimodal_vae", "width": 4, "depth": 1, "dim": 8, "latent_dim": 2},
+        "training": {"epochs": 1, "batch_size": 256}})
+    assert created.status_code == 202, created.text
+    run_id = created.json()["run_ids"][0]
+
+    def finished() -> dict[str, Any] | None:
+        run = api_client.get(f"/v1/runs/{run_id}").json()
+        return run if run["status"] in ("succeeded", "failed", "cancelled") else None
+
+    run = wait_until(finished, timeout=240, what="the diverging run")
+    assert run["status"] == "failed"
+    assert "training diverged in epoch 1: val_loss is inf" in run["error"], run["error"]
+    assert "training.lr" in run["error"]
+    history = api_client.get(f"/v1/runs/{run_id}/metrics")
+    assert history.status_code == 200  # what was recorded reads back as JSON

@@ -249,6 +249,23 @@ def test_metric_history_after_step_and_max_points(client: MixlabClient, access, 
                               max_points=100)["curve"]) == 50
 
 
+def test_figures_json_cannot_hold_are_left_out(client: MixlabClient, access,  # type: ignore[no-untyped-def]
+                                              digits: dict) -> None:
+    with session_scope() as session:
+        experiment = Experiment(project_id=access.project_id, name="nonfinite",
+                                dataset_id=uuid.UUID(digits["id"]), task="classification",
+                                spec={"training": {"epochs": 1}})
+        experiment.runs.append(Run(status="succeeded"))
+        session.add(experiment)
+        session.commit()
+        run_id = experiment.runs[0].id
+        run_service.record_metrics(session, run_id, [
+            (1, 10, {"val_loss": 0.5, "val_recon_image": float("inf"),
+                     "val_ap": float("nan")})])
+    assert client.get_run(str(run_id))["metrics"] == {"val_loss": 0.5}
+    assert set(client.metrics(str(run_id))) == {"val_loss"}
+
+
 def test_cli_sweep_submit_watch_prints_the_summary(stack, digits: dict, tmp_path) -> None:  # type: ignore[no-untyped-def]
     spec = tmp_path / "sweep.json"
     spec.write_text(json.dumps({"name": "cli-sweep", "base": _base(digits["id"], epochs=1),

@@ -289,3 +289,16 @@ def test_an_autoencoder_is_not_cropped_unless_asked() -> None:
     default = loss(None)
     assert default == loss(())            # the default is no augmentation at all
     assert default != loss(("crop",))     # and crop, asked for, is applied
+
+
+def test_a_diverging_run_raises_naming_the_figure_and_the_remedy() -> None:
+    from app.ml.data import load_builtin
+
+    torch.set_num_threads(1)
+    # SGD at lr 0.1 (the default recipe) on a VAE's summed reconstruction of digits
+    spec = TrainSpec(epochs=1, batch_size=256, device="cpu")
+    with pytest.raises(ValueError, match=r"^training diverged in epoch 1: val_loss is inf; "
+                                         r"try a smaller training\.lr \(now 0\.1\)"):
+        train(load_builtin("digits", {}, {}),
+              ModelSpec(kind="multimodal_vae", width=4, depth=1, dim=8, latent_dim=2),
+              MixSpec(method="none"), spec)

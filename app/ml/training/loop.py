@@ -176,6 +176,14 @@ def _run(objective: Objective, model: nn.Module, spec: TrainSpec, hooks: TrainHo
         state.last_metrics = ranks.from_leader(
             {"train_loss": trained[0], **dict(zip(val, values[1:1 + len(val)], strict=True))})
         losses = trained[1:]
+        diverged = [k for k in ("train_loss", "val_loss")
+                    if not math.isfinite(state.last_metrics.get(k, 0.0))]
+        if diverged or not all(math.isfinite(x) for x in losses):
+            # every rank sees the same figures, so every rank stops here
+            what = diverged[0] if diverged else "train_loss_step"
+            raise ValueError(f"training diverged in epoch {epoch}: {what} is "
+                             f"{state.last_metrics.get(what, 'not finite')}; try a smaller "
+                             f"training.lr (now {spec.lr:g}), optimizer adamw or grad_clip")
         first = state.step - spe
         hooks.on_step_metrics(epoch, [(first + b + 1, {"train_loss_step": losses[b],
                                                        "lr": lrs[b]})
