@@ -31,7 +31,7 @@ class TaskPrediction(BaseModel):
     probabilities: dict[str, float] = Field(
         description="Per class of the task: the calibrated softmax of its head.")
     label: str | None = Field(description="The sample's class in this task; null when the "
-                                          "dataset has no such task.")
+                                          "dataset or file gives none.")
 
 
 class Prediction(BaseModel):

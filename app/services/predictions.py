@@ -9,7 +9,8 @@ is the run's ``test_acc`` (``test_subset_acc``) — bit for bit for a run traine
 on CPU; a GPU run was evaluated in mixed precision and can differ in near-ties.
 
 A file is read with the dataset readers in their prediction mode (the upload
-checks and caps; labels optional), and a Parquet / archive file is encoded as
+checks and caps; labels optional — per task for a multitask run), and a
+Parquet / archive file is encoded as
 the run's training dataset was (vocabulary, tabular statistics, categories:
 ``app.ml.data.samples``). Nothing is cached across requests beyond the
 prepared datasets ``services.datasets`` already keeps.
@@ -17,6 +18,7 @@ prepared datasets ``services.datasets`` already keeps.
 
 import json
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -143,9 +145,6 @@ def predict_file(session: Session, store: ArtifactStore, settings: Settings,
     as an upload is; problems with the file are 422s under ``body.file``."""
     rm = load_run_model(session, store, project_id, run_id)
     model = rm.model
-    if model.heads is not None:
-        raise FieldError(FILE_LOC, f"run {run_id} is a multitask run: it predicts rows of a "
-                                   "dataset split (a JSON body with dataset_id), not a file")
     fmt = ingest.upload_format(filename)
     encoding = None
     if fmt != "npz":  # words and categories are coded as in the run's training data
@@ -163,8 +162,35 @@ def predict_file(session: Session, store: ArtifactStore, settings: Settings,
     inputs = {m: samples.inputs[m] for m in model.modalities}
     _check_token_ids(rm, inputs, FILE_LOC)
     logits = model.logits(inputs)
+    if model.heads is not None:
+        return _reply_tasks(rm, logits, list(range(samples.num_samples)),
+                            _file_task_labels(rm, samples))
     return _reply(rm, logits, list(range(samples.num_samples)), samples.labels,
                   (*FILE_LOC, "label"))
+
+
+def _file_task_labels(rm: RunModel, samples: Samples) -> dict[str, list[Label]]:
+    """A file's labels for a multitask model: per task (``label.<task>`` arrays,
+    or the tasks' columns of a table), each a class of the model's task."""
+    heads = rm.model.heads
+    assert heads is not None
+    if samples.task_labels is None:
+        if samples.labels is not None:
+            raise FieldError((*FILE_LOC, "label"), "a multitask run's labels are per task: "
+                             "label.<task> arrays in an .npz, or the spec's tasks columns in "
+                             "a table; send those, or no labels")
+        return {}
+    classes = {h.name: h.classes for h in heads.heads}
+    for task, labels in samples.task_labels.items():
+        loc = (*FILE_LOC, f"label.{task}")
+        if task not in classes:
+            raise FieldError(loc, f"the run's model has no task {task} (its tasks: "
+                                  f"{', '.join(classes)})")
+        for i, label in enumerate(labels):
+            if label is not None and label not in classes[task]:
+                raise FieldError(loc, f"sample {i}: class {label!r} is not one of task "
+                                      f"{task}'s classes ({', '.join(classes[task])})")
+    return samples.task_labels
 
 
 def _check_shapes(model: LoadedModel, shapes: dict[str, tuple[int, ...]], loc: Loc) -> None:
@@ -246,11 +272,12 @@ def _reply(rm: RunModel, logits: torch.Tensor, indices: list[int],
 
 
 def _reply_tasks(rm: RunModel, logits: torch.Tensor, indices: list[int],
-                 labels_by_task: dict[str, list[str]]) -> PredictionsOut:
+                 labels_by_task: Mapping[str, Sequence[Label]]) -> PredictionsOut:
     """A multitask model's reply: each task's block of the logits read as a
     classifier's (argmax of its softmax; calibrated probabilities), labels matched
     by class name, so a dataset whose tasks list their classes otherwise still
-    compares; the accuracy is the tasks' unweighted mean, as the run's test_acc."""
+    compares; a task's accuracy counts the rows labelled for it, and the accuracy
+    is the tasks' unweighted mean, as the run's test_acc."""
     heads = rm.model.heads
     assert heads is not None
     probabilities = rm.model.probabilities(logits)
@@ -259,19 +286,20 @@ def _reply_tasks(rm: RunModel, logits: torch.Tensor, indices: list[int],
     for head, block in zip(heads.heads, heads.blocks(), strict=True):
         names = list(head.classes)
         top = logits[:, block].float().softmax(dim=-1).argmax(dim=-1).tolist()
-        labels = labels_by_task.get(head.name)
+        labels = labels_by_task.get(head.name) or [None] * len(top)
         per_task[head.name] = [
             TaskPrediction(predicted=names[k],
                            probabilities=dict(zip(names, p, strict=True)),
-                           label=labels[i] if labels is not None else None)
+                           label=labels[i])  # a task's label is one class
             for i, (k, p) in enumerate(zip(top, probabilities[:, block].tolist(), strict=True))]
-        if labels:
-            task_accuracy[head.name] = sum(names[k] == y for k, y in zip(top, labels,
-                                                                         strict=True)) / len(top)
+        given = [(k, y) for k, y in zip(top, labels, strict=True) if y is not None]
+        if given:
+            task_accuracy[head.name] = sum(names[k] == y for k, y in given) / len(given)
     first = heads.heads[0].name
+    labelled = sum(any(p[i].label is not None for p in per_task.values())
+                   for i in range(len(indices)))
     return PredictionsOut(
-        run_id=rm.run_id, task="multitask", n=len(indices),
-        n_labelled=len(indices) if first in labels_by_task else 0,
+        run_id=rm.run_id, task="multitask", n=len(indices), n_labelled=labelled,
         accuracy=(sum(task_accuracy.values()) / len(task_accuracy)) if task_accuracy else None,
         task_accuracy=task_accuracy or None,
         predictions=[Prediction(index=index, predicted=per_task[first][i].predicted,

@@ -73,13 +73,15 @@ def test_multitask_experiment_trains_every_head(client: MixlabClient, two_tasks:
     assert first["predicted"] == first["tasks"]["class"]["predicted"]
     assert set(first["tasks"]["group1"]["probabilities"]) == {"g0", "g1"}
     assert sum(first["tasks"]["group1"]["probabilities"].values()) == pytest.approx(1.0)
+    # a file without labels: every task predicted, nothing to score
     rows = tmp_path / "rows.npz"
     rows.write_bytes(_npz(image=np.zeros((2, 3, 8, 8), dtype="uint8"),
                           tabular=np.zeros((2, 4), dtype="float32")))
-    with pytest.raises(MixlabError) as refused:
-        client.predict(run_id, file=rows)
-    assert refused.value.status_code == 422
-    assert refused.value.detail[0]["loc"] == ["body", "file"]
+    unlabelled = client.predict(run_id, file=rows)
+    assert unlabelled["n"] == 2 and unlabelled["n_labelled"] == 0
+    assert unlabelled["accuracy"] is None and unlabelled["task_accuracy"] is None
+    assert {t: p["label"] for t, p in unlabelled["predictions"][0]["tasks"].items()} == {
+        "class": None, "group1": None}
 
     evaluation = client.evaluation(run_id)
     assert evaluation["task"] == "multitask"
@@ -88,6 +90,52 @@ def test_multitask_experiment_trains_every_head(client: MixlabClient, two_tasks:
         entry = evaluation["tasks"][task]
         assert entry["class_names"] == classes
         assert sum(map(sum, entry["confusion_matrix"])) == test_size
+
+
+def test_a_file_predicts_each_task_as_the_split_does(client: MixlabClient,
+                                                      tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(90, 4)).astype(np.float32)
+    colour = (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 0)
+    tasks = {"label.colour": np.array(["red", "blue", "green"])[colour],
+             "label.size": (x[:, 2] > 0).astype(np.int64)}
+    split = np.repeat([0, 1, 2], [60, 15, 15])  # the test split is the last 15 rows
+    dataset = tmp_path / "two-tasks.npz"
+    dataset.write_bytes(_npz(tabular=x, split=split, **tasks))
+    ready = client.wait_for_dataset(client.upload_dataset(dataset, name="file-tasks")["id"],
+                                    timeout=120)
+    assert ready["status"] == "ready", ready
+    run_id = str(client.create_experiment({
+        "name": "file-tasks", "dataset_id": ready["id"], "task": "multitask",
+        "model": MODEL, "augmentation": {"method": "mixup", "alpha": 1.0},
+        "training": {"epochs": 2, "batch_size": 16, "seed": 0}})["run_ids"][0])
+    run = client.wait_for_run(run_id, timeout=120)
+    assert run["status"] == "succeeded", run["error"]
+
+    by_split = client.predict(run_id, dataset_id=ready["id"], split="test")
+    test_rows = tmp_path / "test-rows.npz"
+    test_rows.write_bytes(_npz(tabular=x[75:], **{k: v[75:] for k, v in tasks.items()}))
+    by_file = client.predict(run_id, file=test_rows)
+    assert by_file["n"] == by_file["n_labelled"] == 15
+    assert by_file["task_accuracy"] == pytest.approx(by_split["task_accuracy"], abs=1e-9)
+    assert by_file["accuracy"] == pytest.approx(run["metrics"]["test_acc"], abs=1e-6)
+    for sent, seen in zip(by_file["predictions"], by_split["predictions"], strict=True):
+        for task in ("colour", "size"):
+            assert sent["tasks"][task]["predicted"] == seen["tasks"][task]["predicted"]
+            assert sent["tasks"][task]["label"] == seen["tasks"][task]["label"]
+            assert sent["tasks"][task]["probabilities"] == pytest.approx(
+                seen["tasks"][task]["probabilities"], abs=1e-6)
+
+    # labels that do not fit the model's tasks: 422 naming the array
+    for arrays, loc in [({"label": tasks["label.size"][75:]}, "label"),
+                        ({"label.shape": tasks["label.size"][75:]}, "label.shape"),
+                        ({"label.colour": np.array(["purple"] * 15)}, "label.colour")]:
+        bad = tmp_path / "bad.npz"
+        bad.write_bytes(_npz(tabular=x[75:], **arrays))
+        with pytest.raises(MixlabError) as refused:
+            client.predict(run_id, file=bad)
+        assert refused.value.status_code == 422
+        assert refused.value.detail[0]["loc"] == ["body", "file", loc], refused.value.detail
 
 
 @pytest.mark.parametrize(("which", "patch", "loc"), [

@@ -1,6 +1,7 @@
 """Files read for prediction: the dataset readers without labels or splits, and a
 table file encoded exactly as the model's training dataset was."""
 
+import json
 import zipfile
 from dataclasses import asdict
 from functools import partial
@@ -13,13 +14,14 @@ import pytest
 import torch
 
 from app.ml.data import DataValidationError, NpzLimits
-from app.ml.data.archive import read_archive_samples
+from app.ml.data.archive import prepare_archive, read_archive_samples
 from app.ml.data.ingest_spec import IngestLimits, IngestSpec
 from app.ml.data.npz import read_npz_samples
 from app.ml.data.npz_header import probe_npz
 from app.ml.data.parquet import prepare_parquet, read_parquet_samples
 from app.ml.data.prepared import PreparedDataset
 from app.ml.data.samples import Encoding, apply_encoding, fit_spec, spec_from_provenance
+from app.schemas.ingest import IngestSpecIn
 from tests.unit.test_parquet import SPEC, columns, png
 
 
@@ -140,3 +142,55 @@ def test_archive_of_plain_files_or_class_folders(tmp_path: Path) -> None:
         read_archive_samples(mixed, None, fit)
     with pytest.raises(DataValidationError, match="over the limit of 2"):
         read_archive_samples(flat, None, fit, IngestLimits(max_rows=2))
+
+
+def test_npz_task_labels_are_read_per_task(tmp_path: Path) -> None:
+    images = np.zeros((3, 8, 8), np.uint8)
+    samples = read_npz_samples(_npz(tmp_path / "t.npz", image=images,
+                                    **{"label.colour": np.array(["r", "g", "r"]),
+                                       "label.size": np.array([1, 1, 1])}))
+    # one class is enough for samples sent to a model; the first task is ``labels``
+    assert samples.task_labels == {"colour": ["r", "g", "r"], "size": ["1", "1", "1"]}
+    assert samples.labels == ["r", "g", "r"]
+    assert read_npz_samples(_npz(tmp_path / "u.npz", image=images)).task_labels is None
+    with pytest.raises(DataValidationError) as err:
+        read_npz_samples(_npz(tmp_path / "v.npz", image=images,
+                              **{"label.size": np.array([1, 0])}))
+    assert err.value.field == "label.size"
+
+
+def _manifest(path: Path, rows: dict[str, list]) -> Path:  # type: ignore[type-arg]
+    n = len(next(iter(rows.values())))
+    lines = [json.dumps({k: v[i] for k, v in rows.items()}) for i in range(n)]
+    return _zip(path, {"manifest.jsonl": "\n".join(lines).encode()})
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "manifest"])
+def test_table_task_columns_are_read_per_task_with_gaps(tmp_path: Path, fmt: str) -> None:
+    spec = IngestSpecIn.model_validate({"tasks": {"colour": "colour", "size": "size"}}).to_spec()
+    n = 30
+    table = {"f1": [float(i) for i in range(n)], "colour": ["r", "g", "b"] * (n // 3),
+             "size": [i % 2 for i in range(n)]}
+    sent = {"f1": [1.0, 2.0, 3.0], "colour": ["g", None, "b"], "size": [1, 0, None]}
+    if fmt == "parquet":
+        ds = prepare_parquet(_write(tmp_path / "train.parquet", table), spec)
+        read_spec = spec_from_provenance(ds.provenance, asdict(spec))
+        samples = read_parquet_samples(_write(tmp_path / "p.parquet", sent), read_spec,
+                                       _fit(ds))
+    else:
+        ds = prepare_archive(_manifest(tmp_path / "train.zip", table), spec)
+        read_spec = spec_from_provenance(ds.provenance, asdict(spec))
+        samples = read_archive_samples(_manifest(tmp_path / "p.zip", sent), read_spec, _fit(ds))
+    assert samples.task_labels == {"colour": ["g", None, "b"], "size": ["1", "0", None]}
+    assert samples.labels == ["g", None, "b"]
+    encoded = apply_encoding(samples, Encoding.of(ds.class_names, ds.provenance))
+    assert encoded.task_labels == samples.task_labels
+    # without the tasks' columns the rows have no labels at all
+    unlabelled = {"f1": [1.0, 2.0]}
+    if fmt == "parquet":
+        bare = read_parquet_samples(_write(tmp_path / "q.parquet", unlabelled), read_spec,
+                                    _fit(ds))
+    else:
+        bare = read_archive_samples(_manifest(tmp_path / "q.zip", unlabelled), read_spec,
+                                    _fit(ds))
+    assert bare.labels is None and bare.task_labels is None

@@ -366,8 +366,10 @@ def task_arrays(arrays: dict[str, np.ndarray]) -> list[str]:
 
 
 def _task_labels(arrays: dict[str, np.ndarray], n: int, limits: NpzLimits,
-                 reference: str) -> dict[str, tuple[np.ndarray, list[str]]]:
-    """Each task's (N,) int64 class indices and class names (its sorted values)."""
+                 reference: str, min_classes: int = 2
+                 ) -> dict[str, tuple[np.ndarray, list[str]]]:
+    """Each task's (N,) int64 class indices and class names (its sorted values).
+    A dataset needs two classes per task; samples sent for prediction may hold one."""
     out = {}
     for field in task_arrays(arrays):
         label = arrays[field]
@@ -380,8 +382,8 @@ def _task_labels(arrays: dict[str, np.ndarray], n: int, limits: NpzLimits,
         if label.dtype.kind not in "iuU" and label.dtype != np.bool_:
             raise DataValidationError(field, f"dtype {label.dtype} is not integer or string")
         values, codes = np.unique(label, return_inverse=True)
-        if len(values) < 2:
-            raise DataValidationError(field, "needs at least 2 classes")
+        if len(values) < min_classes:
+            raise DataValidationError(field, f"needs at least {min_classes} classes")
         if len(values) > limits.max_classes:
             raise DataValidationError(field, f"{len(values)} classes is over the limit of "
                                       f"{limits.max_classes}")
@@ -487,7 +489,8 @@ def read_npz_samples(path: Path, limits: NpzLimits | None = None,
                      original_name: str = "") -> Samples:
     """An ``.npz`` sent for prediction, checked as an upload is and read the same
     way (arrays in the prepared form: token ids, raw features; labels named as
-    ingestion names them), but ``label`` is optional and ``split`` ignored."""
+    ingestion names them), but ``label`` (or ``label.<task>``) is optional and
+    ``split`` ignored."""
     limits = limits or NpzLimits()
     arrays = _open(path, limits, labelled=False)
     inputs = _inputs(arrays, limits)
@@ -495,8 +498,13 @@ def read_npz_samples(path: Path, limits: NpzLimits | None = None,
     reference = next(iter(inputs))
     n = int(inputs[reference].shape[0])
     labels = _sample_labels(arrays, n, reference, limits) if "label" in arrays else None
+    tasks: dict[str, list[Label]] | None = None
+    if task_arrays(arrays):
+        tasks = {task: [names[c] for c in codes.tolist()] for task, (codes, names)
+                 in _task_labels(arrays, n, limits, reference, min_classes=1).items()}
+        labels = next(iter(tasks.values()))
     return Samples(inputs, {m: m for m in inputs}, labels,
-                   {"upload": original_name or path.name, "format": "npz"})
+                   {"upload": original_name or path.name, "format": "npz"}, tasks)
 
 
 def _sample_labels(arrays: dict[str, np.ndarray], n: int, reference: str,

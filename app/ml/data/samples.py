@@ -32,12 +32,15 @@ class Samples:
     and per sample its label as class name(s), where the file gives one.
 
     ``provenance`` is the reader's: for table formats the file's own ``vocab``
-    and ``tabular`` codes, which ``apply_encoding`` replaces."""
+    and ``tabular`` codes, which ``apply_encoding`` replaces. ``task_labels``:
+    multi-task labels (task → each sample's class name, None where it has
+    none), where the file gives them; ``labels`` is then the first task's."""
 
     inputs: dict[str, torch.Tensor]
     kinds: dict[str, str]
     labels: list[Label] | None  # None: the file has no labels at all
     provenance: dict[str, Any] = field(default_factory=dict)
+    task_labels: dict[str, list[Label]] | None = None
 
     @property
     def num_samples(self) -> int:

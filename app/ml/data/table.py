@@ -165,9 +165,9 @@ class TableBuilder:
                                   self.issues, optional=predicting) if labelled else None
         # multi-task: the label columns of the tasks after the first (``labels``)
         self.task_columns = {
-            task: LabelColumn(column, n, False, limits.max_classes, self.issues)
-            for task, column in list(spec.tasks.items())[1:]} if labelled and not predicting \
-            else {}
+            task: LabelColumn(column, n, False, limits.max_classes, self.issues,
+                              optional=predicting)
+            for task, column in list(spec.tasks.items())[1:]} if labelled else {}
         self.splits = (np.full(n, _NO_SPLIT, np.uint8) if spec.split and not predicting
                        else None)
         self.images: dict[str, np.ndarray] = {}  # allocated at the first decodable image
@@ -339,8 +339,13 @@ class TableBuilder:
         them to a model's), labels per row where the file gives them."""
         self.issues.raise_if_any()
         labels = self.labels.per_row() if self.labels is not None else None
+        tasks = None
+        if self.spec.tasks and labels is not None:
+            first = next(iter(self.spec.tasks))
+            tasks = {first: labels, **{task: column.per_row()
+                                       for task, column in self.task_columns.items()}}
         inputs, kinds = self._finish_inputs(np.ones(self.n, np.bool_), provenance)
-        return Samples(inputs, kinds, labels, provenance)
+        return Samples(inputs, kinds, labels, provenance, tasks)
 
     def _finish_inputs(self, train: np.ndarray, provenance: dict[str, Any]
                        ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
