@@ -28,6 +28,7 @@ from app.ml.training.classify import ClassifierObjective
 from app.ml.training.evaluation import Split
 from app.ml.training.latent_loss import kl_standard, present_mean, reconstruction_errors
 from app.ml.training.spec import TrainSpec
+from app.ml.training.streamed import StreamedClassifierObjective
 
 
 def latent_metric_names(modalities: list[str], variational: bool, task: Task,
@@ -206,3 +207,7 @@ class LatentObjective(ClassifierObjective):
         classified["test_nll"] = classified.pop("test_loss")
         out["test_loss"] += self.classifier_weight * classified["test_nll"]
         return {**classified, **out}, report
+
+
+class StreamedLatentObjective(LatentObjective, StreamedClassifierObjective):
+    """An autoencoder over a ``ShardedDataset``: its rows streamed from the shards."""

@@ -217,13 +217,9 @@ def objective_type(data: PreparedDataset,
     """The resident objective, the streamed one for a ``ShardedDataset``, or the
     autoencoder's for a ``multimodal_ae`` / ``multimodal_vae`` model."""
     if model_spec is not None and model_spec.kind in LATENT_KINDS:
-        if isinstance(data, ShardedDataset):
-            raise ValueError(f"model.kind: a {model_spec.kind} model trains on a dataset held "
-                             "in memory, and this one is streamed from its shards (larger "
-                             "than MIXLAB_RESIDENT_DATA_BYTES)")
-        # imported here: the autoencoder objective subclasses this module's
-        from app.ml.training.autoencode import LatentObjective
-        return LatentObjective
+        # imported here: the autoencoder objectives subclass this module's
+        from app.ml.training.autoencode import LatentObjective, StreamedLatentObjective
+        return StreamedLatentObjective if isinstance(data, ShardedDataset) else LatentObjective
     if isinstance(data, ShardedDataset):
         # imported here: the streamed objective subclasses this module's
         from app.ml.training.streamed import StreamedClassifierObjective

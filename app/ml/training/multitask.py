@@ -15,6 +15,7 @@ from app.ml.multitask import NAME, Heads, heads_of, mix_all_targets, multitask, 
 from app.ml.tasks import Task, get_task
 from app.ml.training.classify import ClassifierObjective
 from app.ml.training.spec import TrainSpec
+from app.ml.training.streamed import StreamedClassifierObjective
 
 # builds an objective from (data, model spec, mix spec, train spec, task, device)
 MakeObjective = Callable[[PreparedDataset, ModelSpec, MixSpec, TrainSpec, Task, torch.device],
@@ -41,6 +42,11 @@ class MultitaskObjective(ClassifierObjective):
         return mix_all_targets(mixed, y, self.heads, self.task_mix.label_smoothing)
 
 
+class StreamedMultitaskObjective(MultitaskObjective, StreamedClassifierObjective):
+    """Multi-task over a ``ShardedDataset``: the (N, T) labels are the shard
+    index's (resident, a few bytes a row), the rows are streamed."""
+
+
 def resolve_task(task: str | Task, data: PreparedDataset,
                  task_weights: Mapping[str, float] | None
                  ) -> tuple[Task, PreparedDataset, MakeObjective | None]:
@@ -52,13 +58,13 @@ def resolve_task(task: str | Task, data: PreparedDataset,
             name = task if isinstance(task, str) else task.name
             raise ValueError(f"task_weights: applies to task multitask only, not {name}")
         return get_task(task), data, None
-    if isinstance(data, ShardedDataset):
-        data = data.to_resident()  # the streamed objective reads one label column
     heads = heads_of(data, task_weights)
 
     def objective(data: PreparedDataset, model_spec: ModelSpec, mix_spec: MixSpec,
                   spec: TrainSpec, task: Task, device: torch.device) -> MultitaskObjective:
-        return MultitaskObjective(data, model_spec, mix_spec, spec, task, device, heads)
+        kind = (StreamedMultitaskObjective if isinstance(data, ShardedDataset)
+                else MultitaskObjective)
+        return kind(data, model_spec, mix_spec, spec, task, device, heads)
 
     return multitask(heads), data, objective
 
