@@ -190,6 +190,46 @@ def test_the_preview_explorer_shows_every_modality_and_follows_the_controls(
     expect(page.locator("#preview-summary .notice.error")).to_contain_text("alpha")
 
 
+def test_an_autoencoder_run_shows_its_latent_reconstructions_and_generation(
+        dashboard: Dashboard, multimodal: dict[str, Any], mx: MixlabClient) -> None:
+    created = mx.create_experiment({
+        "name": "ui-vae", "dataset_id": multimodal["id"],
+        "model": {"kind": "multimodal_vae", "dim": 8, "width": 4, "depth": 1, "latent_dim": 4},
+        "augmentation": {"method": "latent_mixup", "alpha": 1.0},
+        "training": {**SHORT, "epochs": 2, "batch_size": 32}})
+    run = mx.wait_for_run(created["run_ids"][0], timeout=300)
+    assert run["status"] == "succeeded", run["error"]
+    page = dashboard.open(f"/ui/runs/{run['id']}")
+    expect(page.locator("#run-status .badge")).to_have_text("succeeded")
+    pictures = page.locator("#run-representation img")
+    expect(pictures).to_have_count(3)
+    page.wait_for_function("() => [...document.querySelectorAll('#run-representation img')]"
+                           ".every(i => i.complete && i.naturalWidth > 0)")
+    expect(page.locator("#chart-confusion .heatmaplayer")).to_have_count(1)  # its classifier
+    expect(page.locator("[data-metric=test_elbo]")).to_be_visible()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "autoencoder-run.png"), full_page=True)
+
+
+def test_a_multitask_run_shows_a_confusion_matrix_per_task(
+        dashboard: Dashboard, mx: MixlabClient) -> None:
+    created = mx.create_builtin_dataset("synthetic", name="ui-two-tasks", num_samples=200,
+                                        tasks=2)
+    dataset = mx.wait_for_dataset(created["id"], timeout=180)
+    run_id = mx.create_experiment({
+        "name": "ui-multitask", "dataset_id": dataset["id"], "task": "multitask",
+        "model": {"kind": "multimodal", "dim": 8, "width": 4, "depth": 1},
+        "training": {**SHORT, "epochs": 1, "batch_size": 32}})["run_ids"][0]
+    run = mx.wait_for_run(run_id, timeout=300)
+    assert run["status"] == "succeeded", run["error"]
+    page = dashboard.open(f"/ui/runs/{run_id}")
+    for task in ("class", "group1"):
+        chart = page.locator(f"#chart-confusion-{task}")
+        expect(chart.locator(".heatmaplayer")).to_have_count(1)
+        expect(chart).to_contain_text(f"task {task}")
+    expect(page.locator("#run-representation")).to_have_count(0)  # no latent to show
+
+
 def test_the_datasets_page_lists_what_each_dataset_holds(
         dashboard: Dashboard, digits: dict[str, Any]) -> None:
     page = dashboard.open("/ui/datasets")

@@ -20,12 +20,12 @@ export function curves(el, title, series, { yTitle = "", logY = false } = {}) {
 }
 
 // Counts of a confusion matrix; row = true class, column = predicted class.
-export function confusion(el, matrix, classNames) {
+export function confusion(el, matrix, classNames, title = "Confusion matrix (test)") {
   const labels = classNames.map((name) => String(name));
   return Plotly.react(el, [{
     type: "heatmap", z: matrix, x: labels, y: labels, colorscale: "Blues", reversescale: true,
     hovertemplate: "true %{y}<br>predicted %{x}<br>%{z}<extra></extra>",
-  }], layout("Confusion matrix (test)", {
+  }], layout(title, {
     xaxis: { title: { text: "predicted" }, type: "category" },
     yaxis: { title: { text: "true" }, type: "category", autorange: "reversed" },
     hovermode: "closest",

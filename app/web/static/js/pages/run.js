@@ -1,13 +1,22 @@
 // One run: status and progress, live loss / score / learning-rate curves (server-sent
 // events, polling the history if the stream fails), final metrics, the confusion
-// matrix once evaluated, the spec, the error, the worker's log, and cancel.
-import { api, ApiError } from "../api.js";
+// matrix once evaluated (one per task of a multitask run), an autoencoder's latent
+// and reconstructions, the spec, the error, the worker's log, and cancel.
+import { api, ApiError, imageUrl } from "../api.js";
 import { confusion, curves, purge } from "../charts.js";
 import { badge, bar, h, link, notice, num, pause, replace, shortId, when } from "../dom.js";
 import { followEvents } from "../events.js";
 import { CHARTS, chartOf, isCurve, lastStep, merge } from "../metrics.js";
 
 const ENDED = new Set(["succeeded", "failed", "cancelled"]);
+const LATENT_KINDS = new Set(["multimodal_ae", "multimodal_vae"]);
+
+// What an autoencoder run learned, as the API draws it (PNGs behind the key).
+const PICTURES = [
+  { id: "embeddings", path: "embeddings.png", caption: "Latent means of the test split, PCA, coloured by class" },
+  { id: "reconstructions", path: "reconstructions", caption: "Input | reconstruction, per modality" },
+  { id: "generate", path: "generate", caption: "One modality decoded from another alone" },
+];
 
 export async function runPage(view, { args: [runId], signal }) {
   let run = await api(`/v1/runs/${runId}`, { signal });
@@ -115,14 +124,40 @@ export async function runPage(view, { args: [runId], signal }) {
     if (run.status !== "succeeded") return;
     try {
       const result = await api(`/v1/runs/${runId}/evaluation`, { signal });
-      if (!result.confusion_matrix) return;
-      const el = h("div", { class: "chart", id: "chart-confusion" });
-      replace(evaluation, h("h2", {}, "Evaluation"), h("div", { class: "charts" }, el));
-      confusion(el, result.confusion_matrix, result.class_names);
-      signal.addEventListener("abort", () => purge(el));
+      // a multitask run has a matrix per task; any other run one
+      const matrices = result.tasks
+        ? Object.entries(result.tasks).map(([task, r]) => [`chart-confusion-${task}`,
+          `Confusion matrix of task ${task} (test)`, r])
+        : result.confusion_matrix ? [["chart-confusion", undefined, result]] : [];
+      const els = matrices.map(([id]) => h("div", { class: "chart", id }));
+      if (els.length) replace(evaluation, h("h2", {}, "Evaluation"), h("div", { class: "charts" }, ...els));
+      matrices.forEach(([, title, r], i) => confusion(els[i], r.confusion_matrix, r.class_names, title));
+      signal.addEventListener("abort", () => els.forEach(purge));
     } catch (error) {
       if (error.status !== 404 && error.status !== 409) throw error;
     }
+    if (LATENT_KINDS.has(experiment.spec.model?.kind)) await showRepresentation();
+  }
+
+  async function showRepresentation() {
+    const urls = [];
+    signal.addEventListener("abort", () => urls.forEach(URL.revokeObjectURL));
+    const figures = PICTURES.map((p) => {
+      const img = h("img", { id: `run-${p.id}`, alt: p.caption });
+      return { p, img, figure: h("figure", {}, img, h("figcaption", { class: "muted" }, p.caption)) };
+    });
+    evaluation.append(h("h2", {}, "Representation"),
+      h("div", { class: "pictures", id: "run-representation" }, ...figures.map((f) => f.figure)));
+    await Promise.all(figures.map(async ({ p, img, figure }) => {
+      try {
+        const url = await imageUrl(`/v1/runs/${runId}/${p.path}`, signal);
+        urls.push(url);
+        img.src = url;
+      } catch (error) {
+        // e.g. generation from a model of one modality: say why, keep the others
+        if (error.name !== "AbortError") figure.replaceChildren(notice(`${p.caption}: ${error.message}`, "error"));
+      }
+    }));
   }
 
   showRun();
