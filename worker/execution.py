@@ -14,6 +14,7 @@ import uuid
 
 import torch
 
+from app.db.retry import is_outage
 from app.ml.data import PreparedDataset
 from app.ml.resume import ResumePoint
 from app.ml.resume import from_bytes as resume_from_bytes
@@ -104,6 +105,19 @@ def describe(outcome: Outcome) -> str:
     return f"{kind}: {reason}" if reason else kind
 
 
+def unstored(run_id: uuid.UUID, exc: Exception) -> Outcome:
+    """The outcome of a run whose results could not be stored. Out of reach (the
+    database past its retries, the artifact store): raised, so the reaper
+    requeues the run and its next attempt resumes from its last checkpoint. Any
+    other error (a value the database refuses, a bug) would fail every attempt
+    the same way, so the run fails now, saying why, instead of waiting for the
+    reaper to give up on it."""
+    if is_outage(exc) or isinstance(exc, OSError):
+        raise exc
+    log.error("run %s: its results could not be stored:\n%s", run_id, traceback.format_exc())
+    return Failed(f"storing the run's results failed: {type(exc).__name__}: {exc}")
+
+
 def _stopped(reporter: RunReporter, limit: float | None) -> Outcome:
     """The outcome of a loop that stopped early, by why the reporter stopped it."""
     if reporter.stop_reason == "time_limit":
@@ -187,19 +201,23 @@ def _execute_claimed(run_id: uuid.UUID, claimed: run_attempt.Claimed,
         if data is not None:
             data.close()  # a streamed dataset's maps and cache folder
 
-    if result is not None:
-        if source is not None and result.init is not None:
-            # written once training is over, from what train() actually loaded (a
-            # failed run has no report; its error says why); guarded by the attempt
-            run_attempt.record_init(run_id, attempt,
-                                    initial_weights.report(source, result.init))
-        if result.report is not None:
-            store.put(evaluation_key(run_id), json.dumps(result.report).encode())
-        outcome = (Succeeded(final_metrics(result.metrics), plan.training.epochs, result.steps)
-                   if result.status == "completed"
-                   else _stopped(reporter, plan.time_limit_s))
-    # what is still buffered (metrics, the last checkpoint) before the outcome
-    run_attempt.retrying(reporter.close, f"reporting run {run_id}")
+    try:
+        if result is not None:
+            if source is not None and result.init is not None:
+                # written once training is over, from what train() actually loaded (a
+                # failed run has no report; its error says why); guarded by the attempt
+                run_attempt.record_init(run_id, attempt,
+                                        initial_weights.report(source, result.init))
+            if result.report is not None:
+                store.put(evaluation_key(run_id), json.dumps(result.report).encode())
+            outcome = (Succeeded(final_metrics(result.metrics), plan.training.epochs,
+                                 result.steps)
+                       if result.status == "completed"
+                       else _stopped(reporter, plan.time_limit_s))
+        # what is still buffered (metrics, the last checkpoint) before the outcome
+        run_attempt.retrying(reporter.close, f"reporting run {run_id}")
+    except Exception as exc:
+        outcome = unstored(run_id, exc)
     log.info("run %s attempt %d reports: %s", run_id, attempt, describe(outcome))
     # the log before the outcome: a follower that sees the run ended has every line
     try:

@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def _is_outage(exc: Exception) -> bool:
+def is_outage(exc: BaseException) -> bool:
+    """A lost or refused connection (retried), not an error of the statement."""
     return isinstance(exc, OperationalError) or (
         isinstance(exc, DBAPIError) and exc.connection_invalidated)
 
@@ -29,7 +30,7 @@ def retry_db(operation: Callable[[], T], what: str, timeout_s: float = 120.0) ->
         try:
             return operation()
         except DBAPIError as exc:
-            if not _is_outage(exc) or time.monotonic() + delay > deadline:
+            if not is_outage(exc) or time.monotonic() + delay > deadline:
                 raise
             log.warning("%s: database unavailable (%s); retrying in %.2f s", what,
                         str(exc.orig).strip().splitlines()[0] if exc.orig else exc, delay)
