@@ -20,11 +20,15 @@ from app.schemas.common import StrictModel
 from app.schemas.ingest import IngestSpecIn
 
 SyntheticModality = Literal["image", "text", "audio", "tabular"]
+# options several built-ins take, with one rule each
+LabelNoise = Annotated[float, Field(ge=0, le=0.9, description="Share of training labels "
+                                                               "flipped to another class.")]
+AudioNoise = Annotated[float, Field(ge=0, le=5, description="Std of Gaussian noise added to "
+                                    "the log-mel features, in units of their std.")]
 
 
 class DigitsOptions(StrictModel):
-    label_noise: float = Field(0.0, ge=0, le=0.9,
-                               description="Share of training labels flipped to another class.")
+    label_noise: LabelNoise = 0.0
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the label noise.")
 
 
@@ -125,8 +129,7 @@ class SyntheticOptions(StrictModel):
 
 
 class FashionMnistOptions(StrictModel):
-    label_noise: float = Field(0.0, ge=0, le=0.9,
-                               description="Share of training labels flipped to another class.")
+    label_noise: LabelNoise = 0.0
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the label noise.")
     subset: int | None = Field(
         None, ge=1000, le=60_000,
@@ -139,14 +142,11 @@ class FashionMnistOptions(StrictModel):
 
 
 class AvmnistOptions(StrictModel):
-    label_noise: float = Field(0.0, ge=0, le=0.9,
-                               description="Share of training labels flipped to another class.")
+    label_noise: LabelNoise = 0.0
     seed: int = Field(0, ge=0, le=2**31 - 1,
                       description="Seed of the image/utterance pairing, the added noise and "
                                   "the label noise.")
-    audio_noise: float = Field(0.5, ge=0, le=5,
-                               description="Std of Gaussian noise added to the log-mel "
-                                           "features, in units of their std.")
+    audio_noise: AudioNoise = 0.5
     image_noise: float = Field(0.0, ge=0, le=1,
                                description="Std of Gaussian pixel noise, as a share of the "
                                            "0..255 range.")
@@ -162,14 +162,11 @@ class AvmnistOptions(StrictModel):
 
 
 class MovingDigitsOptions(StrictModel):
-    label_noise: float = Field(0.0, ge=0, le=0.9,
-                               description="Share of training labels flipped to another class.")
+    label_noise: LabelNoise = 0.0
     seed: int = Field(0, ge=0, le=2**31 - 1,
                       description="Seed of the trajectories, the clip/utterance pairing, the "
                                   "added noise and the label noise.")
-    audio_noise: float = Field(0.5, ge=0, le=5,
-                               description="Std of Gaussian noise added to the log-mel "
-                                           "features, in units of their std.")
+    audio_noise: AudioNoise = 0.5
     frames: int = Field(8, ge=2, le=32, description="Frames per clip (T).")
     side: int = Field(16, ge=8, le=64, description="Frame side in pixels (the digit is 8x8).")
 

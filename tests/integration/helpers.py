@@ -1,5 +1,7 @@
+import io
 import os
 import time
+import zipfile
 from collections.abc import Callable
 from typing import Any
 
@@ -65,3 +67,12 @@ def auth_headers() -> dict[str, str]:
     """The session's API key as a header, for raw httpx calls (conftest's ``access``
     fixture, which ``stack`` and ``api_client`` use, exports it)."""
     return {"Authorization": f"Bearer {os.environ['MIXLAB_API_KEY']}"}
+
+
+def zip_bytes(files: dict[str, bytes]) -> bytes:
+    """A zip archive of ``files`` (member name → content), in memory."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buf.getvalue()

@@ -218,21 +218,28 @@ def test_a_sweep_past_queued_runs_is_429_and_stores_nothing(stack, digits: dict)
     assert theirs.json()["detail"][0]["msg"].endswith(f"dataset {digits['id']} does not exist")
 
 
-def test_metric_history_after_step_and_max_points(client: MixlabClient, access,  # type: ignore[no-untyped-def]
-                                                  digits: dict) -> None:
+def _run_with_metrics(access, digits: dict, name: str,  # type: ignore[no-untyped-def]
+                      points: list[tuple[int, int, dict[str, float]]]) -> uuid.UUID:
+    """A succeeded run stored directly, with ``points`` (epoch, step, figures) recorded."""
     with session_scope() as session:
-        experiment = Experiment(project_id=access.project_id, name="curve",
+        experiment = Experiment(project_id=access.project_id, name=name,
                                 dataset_id=uuid.UUID(digits["id"]), task="classification",
                                 spec={"training": {"epochs": 1}})
         experiment.runs.append(Run(status="succeeded"))
         session.add(experiment)
         session.commit()
         run_id = experiment.runs[0].id
-        # a noisy curve with one spike up and one down
-        values = {step: ((step * 7919) % 101) / 100 for step in range(3000)}
-        values[1234], values[2345] = 50.0, -50.0
-        run_service.record_metrics(session, run_id, [(step // 100, step, {"curve": v})
-                                                     for step, v in values.items()])
+        run_service.record_metrics(session, run_id, points)
+    return run_id
+
+
+def test_metric_history_after_step_and_max_points(client: MixlabClient, access,  # type: ignore[no-untyped-def]
+                                                  digits: dict) -> None:
+    # a noisy curve with one spike up and one down
+    values = {step: ((step * 7919) % 101) / 100 for step in range(3000)}
+    values[1234], values[2345] = 50.0, -50.0
+    run_id = _run_with_metrics(access, digits, "curve", [(step // 100, step, {"curve": v})
+                                                         for step, v in values.items()])
     full = client.metrics(str(run_id), key="curve")["curve"]
     assert len(full) == 3000
     later = client.metrics(str(run_id), key="curve", after_step=2989)["curve"]
@@ -251,17 +258,8 @@ def test_metric_history_after_step_and_max_points(client: MixlabClient, access, 
 
 def test_figures_json_cannot_hold_are_left_out(client: MixlabClient, access,  # type: ignore[no-untyped-def]
                                               digits: dict) -> None:
-    with session_scope() as session:
-        experiment = Experiment(project_id=access.project_id, name="nonfinite",
-                                dataset_id=uuid.UUID(digits["id"]), task="classification",
-                                spec={"training": {"epochs": 1}})
-        experiment.runs.append(Run(status="succeeded"))
-        session.add(experiment)
-        session.commit()
-        run_id = experiment.runs[0].id
-        run_service.record_metrics(session, run_id, [
-            (1, 10, {"val_loss": 0.5, "val_recon_image": float("inf"),
-                     "val_ap": float("nan")})])
+    run_id = _run_with_metrics(access, digits, "nonfinite", [
+        (1, 10, {"val_loss": 0.5, "val_recon_image": float("inf"), "val_ap": float("nan")})])
     assert client.get_run(str(run_id))["metrics"] == {"val_loss": 0.5}
     assert set(client.metrics(str(run_id))) == {"val_loss"}
 

@@ -3,7 +3,6 @@ described, previewable; what the file's headers show is wrong → 422 at submiss
 
 import io
 import json
-import zipfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -12,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.settings import get_settings
-from tests.integration.helpers import prepared
+from tests.integration.helpers import prepared, zip_bytes
 from tests.unit.test_parquet import png, wav
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("worker")]
@@ -28,14 +27,6 @@ def _parquet(**overrides: list) -> bytes:
     cols.update(overrides)
     buf = io.BytesIO()
     pq.write_table(pa.table(cols), buf)
-    return buf.getvalue()
-
-
-def _zip(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for name, data in files.items():
-            zf.writestr(name, data)
     return buf.getvalue()
 
 
@@ -71,7 +62,7 @@ def test_parquet_inferred_and_zip_folder_upload(api_client: TestClient) -> None:
     kinds = {m["name"]: m["kind"] for m in prepared(api_client, response)["modalities"]}
     assert kinds == {"img": "image", "caption": "text", "sound": "audio", "tabular": "tabular"}
     files = {f"pets/{c}/{i}.png": png(i) for c in ("cat", "dog") for i in range(12)}
-    response = api_client.post("/v1/datasets", files={"file": ("pets.zip", _zip(files))},
+    response = api_client.post("/v1/datasets", files={"file": ("pets.zip", zip_bytes(files))},
                                data={"spec": json.dumps({"modalities": {"image": {
                                    "kind": "image", "column": "file", "size": [8, 8]}}})})
     ds = prepared(api_client, response)
@@ -95,8 +86,8 @@ def test_parquet_inferred_and_zip_folder_upload(api_client: TestClient) -> None:
      ["body", "spec", "modalities", "x"], "less than or equal to 512"),
     ("d.parquet", _parquet(), "{not json", ["body", "spec"], ""),
     ("d.npz", b"x", {}, ["body", "spec"], "not .npz"),
-    ("d.zip", _zip({"../x.png": b"1"}), None, ["body", "file"], "traversal"),
-    ("d.zip", _zip({"manifest.csv": b"image,label\nimgs/a.png,1\n"}), None,
+    ("d.zip", zip_bytes({"../x.png": b"1"}), None, ["body", "file"], "traversal"),
+    ("d.zip", zip_bytes({"manifest.csv": b"image,label\nimgs/a.png,1\n"}), None,
      ["body", "file", "image"], "missing file imgs/a.png at manifest row 1"),
 ])
 def test_bad_uploads_store_nothing(api_client: TestClient, filename: str, content: bytes,

@@ -3,7 +3,6 @@ worker, the moving-digits built-in, video previews (JSON and PNG), and a video +
 audio cross-modal run trained through the real API, worker, Postgres and Redis."""
 
 import io
-import zipfile
 from typing import Any
 
 import numpy as np
@@ -13,7 +12,7 @@ from PIL import Image
 
 from app.client import MixlabClient
 from app.ml.render import video_strip_size
-from tests.integration.helpers import prepared
+from tests.integration.helpers import prepared, zip_bytes
 
 pytestmark = pytest.mark.integration
 
@@ -22,14 +21,6 @@ def _png(value: int) -> bytes:
     out = io.BytesIO()
     Image.new("L", (6, 4), value).save(out, format="PNG")
     return out.getvalue()
-
-
-def _zip(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for name, data in files.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
 
 
 @pytest.mark.usefixtures("worker")
@@ -52,13 +43,13 @@ def test_npz_video_upload(api_client: TestClient) -> None:
 def test_frame_folder_zip_upload_and_its_errors(api_client: TestClient) -> None:
     files = {f"clips/{cls}/c{c}/{t}.png": _png(40 * t + c)
              for cls in ("jump", "walk") for c in range(10) for t in range(3)}
-    response = api_client.post("/v1/datasets", files={"file": ("clips.zip", _zip(files))})
+    response = api_client.post("/v1/datasets", files={"file": ("clips.zip", zip_bytes(files))})
     ds = prepared(api_client, response)
     assert ds["modalities"] == [{"name": "video", "kind": "video", "shape": [3, 1, 4, 6],
                                  "dtype": "uint8"}]
     assert [c["name"] for c in ds["classes"]] == ["jump", "walk"]
     files["clips/walk/c2/1.png"] = Image.new("L", (5, 5)).tobytes()  # not an image file
-    response = api_client.post("/v1/datasets", files={"file": ("bad.zip", _zip(files))})
+    response = api_client.post("/v1/datasets", files={"file": ("bad.zip", zip_bytes(files))})
     failed = prepared(api_client, response, status="failed")
     assert failed["errors"][0]["field"] == "video"
     assert "unreadable frame at clip clips/walk/c2" in failed["errors"][0]["message"]

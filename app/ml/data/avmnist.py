@@ -71,6 +71,21 @@ def pair_utterances(labels: np.ndarray, split: np.ndarray, utterance_labels: np.
     return pairs
 
 
+def spoken_pairs(labels: np.ndarray, spoken: dict[str, np.ndarray], audio_noise: float,
+                 seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The digits' fixed split (stratified, seed 0) and, per sample, a seeded
+    utterance of its digit from its split's own (``pair_utterances``) as
+    (N, 1, 40, 32) float32 log-mel, with Gaussian noise of ``audio_noise``
+    feature stds."""
+    split = stratified_split(labels, seed=0)
+    pairs = pair_utterances(labels, split, spoken["labels"].astype(np.int64), seed)
+    audio = spoken["features"][pairs].astype(np.float32)[:, None]
+    if audio_noise > 0:
+        audio += audio_noise * np.random.default_rng([seed, 2]).standard_normal(
+            audio.shape, dtype=np.float32)
+    return split, audio
+
+
 def occlusion_side(occlusion: float, size: int) -> int:
     """Side of the square block that hides ``occlusion`` of a size x size image
     (rounded to whole pixels: the share actually hidden is side² / size²)."""
@@ -94,13 +109,11 @@ def span_mask(n: int, frames: int, span: int, rng: np.random.Generator) -> np.nd
     return (t >= start) & (t < start + span)
 
 
-def _number(name: str, value: Any, lo: float, hi: float) -> float:
+def check_number(name: str, value: Any, lo: float, hi: float) -> float:
+    """A numeric option of the spoken-digit built-ins (this and moving digits)."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
         raise DataValidationError(f"source.options.{name}", f"must be between {lo:g} and {hi:g}")
     return float(value)
-
-
-check_number = _number  # the option rule, shared with the other spoken-digit built-ins
 
 
 def check_seed(seed: Any) -> int:
@@ -123,22 +136,16 @@ def load_avmnist(label_noise: float = 0.0, seed: int = 0, audio_noise: float = 0
     ``audio_mask``: share of each utterance's 32 frames set to 0 (the features'
     mean, after the noise) in one seeded span. Both apply to every split.
     """
-    label_noise = _number("label_noise", label_noise, 0.0, 0.9)
-    audio_noise = _number("audio_noise", audio_noise, *NOISE_BOUNDS["audio_noise"])
-    image_noise = _number("image_noise", image_noise, *NOISE_BOUNDS["image_noise"])
+    label_noise = check_number("label_noise", label_noise, 0.0, 0.9)
+    audio_noise = check_number("audio_noise", audio_noise, *NOISE_BOUNDS["audio_noise"])
+    image_noise = check_number("image_noise", image_noise, *NOISE_BOUNDS["image_noise"])
     seed = check_seed(seed)
-    occlusion = _number("occlusion", occlusion, *MASK_BOUNDS["occlusion"])
-    audio_mask = _number("audio_mask", audio_mask, *MASK_BOUNDS["audio_mask"])
+    occlusion = check_number("occlusion", occlusion, *MASK_BOUNDS["occlusion"])
+    audio_mask = check_number("audio_mask", audio_mask, *MASK_BOUNDS["audio_mask"])
 
     pixels, labels = digit_images()
     spoken = load_spoken_digits()
-    split = stratified_split(labels, seed=0)
-    pairs = pair_utterances(labels, split, spoken["labels"].astype(np.int64), seed)
-
-    audio = spoken["features"][pairs].astype(np.float32)[:, None]
-    if audio_noise > 0:
-        audio += audio_noise * np.random.default_rng([seed, 2]).standard_normal(
-            audio.shape, dtype=np.float32)
+    split, audio = spoken_pairs(labels, spoken, audio_noise, seed)
     images = pixels[:, None]
     if image_noise > 0:
         noise = np.random.default_rng([seed, 3]).standard_normal(images.shape,

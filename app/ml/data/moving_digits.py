@@ -22,11 +22,11 @@ from app.ml.data.avmnist import (
     check_seed,
     digit_images,
     load_spoken_digits,
-    pair_utterances,
+    spoken_pairs,
 )
 from app.ml.data.errors import DataValidationError
 from app.ml.data.prepared import PreparedDataset
-from app.ml.data.splits import flip_train_labels, stratified_split
+from app.ml.data.splits import flip_train_labels
 
 DIGIT_SIDE = 8
 MAX_SPEED = 2  # pixels per frame, per axis
@@ -82,8 +82,7 @@ def load_moving_digits(label_noise: float = 0.0, seed: int = 0, audio_noise: flo
 
     pixels, labels = digit_images()
     spoken = load_spoken_digits()
-    split = stratified_split(labels, seed=0)
-    pairs = pair_utterances(labels, split, spoken["labels"].astype(np.int64), seed)
+    split, audio = spoken_pairs(labels, spoken, audio_noise, seed)
 
     rng = np.random.default_rng([seed, 4])
     room = side - DIGIT_SIDE
@@ -93,10 +92,6 @@ def load_moving_digits(label_noise: float = 0.0, seed: int = 0, audio_noise: flo
     velocity[still, rng.integers(0, 2, size=int(still.sum()))] = 1
     clips = draw_clips(pixels, bounce(start, velocity, frames, room), side)
 
-    audio = spoken["features"][pairs].astype(np.float32)[:, None]
-    if audio_noise > 0:
-        audio += audio_noise * np.random.default_rng([seed, 2]).standard_normal(
-            audio.shape, dtype=np.float32)
     noisy = flip_train_labels(labels, split, 10, label_noise, seed)
     provenance: dict[str, Any] = {
         "builtin": "moving-digits", "label_noise": label_noise, "seed": seed,

@@ -67,6 +67,17 @@ def _header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> ArrayHeade
     return ArrayHeader(tuple(int(s) for s in shape), dtype)
 
 
+def _check_picture(name: str, c: int, h: int, w: int, limits: NpzLimits, channel_axis: str,
+                   unit: str) -> None:
+    """An image's or a video frame's channels and sides against the limits."""
+    if not 1 <= c <= limits.max_channels:
+        raise DataValidationError(name, f"{c} channels; expected 1 to {limits.max_channels} "
+                                  f"in {channel_axis}")
+    if not (1 <= h <= limits.max_side and 1 <= w <= limits.max_side):
+        raise DataValidationError(name, f"{h}x{w} {unit}; each side must be 1 to "
+                                  f"{limits.max_side}")
+
+
 def _check_modality(name: str, h: ArrayHeader, limits: NpzLimits) -> None:
     shape, kind = h.shape, h.dtype.kind
     if not shape:
@@ -78,12 +89,7 @@ def _check_modality(name: str, h: ArrayHeader, limits: NpzLimits) -> None:
             raise DataValidationError("image", f"expected shape (N, H, W) or (N, C, H, W), "
                                       f"got {shape}")
         c, hh, w = (1, *shape[1:]) if len(shape) == 3 else shape[1:]
-        if not 1 <= c <= limits.max_channels:
-            raise DataValidationError("image", f"{c} channels; expected 1 to "
-                                      f"{limits.max_channels} in axis 1 (N, C, H, W)")
-        if not (1 <= hh <= limits.max_side and 1 <= w <= limits.max_side):
-            raise DataValidationError("image", f"{hh}x{w} pixels; each side must be 1 to "
-                                      f"{limits.max_side}")
+        _check_picture("image", c, hh, w, limits, "axis 1 (N, C, H, W)", "pixels")
     elif name == "text":
         if kind not in "iu":
             raise DataValidationError("text", f"dtype {h.dtype} is not integer (token ids, "
@@ -119,12 +125,8 @@ def _check_modality(name: str, h: ArrayHeader, limits: NpzLimits) -> None:
         if not 1 <= t <= limits.max_frames:
             raise DataValidationError("video", f"{t} frames per clip; expected 1 to "
                                       f"{limits.max_frames} in axis 1 (N, T, C, H, W)")
-        if not 1 <= c <= limits.max_channels:
-            raise DataValidationError("video", f"{c} channels; expected 1 to "
-                                      f"{limits.max_channels} in axis 2 (N, T, C, H, W)")
-        if not (1 <= hh <= limits.max_side and 1 <= w <= limits.max_side):
-            raise DataValidationError("video", f"{hh}x{w} pixels per frame; each side must "
-                                      f"be 1 to {limits.max_side}")
+        _check_picture("video", c, hh, w, limits, "axis 2 (N, T, C, H, W)",
+                       "pixels per frame")
     elif name == "tabular":
         if len(shape) != 2:
             raise DataValidationError("tabular", f"expected shape (N, D), got {shape}")

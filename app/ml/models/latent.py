@@ -29,7 +29,7 @@ from torch import nn
 from app.ml.mixing import Mixed
 from app.ml.mixing.ops import interpolate
 from app.ml.models.encoders import TabularEncoder, TextEncoder
-from app.ml.models.presence import drop_modalities, presence_mask
+from app.ml.models.presence import ModalityInputs
 from app.ml.models.spec import LATENT_KINDS, ModelSpec
 
 MIXING_LAYERS = 2
@@ -171,7 +171,7 @@ class LatentOutput:
     seen: torch.Tensor
 
 
-class LatentModel(nn.Module):
+class LatentModel(ModalityInputs, nn.Module):
     """Encoders, per-modality posteriors over one latent, decoders and a head.
 
     ``forward(inputs, mixed=None, present=None)`` returns the head's logits of the
@@ -198,17 +198,8 @@ class LatentModel(nn.Module):
         self.classifier = nn.Linear(latent_dim, num_classes)
 
     @property
-    def modalities(self) -> list[str]:
-        return list(self.encoders)
-
-    @property
     def mixing_layers(self) -> int:
         return MIXING_LAYERS
-
-    def presence(self, inputs: Mapping[str, torch.Tensor],
-                 present: Mapping[str, torch.Tensor] | None, n: int,
-                 device: torch.device) -> torch.Tensor:
-        return presence_mask(self.modalities, inputs, present, n, device)
 
     def _features(self, inputs: Mapping[str, torch.Tensor], mask: torch.Tensor,
                   mixed: Mixed | None) -> dict[str, torch.Tensor]:
@@ -246,24 +237,12 @@ class LatentModel(nn.Module):
                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The fused posterior (mean, log-variance; None for the AE) of (normalised)
         inputs; a modality left out of ``inputs`` is absent for every sample."""
-        n, device = self._size(inputs)
+        n, device = self.batch_of(inputs)
         mask = self.presence(inputs, present, n, device)
         return self._posterior(self._features(inputs, mask, None), mask)
 
     def decode(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
         return {m: decoder(z) for m, decoder in self.decoders.items()}
-
-    def _size(self, inputs: Mapping[str, torch.Tensor]) -> tuple[int, torch.device]:
-        given = [x for m, x in inputs.items() if m in self.encoders]
-        if not given:
-            raise ValueError(f"inputs have none of the model's modalities {self.modalities}")
-        return given[0].shape[0], given[0].device
-
-    def _drop(self, mask: torch.Tensor) -> torch.Tensor:
-        """Each present modality dropped with probability ``modality_dropout``, never
-        all of a sample's: the encoders then learn posteriors of subsets, which is
-        what decoding one modality from another needs."""
-        return drop_modalities(mask, self.modality_dropout)
 
     def _sample(self, mu: torch.Tensor, logvar: torch.Tensor | None) -> torch.Tensor:
         if logvar is None or not self.training:
@@ -291,9 +270,12 @@ class LatentModel(nn.Module):
     def forward(self, inputs: Mapping[str, torch.Tensor], mixed: Mixed | None = None,
                 present: Mapping[str, torch.Tensor] | None = None, *, full: bool = False
                 ) -> torch.Tensor | LatentOutput:
-        n, device = self._size(inputs)
+        n, device = self.batch_of(inputs)
         mask = self.presence(inputs, present, n, device)
-        seen = self._drop(mask) if self.training and self.modality_dropout > 0 else mask
+        # dropped modalities train posteriors of subsets, which decoding one
+        # modality from another needs
+        seen = (self.drop_modalities(mask) if self.training and self.modality_dropout > 0
+                else mask)
         feats = self._features(inputs, seen, None)
         mu, logvar = self._posterior(feats, seen)
         if not full:

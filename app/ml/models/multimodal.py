@@ -18,7 +18,7 @@ from app.ml.models.encoders import (
 from app.ml.models.fusion import Fusion, build_fusion
 from app.ml.models.image_models import build_image_classifier
 from app.ml.models.latent import build_latent_model
-from app.ml.models.presence import drop_modalities, presence_mask
+from app.ml.models.presence import ModalityInputs
 from app.ml.models.spec import IMAGE_KINDS, LATENT_KINDS, ModelSpec, ModelSpecError
 
 MIXING_LAYERS = 2
@@ -42,7 +42,7 @@ def _zero_absent(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return x * keep.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
 
 
-class MultimodalModel(nn.Module):
+class MultimodalModel(ModalityInputs, nn.Module):
     """Encoders by modality name, then a fusion head.
 
     ``forward(inputs, mixed=None, present=None)``: ``inputs`` maps modality to
@@ -81,20 +81,8 @@ class MultimodalModel(nn.Module):
         self.modality_dropout = modality_dropout
 
     @property
-    def modalities(self) -> list[str]:
-        return list(self.encoders)
-
-    @property
     def mixing_layers(self) -> int:
         return MIXING_LAYERS
-
-    def presence(self, inputs: Mapping[str, torch.Tensor],
-                 present: Mapping[str, torch.Tensor] | None, n: int,
-                 device: torch.device) -> torch.Tensor:
-        return presence_mask(self.modalities, inputs, present, n, device)
-
-    def drop_modalities(self, present: torch.Tensor) -> torch.Tensor:
-        return drop_modalities(present, self.modality_dropout)
 
     def mixed_columns(self, mixed: Mixed) -> list[bool]:
         """Per modality: did ``mix`` mix it at the input?"""
@@ -127,10 +115,7 @@ class MultimodalModel(nn.Module):
         layer = mixed.layer if mixed is not None else None
         if layer is not None and not 0 <= layer <= self.mixing_layers:
             raise ValueError(f"manifold layer {layer} outside 0..{self.mixing_layers}")
-        given = [x for m, x in inputs.items() if m in self.encoders]
-        if not given:
-            raise ValueError(f"inputs have none of the model's modalities {self.modalities}")
-        n, device = given[0].shape[0], given[0].device
+        n, device = self.batch_of(inputs)
         mask = self.presence(inputs, present, n, device)
         if mixed is not None and layer is None:
             mask = _union(mask, mixed, self.mixed_columns(mixed))
